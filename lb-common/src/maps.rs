@@ -1,0 +1,203 @@
+//! Map names, sizes, keys and values. Every key and value is `#[repr(C)]` with explicit padding,
+//! so the kernel and userspace agree byte for byte. Ports are kept in network byte order and
+//! addresses as 16 bytes (IPv4 as `::ffff:a.b.c.d`), exactly as they sit in packets.
+
+/// Frontend lookup: [`FrontendKey`] -> [`FrontendInfo`].
+pub const MAP_FRONTENDS: &str = "LB_FRONTENDS";
+/// Per-backend metadata, indexed by backend id: [`BackendInfo`].
+pub const MAP_BACKENDS: &str = "LB_BACKENDS";
+/// Selection tables of all backends: slot `backend_id * RING_STRIDE + i` holds a server id.
+pub const MAP_RING: &str = "LB_RING";
+/// Servers, indexed by server id: [`ServerInfo`].
+pub const MAP_SERVERS: &str = "LB_SERVERS";
+/// Connection tracking, client side: client [`FlowKey`] -> [`NatEntry`] towards the server.
+pub const MAP_CONNTRACK: &str = "LB_CONNTRACK";
+/// Reverse NAT, server side: server [`FlowKey`] -> [`NatEntry`] back towards the client.
+/// An entry here also reserves its SNAT port.
+pub const MAP_SNAT: &str = "LB_SNAT";
+/// Egress interfaces for XDP_REDIRECT, keyed by ifindex.
+pub const MAP_TX_PORTS: &str = "LB_TX_PORTS";
+/// Per-CPU counters, indexed by [`crate::stats::Stat`].
+pub const MAP_STATS: &str = "LB_STATS";
+
+/// The XDP program that balances.
+pub const PROG_LB: &str = "lb_xdp";
+/// A program that only returns XDP_PASS: attached to the far end of a veth so that frames
+/// redirected into it are not dropped.
+pub const PROG_PASS: &str = "lb_xdp_pass";
+
+pub const MAX_FRONTENDS: u32 = 1024;
+pub const MAX_BACKENDS: u32 = 64;
+/// A backend has at most this many servers (the product's limit).
+pub const MAX_SERVERS_PER_BACKEND: u32 = 500;
+pub const MAX_SERVERS: u32 = 8192;
+/// Default and largest selection table size: a prime, so Maglev permutations cover it.
+pub const RING_SIZE_DEFAULT: u32 = 65537;
+pub const RING_STRIDE: u32 = RING_SIZE_DEFAULT;
+pub const CONNTRACK_ENTRIES: u32 = 1 << 20;
+pub const MAX_TX_PORTS: u32 = 256;
+
+/// SNAT source ports are taken from this range. It sits below the kernel's default ephemeral
+/// range (32768-60999), so the daemon's own sockets on the SNAT address never collide with it.
+pub const SNAT_PORT_MIN: u16 = 10000;
+pub const SNAT_PORT_MAX: u16 = 32767;
+/// How many ports a new flow tries before it is dropped as "SNAT ports exhausted".
+pub const SNAT_PORT_RETRIES: u32 = 8;
+
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// The frontend is served by the userspace proxy: XDP passes its packets to the kernel.
+pub const FRONTEND_FLAG_USERSPACE: u32 = 1;
+
+pub type Addr = [u8; 16];
+
+/// IPv4 in the 16-byte form used in keys: `::ffff:a.b.c.d`.
+#[inline(always)]
+pub const fn v4_mapped(a: [u8; 4]) -> Addr {
+    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3]]
+}
+
+#[inline(always)]
+pub const fn is_v4_mapped(a: &Addr) -> bool {
+    a[0] == 0
+        && a[1] == 0
+        && a[2] == 0
+        && a[3] == 0
+        && a[4] == 0
+        && a[5] == 0
+        && a[6] == 0
+        && a[7] == 0
+        && a[8] == 0
+        && a[9] == 0
+        && a[10] == 0xff
+        && a[11] == 0xff
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FrontendKey {
+    pub addr: Addr,
+    /// Network byte order.
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FrontendInfo {
+    pub backend_id: u32,
+    /// `FRONTEND_FLAG_*`.
+    pub flags: u32,
+    /// Source address of NATed packets towards servers.
+    pub snat_addr: Addr,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackendInfo {
+    /// Slots in use in this backend's table; 0 means the backend has no server for new flows.
+    pub ring_size: u32,
+    pub _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServerInfo {
+    pub addr: Addr,
+    /// Network byte order.
+    pub port: u16,
+    pub _pad: u16,
+    pub weight: u32,
+}
+
+/// A flow's 5-tuple as seen on the wire in one direction.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src: Addr,
+    pub dst: Addr,
+    /// Network byte order.
+    pub sport: u16,
+    /// Network byte order.
+    pub dport: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// What a tracked packet is rewritten to: the new 4-tuple. The same shape serves both
+/// directions, so one rewrite routine handles requests and replies.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatEntry {
+    pub src: Addr,
+    pub dst: Addr,
+    /// Network byte order.
+    pub sport: u16,
+    /// Network byte order.
+    pub dport: u16,
+    pub server_id: u32,
+    /// `bpf_ktime_get_ns` of the last packet, refreshed at most once a second.
+    pub last_seen_ns: u64,
+}
+
+impl NatEntry {
+    /// The key under which packets that match this rewrite's *result* travel back.
+    #[inline(always)]
+    pub const fn reply_key(&self, proto: u8) -> FlowKey {
+        FlowKey {
+            src: self.dst,
+            dst: self.src,
+            sport: self.dport,
+            dport: self.sport,
+            proto,
+            _pad: [0; 3],
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are repr(C), Copy, and have explicit padding fields, so every byte
+    // pattern is a valid value.
+    unsafe impl aya::Pod for super::FrontendKey {}
+    unsafe impl aya::Pod for super::FrontendInfo {}
+    unsafe impl aya::Pod for super::BackendInfo {}
+    unsafe impl aya::Pod for super::ServerInfo {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::NatEntry {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<FrontendKey>(), 16 + 2 + 1 + 1);
+        assert_eq!(size_of::<FrontendInfo>(), 4 + 4 + 16);
+        assert_eq!(size_of::<BackendInfo>(), 8);
+        assert_eq!(size_of::<ServerInfo>(), 16 + 2 + 2 + 4);
+        assert_eq!(size_of::<FlowKey>(), 16 + 16 + 2 + 2 + 1 + 3);
+        assert_eq!(size_of::<NatEntry>(), 16 + 16 + 2 + 2 + 4 + 8);
+    }
+
+    #[test]
+    fn reply_key_reverses_the_rewrite() {
+        let e = NatEntry {
+            src: v4_mapped([198, 18, 2, 1]),
+            dst: v4_mapped([198, 18, 11, 2]),
+            sport: 12345u16.to_be(),
+            dport: 80u16.to_be(),
+            ..Default::default()
+        };
+        let k = e.reply_key(PROTO_TCP);
+        assert_eq!(k.src, e.dst);
+        assert_eq!(k.dst, e.src);
+        assert_eq!(k.sport, e.dport);
+        assert_eq!(k.dport, e.sport);
+        assert!(is_v4_mapped(&k.src));
+    }
+}

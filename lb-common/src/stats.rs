@@ -1,0 +1,60 @@
+//! Per-CPU counters: every verdict, and the reason behind every pass and drop.
+
+/// Index into the per-CPU stats array. A plain `u32` newtype, not an enum, so any value read
+/// back from the map is valid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stat(pub u32);
+
+macro_rules! stats {
+    ($($name:ident = $idx:literal, $label:literal;)*) => {
+        impl Stat {
+            $(pub const $name: Stat = Stat($idx);)*
+            /// Every counter with its metric label, in index order.
+            pub const ALL: &'static [(Stat, &'static str)] = &[$((Stat::$name, $label)),*];
+        }
+        pub const STAT_COUNT: u32 = [$($idx),*].len() as u32;
+    };
+}
+
+stats! {
+    // Verdicts.
+    VERDICT_PASS = 0, "verdict_pass";
+    VERDICT_DROP = 1, "verdict_drop";
+    VERDICT_TX = 2, "verdict_tx";
+    VERDICT_REDIRECT = 3, "verdict_redirect";
+    VERDICT_ABORTED = 4, "verdict_aborted";
+    // Why a packet was passed to the kernel.
+    PASS_NOT_IP = 5, "pass_not_ip";
+    PASS_NOT_TCP_UDP = 6, "pass_not_tcp_udp";
+    PASS_FRAGMENT = 7, "pass_fragment";
+    PASS_NOT_VIP = 8, "pass_not_vip";
+    PASS_USERSPACE_FRONTEND = 9, "pass_userspace_frontend";
+    PASS_TRUNCATED = 10, "pass_truncated";
+    PASS_FIB_MISS = 11, "pass_fib_miss";
+    PASS_NO_TX_PORT = 12, "pass_no_tx_port";
+    // Why a packet was dropped.
+    DROP_NO_SERVER = 13, "drop_no_server";
+    DROP_SNAT_EXHAUSTED = 14, "drop_snat_exhausted";
+    DROP_TCP_NO_FLOW = 15, "drop_tcp_no_flow";
+    DROP_MAP_ERROR = 16, "drop_map_error";
+    // What happened to balanced traffic.
+    FLOW_NEW = 17, "flow_new";
+    NAT_FORWARD = 18, "nat_forward";
+    NAT_REPLY = 19, "nat_reply";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn indices_are_dense_and_labels_unique() {
+        for (i, (stat, _)) in Stat::ALL.iter().enumerate() {
+            assert_eq!(stat.0 as usize, i);
+        }
+        let mut labels: Vec<_> = Stat::ALL.iter().map(|(_, l)| *l).collect();
+        labels.sort_unstable();
+        labels.dedup();
+        assert_eq!(labels.len() as u32, STAT_COUNT);
+    }
+}
