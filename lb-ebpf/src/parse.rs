@@ -1,0 +1,122 @@
+//! Header parsing: Ethernet (one optional 802.1Q tag), IPv4 with any IHL, the fixed IPv6
+//! header, TCP and UDP. Every failure names the counter that explains it.
+
+use aya_ebpf::programs::XdpContext;
+use lb_common::{
+    maps::{FlowKey, PROTO_TCP, PROTO_UDP, v4_mapped},
+    stats::Stat,
+};
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    tcp::TcpHdr,
+    udp::UdpHdr,
+};
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const VLAN_HLEN: usize = 4;
+const IPPROTO_FRAGMENT: u8 = 44;
+const TCP_FLAG_SYN: u8 = 0x02;
+const TCP_FLAG_ACK: u8 = 0x10;
+
+/// A bounds-checked pointer to a `T` at `offset` bytes into the packet.
+#[inline(always)]
+pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
+    let start = ctx.data();
+    if start + offset + core::mem::size_of::<T>() > ctx.data_end() {
+        return None;
+    }
+    Some((start + offset) as *mut T)
+}
+
+pub struct Packet {
+    pub l3_offset: usize,
+    pub l4_offset: usize,
+    pub is_v6: bool,
+    /// The 5-tuple as it arrived (ports in network byte order).
+    pub key: FlowKey,
+    pub tcp_flags: u8,
+}
+
+impl Packet {
+    #[inline(always)]
+    pub fn is_tcp_syn(&self) -> bool {
+        self.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN
+    }
+}
+
+#[inline(always)]
+pub fn parse(ctx: &XdpContext) -> Result<Packet, Stat> {
+    let eth: *const EthHdr = ptr_at(ctx, 0).ok_or(Stat::PASS_TRUNCATED)?;
+    // SAFETY: bounds checked by ptr_at.
+    let mut ether_type = u16::from_be(unsafe { (*eth).ether_type });
+    let mut l3_offset = EthHdr::LEN;
+    if ether_type == ETH_P_8021Q {
+        let inner: *const [u8; 2] = ptr_at(ctx, EthHdr::LEN + 2).ok_or(Stat::PASS_TRUNCATED)?;
+        ether_type = u16::from_be_bytes(unsafe { *inner });
+        l3_offset += VLAN_HLEN;
+    }
+    let mut key = FlowKey::default();
+    let (l4_offset, is_v6) = match ether_type {
+        ETH_P_IP => {
+            let ip: *const Ipv4Hdr = ptr_at(ctx, l3_offset).ok_or(Stat::PASS_TRUNCATED)?;
+            // SAFETY: bounds checked by ptr_at.
+            let ip = unsafe { &*ip };
+            let ihl = usize::from(ip.vihl & 0x0f);
+            if ip.vihl >> 4 != 4 || ihl < 5 {
+                return Err(Stat::PASS_TRUNCATED);
+            }
+            // More-fragments flag or a non-zero offset: only the first fragment has ports,
+            // and the kernel reassembles better than we could.
+            if ip.frags[0] & 0x3f != 0 || ip.frags[1] != 0 {
+                return Err(Stat::PASS_FRAGMENT);
+            }
+            key.proto = ip.proto;
+            key.src = v4_mapped(ip.src_addr);
+            key.dst = v4_mapped(ip.dst_addr);
+            (l3_offset + ihl * 4, false)
+        }
+        ETH_P_IPV6 => {
+            let ip: *const Ipv6Hdr = ptr_at(ctx, l3_offset).ok_or(Stat::PASS_TRUNCATED)?;
+            // SAFETY: bounds checked by ptr_at.
+            let ip = unsafe { &*ip };
+            if ip.next_hdr == IPPROTO_FRAGMENT {
+                return Err(Stat::PASS_FRAGMENT);
+            }
+            key.proto = ip.next_hdr;
+            key.src = ip.src_addr;
+            key.dst = ip.dst_addr;
+            (l3_offset + Ipv6Hdr::LEN, true)
+        }
+        _ => return Err(Stat::PASS_NOT_IP),
+    };
+    let mut tcp_flags = 0;
+    match key.proto {
+        PROTO_TCP => {
+            let tcp: *const TcpHdr = ptr_at(ctx, l4_offset).ok_or(Stat::PASS_TRUNCATED)?;
+            // SAFETY: bounds checked by ptr_at.
+            let tcp = unsafe { &*tcp };
+            key.sport = u16::from_ne_bytes(tcp.source);
+            key.dport = u16::from_ne_bytes(tcp.dest);
+            let flags: *const u8 = ptr_at(ctx, l4_offset + 13).ok_or(Stat::PASS_TRUNCATED)?;
+            tcp_flags = unsafe { *flags };
+        }
+        PROTO_UDP => {
+            let udp: *const UdpHdr = ptr_at(ctx, l4_offset).ok_or(Stat::PASS_TRUNCATED)?;
+            // SAFETY: bounds checked by ptr_at.
+            let udp = unsafe { &*udp };
+            key.sport = u16::from_ne_bytes(udp.src);
+            key.dport = u16::from_ne_bytes(udp.dst);
+        }
+        _ => return Err(Stat::PASS_NOT_TCP_UDP),
+    }
+    Ok(Packet {
+        l3_offset,
+        l4_offset,
+        is_v6,
+        key,
+        tcp_flags,
+    })
+}
