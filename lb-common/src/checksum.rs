@@ -20,16 +20,23 @@ impl CsumDelta {
         self.0 += u64::from(!old) + u64::from(new);
     }
 
-    /// Account for a field of `N` bytes (N even) changing from `old` to `new`.
+    /// Account for a 32-bit field changing. Summing 32-bit words and folding later equals
+    /// summing their 16-bit halves, since 2^16 = 1 (mod 2^16 - 1).
+    #[inline(always)]
+    pub fn word32(&mut self, old: u32, new: u32) {
+        self.0 += u64::from(!old) + u64::from(new);
+    }
+
+    /// Account for a field of `N` bytes (N a multiple of 4) changing from `old` to `new`.
     #[inline(always)]
     pub fn bytes<const N: usize>(&mut self, old: &[u8; N], new: &[u8; N]) {
         let mut i = 0;
-        while i + 1 < N {
-            self.word(
-                u16::from_ne_bytes([old[i], old[i + 1]]),
-                u16::from_ne_bytes([new[i], new[i + 1]]),
+        while i + 3 < N {
+            self.word32(
+                u32::from_ne_bytes([old[i], old[i + 1], old[i + 2], old[i + 3]]),
+                u32::from_ne_bytes([new[i], new[i + 1], new[i + 2], new[i + 3]]),
             );
-            i += 2;
+            i += 4;
         }
     }
 
@@ -142,8 +149,8 @@ mod tests {
         let mut d = CsumDelta::new();
         d.bytes(&src, &nsrc);
         d.bytes(&dst, &ndst);
-        d.bytes(&[seg[0], seg[1]], &nsport);
-        d.bytes(&[seg[2], seg[3]], &ndport);
+        d.word(u16::from_ne_bytes([seg[0], seg[1]]), u16::from_ne_bytes(nsport));
+        d.word(u16::from_ne_bytes([seg[2], seg[3]]), u16::from_ne_bytes(ndport));
         let incremental = d.apply_udp([seg[6], seg[7]]);
 
         let mut expect = seg.clone();

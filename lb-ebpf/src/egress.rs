@@ -29,7 +29,7 @@ fn words(a: &[u8; 16]) -> [u32; 4] {
     ]
 }
 
-#[inline(always)]
+#[inline(never)]
 pub fn send(ctx: &XdpContext, pkt: &Packet, nat: &NatEntry) -> u32 {
     // SAFETY: an all-zero bpf_fib_lookup is a valid request skeleton.
     let mut fib: bpf_fib_lookup = unsafe { core::mem::zeroed() };

@@ -135,13 +135,15 @@ fn new_flow(
         server_id,
         last_seen_ns: now,
     };
-    // Reserve an SNAT port by inserting the reverse entry only if that tuple is free.
+    // Reserve an SNAT port by inserting the reverse entry only if that tuple is free. The key
+    // is built once and only its port changes per attempt.
     let range = u32::from(SNAT_PORT_MAX - SNAT_PORT_MIN) + 1;
+    let mut reply_key = to_server.reply_key(pkt.key.proto);
     let mut reserved = false;
-    for attempt in 0..SNAT_PORT_RETRIES {
+    let mut attempt = 0;
+    while attempt < SNAT_PORT_RETRIES {
         let port = u32::from(SNAT_PORT_MIN) + hash.rotate_left(attempt * 5).wrapping_add(attempt) % range;
-        to_server.sport = (port as u16).to_be();
-        let reply_key = to_server.reply_key(pkt.key.proto);
+        reply_key.dport = (port as u16).to_be();
         if LB_SNAT
             .insert(&reply_key, &to_client, u64::from(BPF_NOEXIST))
             .is_ok()
@@ -149,12 +151,14 @@ fn new_flow(
             reserved = true;
             break;
         }
+        attempt += 1;
     }
     if !reserved {
         return Err(Stat::DROP_SNAT_EXHAUSTED);
     }
+    to_server.sport = reply_key.dport;
     if LB_CONNTRACK.insert(&pkt.key, &*to_server, 0).is_err() {
-        let _ = LB_SNAT.remove(&to_server.reply_key(pkt.key.proto));
+        let _ = LB_SNAT.remove(&reply_key);
         return Err(Stat::DROP_MAP_ERROR);
     }
     Ok(())
@@ -171,7 +175,8 @@ unsafe fn touch(entry: *mut NatEntry, now: u64, out: &mut NatEntry) {
     }
 }
 
-#[inline(never)]
+/// Rewrite, then send. Each step is its own subprogram so their stack frames do not add up.
+#[inline(always)]
 fn forward(ctx: &XdpContext, pkt: &Packet, nat: &NatEntry) -> u32 {
     if rewrite(ctx, pkt, nat).is_none() {
         return pass(Stat::PASS_TRUNCATED);
@@ -180,47 +185,58 @@ fn forward(ctx: &XdpContext, pkt: &Packet, nat: &NatEntry) -> u32 {
 }
 
 /// Rewrite addresses and ports to `nat`'s, updating the IPv4 and L4 checksums incrementally.
-#[inline(always)]
+/// Addresses move as 32-bit words: byte-wise copies cost the verifier's 512-byte stack.
+#[inline(never)]
 fn rewrite(ctx: &XdpContext, pkt: &Packet, nat: &NatEntry) -> Option<()> {
     let mut addr_delta = CsumDelta::new();
+    let new_src = nat.src.as_ptr() as *const u32;
+    let new_dst = nat.dst.as_ptr() as *const u32;
+    // SAFETY (all blocks below): every pointer is bounds-checked by ptr_at for the whole
+    // header it points into; word accesses are unaligned-safe.
     if pkt.is_v6 {
         let ip: *mut Ipv6Hdr = ptr_at(ctx, pkt.l3_offset)?;
-        // SAFETY: bounds checked by ptr_at.
-        let ip = unsafe { &mut *ip };
-        addr_delta.bytes(&ip.src_addr, &nat.src);
-        addr_delta.bytes(&ip.dst_addr, &nat.dst);
-        ip.src_addr = nat.src;
-        ip.dst_addr = nat.dst;
+        let src = unsafe { (*ip).src_addr.as_mut_ptr() } as *mut u32;
+        let dst = unsafe { (*ip).dst_addr.as_mut_ptr() } as *mut u32;
+        for i in 0..4 {
+            unsafe {
+                let (n_src, n_dst) = (new_src.add(i).read_unaligned(), new_dst.add(i).read_unaligned());
+                addr_delta.word32(src.add(i).read_unaligned(), n_src);
+                addr_delta.word32(dst.add(i).read_unaligned(), n_dst);
+                src.add(i).write_unaligned(n_src);
+                dst.add(i).write_unaligned(n_dst);
+            }
+        }
     } else {
         let ip: *mut Ipv4Hdr = ptr_at(ctx, pkt.l3_offset)?;
-        // SAFETY: bounds checked by ptr_at.
-        let ip = unsafe { &mut *ip };
-        let src = [nat.src[12], nat.src[13], nat.src[14], nat.src[15]];
-        let dst = [nat.dst[12], nat.dst[13], nat.dst[14], nat.dst[15]];
-        addr_delta.bytes(&ip.src_addr, &src);
-        addr_delta.bytes(&ip.dst_addr, &dst);
-        ip.check = addr_delta.apply(ip.check);
-        ip.src_addr = src;
-        ip.dst_addr = dst;
+        unsafe {
+            let src = (*ip).src_addr.as_mut_ptr() as *mut u32;
+            let dst = (*ip).dst_addr.as_mut_ptr() as *mut u32;
+            // The IPv4 address is the last word of the mapped form.
+            let (n_src, n_dst) = (new_src.add(3).read_unaligned(), new_dst.add(3).read_unaligned());
+            addr_delta.word32(src.read_unaligned(), n_src);
+            addr_delta.word32(dst.read_unaligned(), n_dst);
+            src.write_unaligned(n_src);
+            dst.write_unaligned(n_dst);
+            (*ip).check = addr_delta.apply((*ip).check);
+        }
     }
-    let mut port_delta = CsumDelta::new();
-    port_delta.word(pkt.key.sport, nat.sport);
-    port_delta.word(pkt.key.dport, nat.dport);
-    let l4_delta = addr_delta.plus(port_delta);
+    let mut l4_delta = addr_delta;
+    l4_delta.word(pkt.key.sport, nat.sport);
+    l4_delta.word(pkt.key.dport, nat.dport);
     if pkt.key.proto == PROTO_TCP {
         let tcp: *mut TcpHdr = ptr_at(ctx, pkt.l4_offset)?;
-        // SAFETY: bounds checked by ptr_at.
-        let tcp = unsafe { &mut *tcp };
-        tcp.source = nat.sport.to_ne_bytes();
-        tcp.dest = nat.dport.to_ne_bytes();
-        tcp.check = l4_delta.apply(tcp.check);
+        unsafe {
+            (*tcp).source = nat.sport.to_ne_bytes();
+            (*tcp).dest = nat.dport.to_ne_bytes();
+            (*tcp).check = l4_delta.apply((*tcp).check);
+        }
     } else {
         let udp: *mut UdpHdr = ptr_at(ctx, pkt.l4_offset)?;
-        // SAFETY: bounds checked by ptr_at.
-        let udp = unsafe { &mut *udp };
-        udp.src = nat.sport.to_ne_bytes();
-        udp.dst = nat.dport.to_ne_bytes();
-        udp.check = l4_delta.apply_udp(udp.check);
+        unsafe {
+            (*udp).src = nat.sport.to_ne_bytes();
+            (*udp).dst = nat.dport.to_ne_bytes();
+            (*udp).check = l4_delta.apply_udp((*udp).check);
+        }
     }
     Some(())
 }

@@ -1,3 +1,8 @@
-//! The lb daemon: config, data-plane loading and map management.
+//! The lb daemon: config, the plan written to the maps, and the data plane.
 pub mod config;
 pub mod dataplane;
+pub mod plan;
+
+/// The config of `cargo xtask run`'s demo topology (see `lb_tests::topology`): one VIP with a
+/// TCP and a UDP bind, three servers weighted 1:1:2.
+pub const DEFAULT_DEMO_CONFIG: &str = include_str!("../../examples/demo.toml");
