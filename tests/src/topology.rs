@@ -1,0 +1,167 @@
+//! The demo topology, shared by `cargo xtask run`, the netns tests and the benchmarks:
+//!
+//! ```text
+//! client 198.18.0.2 --eth0|eth-c-- lb 198.18.0.1 --s1|eth0-- server1 198.18.11.2
+//!                          (snat 198.18.2.1, unassigned) --s2|eth0-- server2 198.18.12.2
+//!                                                    --s3|eth0-- server3 198.18.13.2
+//! ```
+//! The client reaches the VIP 198.18.100.1 through lb; every server routes back through lb.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::netns::NetNs;
+
+pub const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 1);
+pub const VIP_TCP_PORT: u16 = 80;
+pub const VIP_UDP_PORT: u16 = 53;
+pub const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+pub const SNAT_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 1);
+pub const SERVER_PORT: u16 = 8080;
+
+pub fn server_addr(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, 11 + i as u8, 2)
+}
+
+pub fn server_name(i: usize) -> String {
+    format!("server{}", i + 1)
+}
+
+pub struct Topology {
+    pub client: NetNs,
+    pub lb: NetNs,
+    pub servers: Vec<NetNs>,
+}
+
+impl Topology {
+    /// Build the namespaces, links, addresses and routes. `prefix` keeps concurrent
+    /// topologies apart.
+    pub fn new(prefix: &str, server_count: usize) -> Result<Topology> {
+        let client = NetNs::new(&format!("{prefix}-client"))?;
+        let lb = NetNs::new(&format!("{prefix}-lb"))?;
+        let mut servers = Vec::new();
+        for i in 0..server_count {
+            servers.push(NetNs::new(&format!("{prefix}-s{}", i + 1))?);
+        }
+        let topo = Topology {
+            client,
+            lb,
+            servers,
+        };
+        topo.wire().context("building the demo topology")?;
+        Ok(topo)
+    }
+
+    fn wire(&self) -> Result<()> {
+        let lb = &self.lb;
+        veth(&self.client, "eth0", lb, "eth-c")?;
+        self.client.exec(&["ip", "addr", "add", "198.18.0.2/24", "dev", "eth0"])?;
+        lb.exec(&["ip", "addr", "add", "198.18.0.1/24", "dev", "eth-c"])?;
+        self.client.exec(&["ip", "route", "add", "default", "via", "198.18.0.1"])?;
+        for (i, server) in self.servers.iter().enumerate() {
+            let lb_if = format!("s{}", i + 1);
+            veth(server, "eth0", lb, &lb_if)?;
+            let net = 11 + i;
+            server.exec(&["ip", "addr", "add", &format!("198.18.{net}.2/24"), "dev", "eth0"])?;
+            lb.exec(&["ip", "addr", "add", &format!("198.18.{net}.1/24"), "dev", &lb_if])?;
+            server.exec(&["ip", "route", "add", "default", "via", &format!("198.18.{net}.1")])?;
+        }
+        // The SNAT address is deliberately not assigned on lb: servers route it back through
+        // lb, where XDP translates replies; and the kernel must be able to forward a first
+        // rewritten packet (and resolve the server's MAC) when XDP finds no neighbour entry,
+        // which it refuses for a packet whose source is one of its own addresses.
+        lb.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+        Ok(())
+    }
+
+    /// Attach the pass-only XDP program to the client's and servers' veth ends: frames lb
+    /// redirects into a veth are dropped unless its peer runs an XDP program.
+    pub fn start_peers(&self, lb_bin: &Path) -> Result<()> {
+        for ns in std::iter::once(&self.client).chain(&self.servers) {
+            start_and_wait_ready(ns, lb_bin, &["peer", "eth0"])?;
+        }
+        Ok(())
+    }
+
+    /// Run `lb run --config` in the lb namespace and wait until it reports ready.
+    pub fn start_lb(&self, lb_bin: &Path, config: &Path) -> Result<()> {
+        let config = config.to_str().context("config path is not UTF-8")?;
+        start_and_wait_ready(&self.lb, lb_bin, &["run", "--config", config])
+    }
+}
+
+/// A veth pair with one end in each namespace, both up, with checksum offload off: an XDP
+/// frame carries no "checksum pending" state, so partially-checksummed packets from the
+/// local stack would arrive with bad checksums after XDP_TX/REDIRECT.
+fn veth(a: &NetNs, a_if: &str, b: &NetNs, b_if: &str) -> Result<()> {
+    crate::netns::sh(&[
+        "ip", "link", "add", a_if, "netns", &a.name, "type", "veth", "peer", "name", b_if,
+        "netns", &b.name,
+    ])?;
+    for (ns, ifname) in [(a, a_if), (b, b_if)] {
+        ns.exec(&["ethtool", "-K", ifname, "tx", "off"])?;
+        ns.exec(&["ip", "link", "set", ifname, "up"])?;
+    }
+    Ok(())
+}
+
+/// Start `lb <args>` in `ns` and wait for its "ready" log line; its output keeps draining to
+/// our stderr so a failure shows the daemon's own words.
+fn start_and_wait_ready(ns: &NetNs, lb_bin: &Path, args: &[&str]) -> Result<()> {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &ns.name])
+        .arg(lb_bin)
+        .args(args)
+        .env("NO_COLOR", "1")
+        .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {} {args:?}", lb_bin.display()))?;
+    let stderr = child.stderr.take().expect("piped stderr");
+    ns.adopt(child);
+    let (tx, rx) = mpsc::channel();
+    let label = format!("{}: lb {}", ns.name, args[0]);
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains(" ready") {
+                let _ = tx.send(());
+            }
+            if std::env::var_os("LB_TEST_VERBOSE").is_some() || !line.contains(" INFO ") {
+                eprintln!("[{label}] {line}");
+            }
+        }
+    });
+    match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(()) => Ok(()),
+        Err(_) => bail!("lb {args:?} in {} did not become ready within 30 s", ns.name),
+    }
+}
+
+/// The `lb` binary: `$LB_BIN`, or `target/<profile>/lb` next to the running executable
+/// (test binaries live in `target/<profile>/deps`).
+pub fn lb_binary() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("LB_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe()?;
+    for dir in exe.ancestors().skip(1).take(2) {
+        let candidate = dir.join("lb");
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    bail!(
+        "cannot find the lb binary near {}; build it (cargo build -p lb-userspace) or set LB_BIN",
+        exe.display()
+    )
+}

@@ -1,0 +1,209 @@
+//! Servers that answer with their own name, and clients that record who answered.
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead as _, BufReader, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::netns::NetNs;
+
+const IO_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Name servers running in their namespaces until dropped.
+pub struct NameServers {
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for NameServers {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// In each namespace, answer every TCP line and every UDP datagram on `port` with the
+/// server's name.
+pub fn start_name_servers(servers: &[(&NetNs, String)], port: u16) -> Result<NameServers> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for (ns, name) in servers {
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (name, stop) = (name.clone(), stop.clone());
+        ns.run(move || {
+            let setup = (|| -> Result<(TcpListener, UdpSocket)> {
+                let tcp = TcpListener::bind(("0.0.0.0", port))?;
+                tcp.set_nonblocking(true)?;
+                let udp = UdpSocket::bind(("0.0.0.0", port))?;
+                udp.set_read_timeout(Some(Duration::from_millis(50)))?;
+                Ok((tcp, udp))
+            })();
+            let (tcp, udp) = match setup {
+                Ok(s) => {
+                    let _ = ready_tx.send(Ok(()));
+                    s
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            let udp_name = name.clone();
+            let udp_stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 2048];
+                while !udp_stop.load(Ordering::Relaxed) {
+                    if let Ok((_, peer)) = udp.recv_from(&mut buf) {
+                        let _ = udp.send_to(udp_name.as_bytes(), peer);
+                    }
+                }
+            });
+            while !stop.load(Ordering::Relaxed) {
+                match tcp.accept() {
+                    Ok((conn, _)) => {
+                        let name = name.clone();
+                        std::thread::spawn(move || serve_lines(conn, &name));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        })?;
+        ready_rx
+            .recv()
+            .context("name server thread died")?
+            .with_context(|| format!("starting the name server in {}", ns.name))?;
+    }
+    Ok(NameServers { stop })
+}
+
+fn serve_lines(conn: TcpStream, name: &str) {
+    let _ = conn.set_nonblocking(false);
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut writer = match conn.try_clone() {
+        Ok(w) => w,
+        Err(_) => return,
+    };
+    for line in BufReader::new(conn).lines() {
+        if line.is_err() || writer.write_all(format!("{name}\n").as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+/// One TCP connection with `exchanges` request/response rounds. Returns the server's name,
+/// failing if any round is unanswered or answered by a different server.
+pub fn tcp_session(target: SocketAddr, exchanges: usize) -> Result<String> {
+    let conn = TcpStream::connect_timeout(&target, IO_TIMEOUT).context("connect")?;
+    conn.set_read_timeout(Some(IO_TIMEOUT))?;
+    conn.set_nodelay(true)?;
+    let mut writer = conn.try_clone()?;
+    let mut reader = BufReader::new(conn);
+    let mut first: Option<String> = None;
+    for round in 0..exchanges {
+        writer.write_all(format!("request {round}\n").as_bytes())?;
+        let mut line = String::new();
+        if reader.read_line(&mut line).context("read")? == 0 {
+            bail!("connection closed after {round} exchanges");
+        }
+        let name = line.trim().to_string();
+        match &first {
+            None => first = Some(name),
+            Some(f) if *f != name => bail!("exchange {round} answered by {name}, not {f}"),
+            Some(_) => {}
+        }
+    }
+    first.context("no exchange made")
+}
+
+/// One UDP request; returns the answering server's name.
+pub fn udp_request(target: SocketAddr) -> Result<String> {
+    let sock = UdpSocket::bind(("0.0.0.0", 0))?;
+    sock.set_read_timeout(Some(IO_TIMEOUT))?;
+    sock.send_to(b"who", target)?;
+    let mut buf = [0u8; 256];
+    let (n, _) = sock.recv_from(&mut buf).context("no UDP answer")?;
+    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+/// Who answered how many connections, and what failed.
+#[derive(Debug, Default, Clone)]
+pub struct Tally {
+    pub per_server: BTreeMap<String, usize>,
+    pub failed: usize,
+    pub errors: Vec<String>,
+}
+
+impl Tally {
+    pub fn connections(&self) -> usize {
+        self.per_server.values().sum::<usize>() + self.failed
+    }
+
+    pub fn record(&mut self, r: Result<String>) {
+        match r {
+            Ok(name) => *self.per_server.entry(name).or_default() += 1,
+            Err(e) => {
+                self.failed += 1;
+                if self.errors.len() < 10 {
+                    self.errors.push(format!("{e:#}"));
+                }
+            }
+        }
+    }
+
+    pub fn merge(&mut self, other: Tally) {
+        for (k, v) in other.per_server {
+            *self.per_server.entry(k).or_default() += v;
+        }
+        self.failed += other.failed;
+        self.errors.extend(other.errors.into_iter().take(10));
+    }
+
+    /// Share of answered connections per server, in percent.
+    pub fn shares(&self) -> BTreeMap<String, f64> {
+        let answered: usize = self.per_server.values().sum();
+        self.per_server
+            .iter()
+            .map(|(k, &v)| (k.clone(), 100.0 * v as f64 / answered.max(1) as f64))
+            .collect()
+    }
+
+    /// `connections=N failed=F server1=25.0% ...`
+    pub fn summary(&self) -> String {
+        let mut s = format!("connections={} failed={}", self.connections(), self.failed);
+        for (name, share) in self.shares() {
+            s.push_str(&format!(" {name}={share:.1}%"));
+        }
+        s
+    }
+}
+
+/// Run `count` TCP sessions from `client` over `parallel` threads.
+pub fn drive_tcp(
+    client: &NetNs,
+    target: SocketAddr,
+    count: usize,
+    exchanges: usize,
+    parallel: usize,
+) -> Result<Tally> {
+    let mut handles = Vec::new();
+    for worker in 0..parallel {
+        let n = count / parallel + usize::from(worker < count % parallel);
+        handles.push(client.run(move || {
+            let mut tally = Tally::default();
+            for _ in 0..n {
+                tally.record(tcp_session(target, exchanges));
+            }
+            tally
+        })?);
+    }
+    let mut total = Tally::default();
+    for h in handles {
+        total.merge(h.join().map_err(|_| anyhow::anyhow!("client thread panicked"))?);
+    }
+    Ok(total)
+}
