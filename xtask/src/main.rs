@@ -1,1 +1,99 @@
-fn main() {}
+//! `cargo xtask`: setup, the demo, tests (and later benchmarks) for lb.
+
+mod demo;
+mod setup;
+
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Project tasks for lb")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Task>,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what a fresh machine lacks (rust-src, bpf-linker, Debian packages). Idempotent.
+    Setup,
+    /// With no lb arguments: the demo on an embedded topology. With `-- <args>`: run lb.
+    Run {
+        /// Stop the demo after this many seconds (Ctrl-C stops it earlier).
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// Arguments for `lb` (after `--`), for example `-- run --config lb.toml`.
+        #[arg(last = true)]
+        lb_args: Vec<String>,
+    },
+    /// Style, lint, unit tests, BPF_PROG_TEST_RUN fixtures and network-namespace tests.
+    Test,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let task = cli.command.unwrap_or(Task::Run {
+        duration: 10,
+        lb_args: Vec::new(),
+    });
+    let root = workspace_root();
+    std::env::set_current_dir(&root)?;
+    let tools = setup::setup(&root)?;
+    // Every nested cargo finds bpf-linker through PATH.
+    let path = std::env::join_paths(
+        std::iter::once(tools.bin.clone())
+            .chain(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())),
+    )?;
+    // SAFETY: single-threaded at this point.
+    unsafe { std::env::set_var("PATH", path) };
+    match task {
+        Task::Setup => Ok(()),
+        Task::Run { duration, lb_args } if lb_args.is_empty() => demo::run(duration),
+        Task::Run { lb_args, .. } => {
+            cargo(&["build", "-p", "lb-userspace"])?;
+            let lb = lb_tests::topology::lb_binary()?;
+            let status = Command::new(lb).args(lb_args).status()?;
+            std::process::exit(status.code().unwrap_or(1));
+        }
+        Task::Test => test(),
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+/// Run cargo (the stable toolchain this xtask was built with) with `args`.
+pub fn cargo(args: &[&str]) -> Result<()> {
+    run(Command::new(env!("CARGO")).args(args))
+}
+
+pub fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("+ {cmd:?}");
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn test() -> Result<()> {
+    // Style and lint, host crates and the eBPF crate.
+    cargo(&["fmt", "--all", "--", "--check"])?;
+    cargo(&[
+        "clippy", "--workspace", "--exclude", "lb-ebpf", "--all-targets", "--", "-D", "warnings",
+    ])?;
+    run(Command::new("rustup").args([
+        "run", "nightly", "cargo", "clippy", "-p", "lb-ebpf", "--target", "bpfel-unknown-none",
+        "-Z", "build-std=core", "--release", "--", "-D", "warnings",
+    ]))?;
+    // Unit tests, BPF_PROG_TEST_RUN fixtures and netns tests; the netns tests run the lb
+    // binary, so build it first.
+    cargo(&["build", "-p", "lb-userspace"])?;
+    cargo(&["test", "--workspace"])
+}

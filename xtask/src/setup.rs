@@ -1,0 +1,129 @@
+//! Installs what a fresh machine lacks into the project (`.tools/`) or the system (Debian
+//! packages). Every step checks first, so a second call is fast.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+pub struct Tools {
+    pub bin: PathBuf,
+}
+
+const BPF_LINKER_VERSION: &str = "0.13";
+/// Debian packages the tests and the demo use: `ip` (iproute2) for namespaces and veths,
+/// ethtool to turn off checksum offload on veths.
+const DEBIAN_PACKAGES: &[&str] = &["iproute2", "ethtool"];
+
+pub fn setup(root: &Path) -> Result<Tools> {
+    let tools_dir = root.join(".tools");
+    let tools = Tools {
+        bin: tools_dir.join("bin"),
+    };
+    rust_src()?;
+    bpf_linker(&tools_dir)?;
+    debian_packages()?;
+    Ok(tools)
+}
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("starting {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed with {}", out.status);
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn nightly_sysroot() -> Result<PathBuf> {
+    Ok(PathBuf::from(output(
+        Command::new("rustc").args(["+nightly", "--print", "sysroot"]),
+    )
+    .context("the `nightly` toolchain is needed for the eBPF crate")?))
+}
+
+fn rust_src() -> Result<()> {
+    let library = nightly_sysroot()?.join("lib/rustlib/src/rust/library");
+    if library.is_dir() {
+        return Ok(());
+    }
+    eprintln!("setup: installing rust-src for nightly");
+    crate::run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+fn bpf_linker(tools_dir: &Path) -> Result<()> {
+    let linker = tools_dir.join("bin/bpf-linker");
+    // bpf-linker loads nightly's libLLVM, which rustc puts on the library path when it links.
+    let sysroot_lib = nightly_sysroot()?.join("lib");
+    if linker.is_file()
+        && output(Command::new(&linker).arg("--version").env("LD_LIBRARY_PATH", &sysroot_lib))
+            .map(|v| v.contains(&format!(" {BPF_LINKER_VERSION}.")))
+            .unwrap_or(false)
+    {
+        return Ok(());
+    }
+    eprintln!("setup: building bpf-linker {BPF_LINKER_VERSION} against nightly's LLVM (about a minute)");
+    // bpf-linker links the LLVM that nightly rustc itself uses, so bitcode versions match.
+    let lib = sysroot_lib;
+    let llvm = std::fs::read_dir(&lib)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libLLVM.so.") && n.contains("-rust-"))
+        })
+        .with_context(|| format!("no libLLVM.so.*-rust-* in {}", lib.display()))?;
+    let llvm_major = llvm
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("libLLVM.so."))
+        .and_then(|n| n.split('.').next())
+        .context("cannot read the LLVM version")?
+        .to_string();
+    let prefix = tools_dir.join("llvm");
+    std::fs::create_dir_all(prefix.join("lib"))?;
+    let link = prefix.join("lib/libLLVM.so");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&llvm, &link)?;
+    crate::run(
+        Command::new(env!("CARGO"))
+            .args(["install", "bpf-linker", "--force", "--locked", "--version"])
+            .arg(format!("^{BPF_LINKER_VERSION}"))
+            .args(["--no-default-features", "--features"])
+            .arg(format!("llvm-{llvm_major}"))
+            .arg("--root")
+            .arg(tools_dir)
+            .env("LLVM_PREFIX", &prefix),
+    )
+}
+
+fn debian_packages() -> Result<()> {
+    let missing: Vec<&str> = DEBIAN_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            !Command::new("dpkg-query")
+                .args(["-W", "-f=${Status}", p])
+                .stderr(Stdio::null())
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+                .unwrap_or(false)
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("setup: installing Debian packages {missing:?}");
+    crate::run(Command::new("apt-get").arg("update").arg("-q"))?;
+    crate::run(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
