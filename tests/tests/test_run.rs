@@ -1,0 +1,394 @@
+//! BPF_PROG_TEST_RUN fixtures against the real XDP object: input frame, expected output
+//! frame and verdict, and the counter that explains it.
+//!
+//! The program runs with a real ingress interface (in a namespace this test creates) whose
+//! routes and permanent neighbour entries make `bpf_fib_lookup` succeed, so rewritten frames
+//! carry the MAC addresses the kernel would use and leave by XDP_REDIRECT.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use aya::{
+    maps::{HashMap as BpfHashMap, MapData},
+    programs::{TestRun, TestRunOptions},
+};
+use lb_common::maps::{FlowKey, MAP_CONNTRACK, NatEntry, PROG_LB, SNAT_PORT_MAX, SNAT_PORT_MIN};
+use lb_tests::{
+    netns::NetNs,
+    packets::{Frame, L4, TCP_SYN, TCP_SYN_ACK, checksums_valid},
+    require_root,
+};
+use lb_userspace::{config::Config, dataplane::Dataplane, plan::{Plan, addr16}};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_REDIRECT: u32 = 4;
+
+const CLIENT_SIDE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+const SERVER_SIDE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xc1];
+const SERVER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x51];
+
+const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 1);
+const SNAT: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 1);
+const SERVER: Ipv4Addr = Ipv4Addr::new(198, 18, 11, 2);
+const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 2);
+const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0x100, 0, 0, 0, 1);
+const SNAT6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 2, 0, 0, 0, 1);
+const SERVER6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0x11, 0, 0, 0, 2);
+
+const CONFIG: &str = r#"
+[[frontends]]
+name = "v4"
+mode = "tcp"
+address = "198.18.100.1"
+binds = [{ port = 80 }, { port = 53, protocol = "udp" }]
+default_backend = "v4-servers"
+interfaces = ["fxc", "fxs"]
+snat_address = "198.18.2.1"
+
+[[frontends]]
+name = "v6"
+mode = "tcp"
+address = "2001:2:0:100::1"
+binds = [{ port = 80 }]
+default_backend = "v6-servers"
+interfaces = ["fxc", "fxs"]
+snat_address = "2001:2:0:2::1"
+
+[[backends]]
+name = "v4-servers"
+mode = "tcp"
+balancing_method = "maglev"
+port = 8080
+servers = { type = "addresses", addresses = [{ address = "198.18.11.2" }] }
+
+[[backends]]
+name = "v6-servers"
+mode = "tcp"
+balancing_method = "maglev"
+port = 8080
+servers = { type = "addresses", addresses = [{ address = "2001:2:0:11::2" }] }
+"#;
+
+struct Fixture {
+    dataplane: Dataplane,
+    client_ifindex: u32,
+    server_ifindex: u32,
+}
+
+impl Fixture {
+    /// Run the program on `frame` as if it arrived on `ifindex`; returns verdict and output.
+    fn run(&mut self, frame: &[u8], ifindex: u32) -> (u32, Vec<u8>) {
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
+        let ctx: Vec<u8> = [0, frame.len() as u32, 0, ifindex, 0, 0]
+            .iter()
+            .flat_map(|w| w.to_ne_bytes())
+            .collect();
+        let mut out = vec![0u8; frame.len() + 256];
+        let prog = self.dataplane.program(PROG_LB).unwrap();
+        let result = prog
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx),
+                ..Default::default()
+            })
+            .expect("BPF_PROG_TEST_RUN");
+        out.truncate(result.data_size_out as usize);
+        (result.return_value, out)
+    }
+
+    fn counter(&self, label: &str) -> u64 {
+        self.dataplane
+            .stats()
+            .unwrap()
+            .into_iter()
+            .find(|(l, _)| *l == label)
+            .unwrap_or_else(|| panic!("no counter {label}"))
+            .1
+    }
+
+    fn tracked(&mut self, key: &FlowKey) -> Option<NatEntry> {
+        let map = self.dataplane.ebpf_mut().map(MAP_CONNTRACK).unwrap();
+        let ct: BpfHashMap<&MapData, FlowKey, NatEntry> = BpfHashMap::try_from(map).unwrap();
+        ct.get(key, 0).ok()
+    }
+}
+
+fn key(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, proto: u8) -> FlowKey {
+    FlowKey {
+        src: addr16(src),
+        dst: addr16(dst),
+        sport: sport.to_be(),
+        dport: dport.to_be(),
+        proto,
+        _pad: [0; 3],
+    }
+}
+
+/// A namespace with a client-side and a server-side interface, fixed MACs and permanent
+/// neighbours, in which the whole fixture body runs.
+fn with_fixture(test: &'static str, body: impl FnOnce(&mut Fixture) + Send + 'static) {
+    if !require_root(test) {
+        return;
+    }
+    let ns = NetNs::new(&format!("lbfx{}-{}", std::process::id(), &test[..test.len().min(4)])).unwrap();
+    let setup: &[&[&str]] = &[
+        &["ip", "link", "add", "fxc", "address", "02:00:00:00:00:01", "type", "veth", "peer", "name", "fxc-peer"],
+        &["ip", "link", "add", "fxs", "address", "02:00:00:00:00:02", "type", "veth", "peer", "name", "fxs-peer"],
+        &["ip", "link", "set", "fxc", "up"],
+        &["ip", "link", "set", "fxc-peer", "up"],
+        &["ip", "link", "set", "fxs", "up"],
+        &["ip", "link", "set", "fxs-peer", "up"],
+        &["ip", "addr", "add", "198.18.0.1/24", "dev", "fxc"],
+        &["ip", "addr", "add", "198.18.11.1/24", "dev", "fxs"],
+        &["ip", "addr", "add", "2001:2::1/64", "dev", "fxc", "nodad"],
+        &["ip", "addr", "add", "2001:2:0:11::1/64", "dev", "fxs", "nodad"],
+        &["ip", "neigh", "add", "198.18.0.2", "lladdr", "02:00:00:00:00:c1", "dev", "fxc", "nud", "permanent"],
+        &["ip", "neigh", "add", "198.18.11.2", "lladdr", "02:00:00:00:00:51", "dev", "fxs", "nud", "permanent"],
+        &["ip", "neigh", "add", "2001:2::2", "lladdr", "02:00:00:00:00:c1", "dev", "fxc", "nud", "permanent"],
+        &["ip", "neigh", "add", "2001:2:0:11::2", "lladdr", "02:00:00:00:00:51", "dev", "fxs", "nud", "permanent"],
+        &["sysctl", "-qw", "net.ipv4.ip_forward=1"],
+        &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"],
+    ];
+    for cmd in setup {
+        ns.exec(cmd).unwrap();
+    }
+    let handle = ns
+        .run(move || {
+            let mut dataplane = Dataplane::load().unwrap();
+            let client_ifindex = nix::net::if_::if_nametoindex("fxc").unwrap();
+            let server_ifindex = nix::net::if_::if_nametoindex("fxs").unwrap();
+            dataplane.add_tx_port(client_ifindex).unwrap();
+            dataplane.add_tx_port(server_ifindex).unwrap();
+            let config = Config::parse("fixture.toml", CONFIG).unwrap();
+            dataplane.apply(&Plan::from_config(&config)).unwrap();
+            body(&mut Fixture {
+                dataplane,
+                client_ifindex,
+                server_ifindex,
+            });
+        })
+        .unwrap();
+    if let Err(panic) = handle.join() {
+        drop(ns);
+        std::panic::resume_unwind(panic);
+    }
+}
+
+fn client_frame(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, l4: L4) -> Frame {
+    Frame {
+        dst_mac: CLIENT_SIDE_MAC,
+        src_mac: CLIENT_MAC,
+        vlan: None,
+        src,
+        dst,
+        sport,
+        dport,
+        l4,
+    }
+}
+
+/// A new flow is NATed to the server, and the server's reply back to the client; both
+/// frames come out byte for byte as expected, checksums included.
+fn nat_round_trip(fx: &mut Fixture, client: IpAddr, vip: IpAddr, snat: IpAddr, server: IpAddr, l4: L4, vport: u16) {
+    let proto = if matches!(l4, L4::Tcp { .. }) { 6 } else { 17 };
+    let payload = b"hello";
+    let request = client_frame(client, vip, 40000, vport, l4);
+    let new_flows = fx.counter("flow_new");
+    let (verdict, out) = fx.run(&request.build(payload), fx.client_ifindex);
+    assert_eq!(verdict, XDP_REDIRECT, "a new flow to a VIP leaves by redirect");
+    assert_eq!(fx.counter("flow_new"), new_flows + 1);
+
+    let tracked = fx
+        .tracked(&key(client, vip, 40000, vport, proto))
+        .expect("the flow is tracked");
+    let snat_port = u16::from_be(tracked.sport);
+    assert!((SNAT_PORT_MIN..=SNAT_PORT_MAX).contains(&snat_port));
+    let expected = Frame {
+        dst_mac: SERVER_MAC,
+        src_mac: SERVER_SIDE_MAC,
+        src: snat,
+        dst: server,
+        sport: snat_port,
+        dport: 8080,
+        ..request
+    }
+    .build(payload);
+    assert_eq!(out, expected, "request rewritten to SNAT -> server:8080");
+    assert!(checksums_valid(&out), "IP and L4 checksums are valid after NAT");
+
+    // The same flow again follows the tracked entry.
+    let (verdict, again) = fx.run(&request.build(payload), fx.client_ifindex);
+    assert_eq!((verdict, &again), (XDP_REDIRECT, &expected));
+
+    let reply_l4 = match l4 {
+        L4::Tcp { .. } => L4::Tcp { flags: TCP_SYN_ACK },
+        L4::Udp => L4::Udp,
+    };
+    let reply = Frame {
+        dst_mac: SERVER_SIDE_MAC,
+        src_mac: SERVER_MAC,
+        vlan: None,
+        src: server,
+        dst: snat,
+        sport: 8080,
+        dport: snat_port,
+        l4: reply_l4,
+    };
+    let replies = fx.counter("nat_reply");
+    let (verdict, out) = fx.run(&reply.build(b"world"), fx.server_ifindex);
+    assert_eq!(verdict, XDP_REDIRECT);
+    assert_eq!(fx.counter("nat_reply"), replies + 1);
+    let expected = Frame {
+        dst_mac: CLIENT_MAC,
+        src_mac: CLIENT_SIDE_MAC,
+        src: vip,
+        dst: client,
+        sport: vport,
+        dport: 40000,
+        ..reply
+    }
+    .build(b"world");
+    assert_eq!(out, expected, "reply rewritten to VIP -> client");
+    assert!(checksums_valid(&out));
+}
+
+#[test]
+fn tcp_syn_is_natted_and_reply_reverse_translated() {
+    with_fixture("tcp_nat", |fx| {
+        nat_round_trip(fx, CLIENT.into(), VIP.into(), SNAT.into(), SERVER.into(), L4::Tcp { flags: TCP_SYN }, 80);
+    });
+}
+
+#[test]
+fn udp_is_natted_and_reply_reverse_translated() {
+    with_fixture("udp_nat", |fx| {
+        nat_round_trip(fx, CLIENT.into(), VIP.into(), SNAT.into(), SERVER.into(), L4::Udp, 53);
+    });
+}
+
+#[test]
+fn ipv6_tcp_is_natted_and_reply_reverse_translated() {
+    with_fixture("v6_nat", |fx| {
+        nat_round_trip(fx, CLIENT6.into(), VIP6.into(), SNAT6.into(), SERVER6.into(), L4::Tcp { flags: TCP_SYN }, 80);
+    });
+}
+
+#[test]
+fn vlan_tagged_syn_is_natted_keeping_its_tag() {
+    with_fixture("vlan", |fx| {
+        let request = Frame {
+            vlan: Some(42),
+            ..client_frame(CLIENT.into(), VIP.into(), 40001, 80, L4::Tcp { flags: TCP_SYN })
+        };
+        let (verdict, out) = fx.run(&request.build(b""), fx.client_ifindex);
+        assert_eq!(verdict, XDP_REDIRECT);
+        assert_eq!(&out[12..16], &[0x81, 0x00, 0, 42], "the 802.1Q tag is kept");
+        assert!(checksums_valid(&out));
+        assert_eq!(&out[16 + 2 + 16..16 + 2 + 20], &SERVER.octets());
+    });
+}
+
+#[test]
+fn non_vip_packets_pass_byte_identical() {
+    with_fixture("pass", |fx| {
+        let cases = [
+            client_frame(CLIENT.into(), Ipv4Addr::new(198, 18, 0, 1).into(), 40000, 80, L4::Tcp { flags: TCP_SYN }),
+            client_frame(CLIENT.into(), VIP.into(), 40000, 81, L4::Tcp { flags: TCP_SYN }),
+            client_frame(CLIENT.into(), VIP.into(), 40000, 80, L4::Udp),
+            client_frame(CLIENT6.into(), "2001:2::1".parse().unwrap(), 40000, 80, L4::Tcp { flags: TCP_SYN }),
+            client_frame(CLIENT6.into(), VIP6.into(), 40000, 80, L4::Udp),
+        ];
+        let before = fx.counter("pass_not_vip");
+        for frame in cases {
+            let input = frame.build(b"payload");
+            let (verdict, out) = fx.run(&input, fx.client_ifindex);
+            assert_eq!(verdict, XDP_PASS, "{frame:?}");
+            assert_eq!(out, input, "passed frames are untouched: {frame:?}");
+        }
+        assert_eq!(fx.counter("pass_not_vip"), before + 5);
+
+        // ARP is not IP: passed and counted.
+        let mut arp = vec![0xff; 6];
+        arp.extend_from_slice(&CLIENT_MAC);
+        arp.extend_from_slice(&[0x08, 0x06]);
+        arp.extend_from_slice(&[0u8; 28]);
+        let before = fx.counter("pass_not_ip");
+        assert_eq!(fx.run(&arp, fx.client_ifindex), (XDP_PASS, arp.clone()));
+        assert_eq!(fx.counter("pass_not_ip"), before + 1);
+    });
+}
+
+#[test]
+fn mid_stream_tcp_without_state_is_dropped_and_counted() {
+    with_fixture("midstream", |fx| {
+        let ack = client_frame(CLIENT.into(), VIP.into(), 40002, 80, L4::Tcp { flags: 0x10 });
+        let before = fx.counter("drop_tcp_no_flow");
+        let (verdict, _) = fx.run(&ack.build(b""), fx.client_ifindex);
+        assert_eq!(verdict, XDP_DROP);
+        assert_eq!(fx.counter("drop_tcp_no_flow"), before + 1);
+    });
+}
+
+#[test]
+fn ipv4_fragments_pass_and_are_counted() {
+    with_fixture("frag", |fx| {
+        let mut frame = client_frame(CLIENT.into(), VIP.into(), 40000, 80, L4::Udp).build(b"x");
+        frame[14 + 6] |= 0x20; // more fragments
+        let before = fx.counter("pass_fragment");
+        assert_eq!(fx.run(&frame, fx.client_ifindex), (XDP_PASS, frame.clone()));
+        assert_eq!(fx.counter("pass_fragment"), before + 1);
+    });
+}
+
+#[test]
+fn ip_options_are_skipped_by_ihl() {
+    with_fixture("ihl", |fx| {
+        // Insert 4 bytes of options (NOPs + EOL) into a SYN's IPv4 header.
+        let mut frame = client_frame(CLIENT.into(), VIP.into(), 40003, 80, L4::Tcp { flags: TCP_SYN }).build(b"");
+        frame.splice(34..34, [1, 1, 1, 0]);
+        frame[14] = 0x46;
+        let total = u16::from_be_bytes([frame[16], frame[17]]) + 4;
+        frame[16..18].copy_from_slice(&total.to_be_bytes());
+        frame[24..26].copy_from_slice(&[0, 0]);
+        let c = lb_common::checksum::checksum(0, &frame[14..38]);
+        frame[24..26].copy_from_slice(&c);
+        let (verdict, out) = fx.run(&frame, fx.client_ifindex);
+        assert_eq!(verdict, XDP_REDIRECT);
+        assert!(checksums_valid(&out));
+        assert_eq!(&out[38 + 2..38 + 4], &8080u16.to_be_bytes(), "TCP found after the options");
+    });
+}
+
+#[test]
+fn truncated_headers_pass_without_crash_and_are_counted() {
+    with_fixture("trunc", |fx| {
+        let tcp = client_frame(CLIENT.into(), VIP.into(), 40000, 80, L4::Tcp { flags: TCP_SYN }).build(b"");
+        let udp = client_frame(CLIENT.into(), VIP.into(), 40000, 53, L4::Udp).build(b"");
+        let v6 = client_frame(CLIENT6.into(), VIP6.into(), 40000, 80, L4::Tcp { flags: TCP_SYN }).build(b"");
+        let vlan = Frame {
+            vlan: Some(7),
+            ..client_frame(CLIENT.into(), VIP.into(), 40000, 80, L4::Tcp { flags: TCP_SYN })
+        }
+        .build(b"");
+        // Cut inside the 802.1Q tag (the kernel refuses test frames shorter than an
+        // Ethernet header), inside IPv4/IPv6, and inside TCP/UDP.
+        let cuts: Vec<Vec<u8>> = vec![
+            vlan[..16].to_vec(),
+            tcp[..14 + 10].to_vec(),
+            tcp[..34 + 12].to_vec(),
+            udp[..34 + 4].to_vec(),
+            v6[..14 + 30].to_vec(),
+            v6[..54 + 10].to_vec(),
+        ];
+        let before = fx.counter("pass_truncated");
+        for cut in &cuts {
+            let (verdict, out) = fx.run(cut, fx.client_ifindex);
+            assert_eq!(verdict, XDP_PASS, "cut at {} bytes", cut.len());
+            assert_eq!(&out, cut);
+        }
+        assert_eq!(fx.counter("pass_truncated"), before + cuts.len() as u64);
+    });
+}
