@@ -33,7 +33,10 @@ fn main() -> anyhow::Result<()> {
         .parent()
         .context("lb-ebpf manifest has no directory")?
         .as_str();
-    println!("cargo:rerun-if-changed={}", workspace.join("lb-common").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        workspace.join("lb-common").display()
+    );
     aya_build::build_ebpf(
         [Package {
             name: "lb-ebpf",

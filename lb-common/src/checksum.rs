@@ -125,7 +125,12 @@ mod tests {
         hdr[10..12].copy_from_slice(&full);
         let old_dst: [u8; 4] = hdr[16..20].try_into().unwrap();
         // Many rewrites, including ones that force carries and 0xffff words.
-        for new_dst in [[198, 18, 11, 2], [255, 255, 255, 255], [0, 0, 0, 0], [1, 2, 3, 4]] {
+        for new_dst in [
+            [198, 18, 11, 2],
+            [255, 255, 255, 255],
+            [0, 0, 0, 0],
+            [1, 2, 3, 4],
+        ] {
             let mut d = CsumDelta::new();
             d.bytes(&old_dst, &new_dst);
             let mut rewritten = hdr;
@@ -149,15 +154,24 @@ mod tests {
         let mut d = CsumDelta::new();
         d.bytes(&src, &nsrc);
         d.bytes(&dst, &ndst);
-        d.word(u16::from_ne_bytes([seg[0], seg[1]]), u16::from_ne_bytes(nsport));
-        d.word(u16::from_ne_bytes([seg[2], seg[3]]), u16::from_ne_bytes(ndport));
+        d.word(
+            u16::from_ne_bytes([seg[0], seg[1]]),
+            u16::from_ne_bytes(nsport),
+        );
+        d.word(
+            u16::from_ne_bytes([seg[2], seg[3]]),
+            u16::from_ne_bytes(ndport),
+        );
         let incremental = d.apply_udp([seg[6], seg[7]]);
 
         let mut expect = seg.clone();
         expect[0..2].copy_from_slice(&nsport);
         expect[2..4].copy_from_slice(&ndport);
         expect[6..8].copy_from_slice(&[0, 0]);
-        assert_eq!(incremental, checksum(pseudo_header_sum(&nsrc, &ndst, 17, 8), &expect));
+        assert_eq!(
+            incremental,
+            checksum(pseudo_header_sum(&nsrc, &ndst, 17, 8), &expect)
+        );
     }
 
     #[test]

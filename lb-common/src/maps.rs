@@ -55,7 +55,9 @@ pub type Addr = [u8; 16];
 /// IPv4 in the 16-byte form used in keys: `::ffff:a.b.c.d`.
 #[inline(always)]
 pub const fn v4_mapped(a: [u8; 4]) -> Addr {
-    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3]]
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
+    ]
 }
 
 #[inline(always)]

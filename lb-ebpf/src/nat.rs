@@ -1,5 +1,9 @@
 //! Connection tracking and full NAT: a new flow picks its server and an SNAT port; tracked
 //! flows and server replies are rewritten in place with incremental checksum updates.
+#![expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "map keys and values go by reference: by value they would be copied onto the 512-byte BPF stack"
+)]
 
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, xdp_action},
@@ -10,8 +14,8 @@ use lb_common::{
     checksum::CsumDelta,
     hash::flow_hash,
     maps::{
-        FRONTEND_FLAG_USERSPACE, FrontendInfo, FrontendKey, NatEntry, PROTO_TCP, RING_STRIDE, SNAT_PORT_MAX,
-        SNAT_PORT_MIN, SNAT_PORT_RETRIES,
+        FRONTEND_FLAG_USERSPACE, FrontendInfo, FrontendKey, NatEntry, PROTO_TCP, RING_STRIDE,
+        SNAT_PORT_MAX, SNAT_PORT_MIN, SNAT_PORT_RETRIES,
     },
     stats::Stat,
 };
@@ -142,7 +146,8 @@ fn new_flow(
     let mut reserved = false;
     let mut attempt = 0;
     while attempt < SNAT_PORT_RETRIES {
-        let port = u32::from(SNAT_PORT_MIN) + hash.rotate_left(attempt * 5).wrapping_add(attempt) % range;
+        let port =
+            u32::from(SNAT_PORT_MIN) + hash.rotate_left(attempt * 5).wrapping_add(attempt) % range;
         reply_key.dport = (port as u16).to_be();
         if LB_SNAT
             .insert(&reply_key, &to_client, u64::from(BPF_NOEXIST))
@@ -199,7 +204,10 @@ fn rewrite(ctx: &XdpContext, pkt: &Packet, nat: &NatEntry) -> Option<()> {
         let dst = unsafe { (*ip).dst_addr.as_mut_ptr() } as *mut u32;
         for i in 0..4 {
             unsafe {
-                let (n_src, n_dst) = (new_src.add(i).read_unaligned(), new_dst.add(i).read_unaligned());
+                let (n_src, n_dst) = (
+                    new_src.add(i).read_unaligned(),
+                    new_dst.add(i).read_unaligned(),
+                );
                 addr_delta.word32(src.add(i).read_unaligned(), n_src);
                 addr_delta.word32(dst.add(i).read_unaligned(), n_dst);
                 src.add(i).write_unaligned(n_src);
@@ -212,7 +220,10 @@ fn rewrite(ctx: &XdpContext, pkt: &Packet, nat: &NatEntry) -> Option<()> {
             let src = (*ip).src_addr.as_mut_ptr() as *mut u32;
             let dst = (*ip).dst_addr.as_mut_ptr() as *mut u32;
             // The IPv4 address is the last word of the mapped form.
-            let (n_src, n_dst) = (new_src.add(3).read_unaligned(), new_dst.add(3).read_unaligned());
+            let (n_src, n_dst) = (
+                new_src.add(3).read_unaligned(),
+                new_dst.add(3).read_unaligned(),
+            );
             addr_delta.word32(src.read_unaligned(), n_src);
             addr_delta.word32(dst.read_unaligned(), n_dst);
             src.write_unaligned(n_src);

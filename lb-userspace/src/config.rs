@@ -250,7 +250,11 @@ impl Config {
         for (i, b) in self.backends.iter().enumerate() {
             let at = format!("backends[{i}]");
             if b.name.trim().is_empty() {
-                problem(format!("{at}.name"), "a backend needs a name".into(), "set name = \"...\"");
+                problem(
+                    format!("{at}.name"),
+                    "a backend needs a name".into(),
+                    "set name = \"...\"",
+                );
             } else if !backend_names.insert(b.name.as_str()) {
                 problem(
                     format!("{at}.name"),
@@ -262,7 +266,9 @@ impl Config {
             if PLANNED_METHODS.contains(&method) {
                 problem(
                     format!("{at}.balancing_method"),
-                    format!("balancing_method {method:?} is not implemented by the XDP data plane yet"),
+                    format!(
+                        "balancing_method {method:?} is not implemented by the XDP data plane yet"
+                    ),
                     "use balancing_method = \"maglev\" (weighted consistent hashing)",
                 );
             } else if !XDP_METHODS.contains(&method) {
@@ -341,7 +347,11 @@ impl Config {
         if self.backends.len() > lb_common::maps::MAX_BACKENDS as usize {
             problem(
                 "backends".into(),
-                format!("{} backends; this build supports {}", self.backends.len(), lb_common::maps::MAX_BACKENDS),
+                format!(
+                    "{} backends; this build supports {}",
+                    self.backends.len(),
+                    lb_common::maps::MAX_BACKENDS
+                ),
                 "merge backends",
             );
         }
@@ -433,7 +443,10 @@ impl Config {
                 ),
                 Some(a) if a.is_ipv4() != f.address.is_ipv4() => problem(
                     format!("{at}.snat_address"),
-                    format!("snat_address {a} is not of the same family as address {}", f.address),
+                    format!(
+                        "snat_address {a} is not of the same family as address {}",
+                        f.address
+                    ),
                     "use an SNAT address of the frontend's family",
                 ),
                 _ => {}
@@ -571,31 +584,48 @@ servers = { type = "addresses", addresses = [
     #[test]
     fn mode_mismatch_unknown_backend_and_bad_address_are_reported() {
         let e = errors(&GOOD.replacen(r#"mode = "tcp""#, r#"mode = "http""#, 1));
-        assert!(e.problems.iter().any(|(l, p)| p.field == "frontends[0].mode"
-            && p.message.contains("differs")
-            && *l == Some(4)));
+        assert!(
+            e.problems
+                .iter()
+                .any(|(l, p)| p.field == "frontends[0].mode"
+                    && p.message.contains("differs")
+                    && *l == Some(4))
+        );
 
         let e = errors(&GOOD.replace(r#"default_backend = "app""#, r#"default_backend = "nope""#));
         assert_eq!(e.problems[0].1.field, "frontends[0].default_backend");
         assert_eq!(e.problems[0].0, Some(7));
 
         let e = errors(&GOOD.replace("198.18.12.2", "198.18.12.999"));
-        assert_eq!(e.problems[0].1.field, "backends[0].servers.addresses[1].address");
+        assert_eq!(
+            e.problems[0].1.field,
+            "backends[0].servers.addresses[1].address"
+        );
         assert_eq!(e.problems[0].0, Some(18));
     }
 
     #[test]
     fn more_than_500_servers_is_rejected() {
         let servers: Vec<String> = (0..501)
-            .map(|i| format!("{{ address = \"198.18.{}.{}\" }}", 20 + i / 250, 1 + i % 250))
+            .map(|i| {
+                format!(
+                    "{{ address = \"198.18.{}.{}\" }}",
+                    20 + i / 250,
+                    1 + i % 250
+                )
+            })
             .collect();
         let text = GOOD.replace(
             "{ address = \"198.18.11.2\", weight = 1 },",
             &format!("{},", servers.join(",")),
         );
         let e = errors(&text);
-        assert!(e.problems.iter().any(|(_, p)| p.field == "backends[0].servers.addresses"
-            && p.message.contains("at most 500")));
+        assert!(
+            e.problems
+                .iter()
+                .any(|(_, p)| p.field == "backends[0].servers.addresses"
+                    && p.message.contains("at most 500"))
+        );
     }
 
     #[test]

@@ -11,8 +11,8 @@ use aya::{
 };
 use lb_common::{
     maps::{
-        BackendInfo, FrontendInfo, FrontendKey, MAP_BACKENDS, MAP_FRONTENDS, MAP_RING,
-        MAP_SERVERS, MAP_STATS, MAP_TX_PORTS, PROG_LB, PROG_PASS, RING_STRIDE, ServerInfo,
+        BackendInfo, FrontendInfo, FrontendKey, MAP_BACKENDS, MAP_FRONTENDS, MAP_RING, MAP_SERVERS,
+        MAP_STATS, MAP_TX_PORTS, PROG_LB, PROG_PASS, RING_STRIDE, ServerInfo,
     },
     stats::Stat,
 };
@@ -64,8 +64,9 @@ impl Dataplane {
             Ok(_) => Ok(XdpMode::Driver),
             Err(native) => {
                 warn!(%iface, error = %native, "native XDP failed; falling back to generic (slower) mode");
-                xdp.attach(iface, XdpMode::Skb)
-                    .with_context(|| format!("attaching XDP to {iface}: is the interface name right?"))?;
+                xdp.attach(iface, XdpMode::Skb).with_context(|| {
+                    format!("attaching XDP to {iface}: is the interface name right?")
+                })?;
                 Ok(XdpMode::Skb)
             }
         }
@@ -137,7 +138,12 @@ impl Dataplane {
             },
             0,
         )?;
-        info!(backend_id, slots = table.len(), written = changed.len(), "selection table updated");
+        info!(
+            backend_id,
+            slots = table.len(),
+            written = changed.len(),
+            "selection table updated"
+        );
         self.rings.insert(backend_id, table.to_vec());
         Ok(changed.len())
     }

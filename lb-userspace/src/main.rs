@@ -9,7 +9,11 @@ use lb_userspace::{config::Config, dataplane::Dataplane, plan::Plan};
 use tracing::{info, warn};
 
 #[derive(Parser)]
-#[command(name = "lb", version, about = "XDP load balancer for bare-metal edge nodes")]
+#[command(
+    name = "lb",
+    version,
+    about = "XDP load balancer for bare-metal edge nodes"
+)]
 struct Cli {
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
     log_format: LogFormat,
@@ -89,8 +93,9 @@ fn main() -> ExitCode {
 fn run(config: Config) -> Result<()> {
     let mut dataplane = Dataplane::load()?;
     for iface in config.interfaces() {
-        let ifindex = nix::net::if_::if_nametoindex(iface.as_str())
-            .with_context(|| format!("interface {iface:?} (frontends[].interfaces) does not exist"))?;
+        let ifindex = nix::net::if_::if_nametoindex(iface.as_str()).with_context(|| {
+            format!("interface {iface:?} (frontends[].interfaces) does not exist")
+        })?;
         let mode = dataplane.attach(PROG_LB, &iface)?;
         dataplane.add_tx_port(ifindex)?;
         info!(%iface, ifindex, ?mode, "XDP attached");

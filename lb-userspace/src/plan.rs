@@ -59,7 +59,10 @@ impl Plan {
                 .push((backend_id as u32, build_table(&members, RING_SIZE_DEFAULT)));
         }
         for f in &config.frontends {
-            let Some(backend_id) = config.backends.iter().position(|b| b.name == f.default_backend)
+            let Some(backend_id) = config
+                .backends
+                .iter()
+                .position(|b| b.name == f.default_backend)
             else {
                 continue;
             };

@@ -23,6 +23,8 @@ pub fn require_root(test: &str) -> bool {
     if std::env::var("CI").as_deref() == Ok("true") {
         panic!("{test}: network-namespace tests need root, and CI=true forbids skipping them");
     }
-    eprintln!("\n!!! SKIPPED {test}: network-namespace tests need root (run `sudo cargo xtask test`) !!!\n");
+    eprintln!(
+        "\n!!! SKIPPED {test}: network-namespace tests need root (run `sudo cargo xtask test`) !!!\n"
+    );
     false
 }

@@ -70,8 +70,12 @@ impl Frame {
 
     fn pseudo(&self, proto: u8, len: usize) -> u64 {
         match (self.src, self.dst) {
-            (IpAddr::V4(s), IpAddr::V4(d)) => pseudo_header_sum(&s.octets(), &d.octets(), proto, len as u32),
-            (IpAddr::V6(s), IpAddr::V6(d)) => pseudo_header_sum(&s.octets(), &d.octets(), proto, len as u32),
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                pseudo_header_sum(&s.octets(), &d.octets(), proto, len as u32)
+            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => {
+                pseudo_header_sum(&s.octets(), &d.octets(), proto, len as u32)
+            }
             _ => panic!("mixed address families"),
         }
     }
@@ -81,7 +85,11 @@ impl Frame {
         seg.extend_from_slice(&self.sport.to_be_bytes());
         seg.extend_from_slice(&self.dport.to_be_bytes());
         seg.extend_from_slice(&0x0102_0304u32.to_be_bytes()); // seq
-        let ack = if flags & TCP_ACK != 0 { 0x0a0b_0c0du32 } else { 0 };
+        let ack = if flags & TCP_ACK != 0 {
+            0x0a0b_0c0du32
+        } else {
+            0
+        };
         seg.extend_from_slice(&ack.to_be_bytes());
         seg.extend_from_slice(&[0x50, flags]);
         seg.extend_from_slice(&64240u16.to_be_bytes()); // window
@@ -124,12 +132,22 @@ pub fn checksums_valid(frame: &[u8]) -> bool {
                 return false;
             }
             let len = frame.len() - l3 - ihl;
-            let p = pseudo_header_sum(&frame[l3 + 12..l3 + 16], &frame[l3 + 16..l3 + 20], frame[l3 + 9], len as u32);
+            let p = pseudo_header_sum(
+                &frame[l3 + 12..l3 + 16],
+                &frame[l3 + 16..l3 + 20],
+                frame[l3 + 9],
+                len as u32,
+            );
             (frame[l3 + 9], l3 + ihl, p)
         }
         0x86dd => {
             let len = frame.len() - l3 - 40;
-            let p = pseudo_header_sum(&frame[l3 + 8..l3 + 24], &frame[l3 + 24..l3 + 40], frame[l3 + 6], len as u32);
+            let p = pseudo_header_sum(
+                &frame[l3 + 8..l3 + 24],
+                &frame[l3 + 24..l3 + 40],
+                frame[l3 + 6],
+                len as u32,
+            );
             (frame[l3 + 6], l3 + 40, p)
         }
         _ => return false,

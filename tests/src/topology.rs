@@ -63,16 +63,39 @@ impl Topology {
     fn wire(&self) -> Result<()> {
         let lb = &self.lb;
         veth(&self.client, "eth0", lb, "eth-c")?;
-        self.client.exec(&["ip", "addr", "add", "198.18.0.2/24", "dev", "eth0"])?;
+        self.client
+            .exec(&["ip", "addr", "add", "198.18.0.2/24", "dev", "eth0"])?;
         lb.exec(&["ip", "addr", "add", "198.18.0.1/24", "dev", "eth-c"])?;
-        self.client.exec(&["ip", "route", "add", "default", "via", "198.18.0.1"])?;
+        self.client
+            .exec(&["ip", "route", "add", "default", "via", "198.18.0.1"])?;
         for (i, server) in self.servers.iter().enumerate() {
             let lb_if = format!("s{}", i + 1);
             veth(server, "eth0", lb, &lb_if)?;
             let net = 11 + i;
-            server.exec(&["ip", "addr", "add", &format!("198.18.{net}.2/24"), "dev", "eth0"])?;
-            lb.exec(&["ip", "addr", "add", &format!("198.18.{net}.1/24"), "dev", &lb_if])?;
-            server.exec(&["ip", "route", "add", "default", "via", &format!("198.18.{net}.1")])?;
+            server.exec(&[
+                "ip",
+                "addr",
+                "add",
+                &format!("198.18.{net}.2/24"),
+                "dev",
+                "eth0",
+            ])?;
+            lb.exec(&[
+                "ip",
+                "addr",
+                "add",
+                &format!("198.18.{net}.1/24"),
+                "dev",
+                &lb_if,
+            ])?;
+            server.exec(&[
+                "ip",
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("198.18.{net}.1"),
+            ])?;
         }
         // The SNAT address is deliberately not assigned on lb: servers route it back through
         // lb, where XDP translates replies; and the kernel must be able to forward a first
@@ -103,8 +126,8 @@ impl Topology {
 /// local stack would arrive with bad checksums after XDP_TX/REDIRECT.
 fn veth(a: &NetNs, a_if: &str, b: &NetNs, b_if: &str) -> Result<()> {
     crate::netns::sh(&[
-        "ip", "link", "add", a_if, "netns", &a.name, "type", "veth", "peer", "name", b_if,
-        "netns", &b.name,
+        "ip", "link", "add", a_if, "netns", &a.name, "type", "veth", "peer", "name", b_if, "netns",
+        &b.name,
     ])?;
     for (ns, ifname) in [(a, a_if), (b, b_if)] {
         ns.exec(&["ethtool", "-K", ifname, "tx", "off"])?;
@@ -121,7 +144,10 @@ fn start_and_wait_ready(ns: &NetNs, lb_bin: &Path, args: &[&str]) -> Result<()> 
         .arg(lb_bin)
         .args(args)
         .env("NO_COLOR", "1")
-        .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -143,7 +169,10 @@ fn start_and_wait_ready(ns: &NetNs, lb_bin: &Path, args: &[&str]) -> Result<()> 
     });
     match rx.recv_timeout(Duration::from_secs(30)) {
         Ok(()) => Ok(()),
-        Err(_) => bail!("lb {args:?} in {} did not become ready within 30 s", ns.name),
+        Err(_) => bail!(
+            "lb {args:?} in {} did not become ready within 30 s",
+            ns.name
+        ),
     }
 }
 

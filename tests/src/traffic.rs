@@ -203,7 +203,10 @@ pub fn drive_tcp(
     }
     let mut total = Tally::default();
     for h in handles {
-        total.merge(h.join().map_err(|_| anyhow::anyhow!("client thread panicked"))?);
+        total.merge(
+            h.join()
+                .map_err(|_| anyhow::anyhow!("client thread panicked"))?,
+        );
     }
     Ok(total)
 }

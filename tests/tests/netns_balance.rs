@@ -69,5 +69,8 @@ fn tcp_and_udp_flows_are_balanced_by_weight_and_stay_on_their_server() {
             .keys()
             .all(|k| (0..3).any(|i| *k == server_name(i)))
     );
-    assert!(udp_tally.per_server.len() >= 2, "UDP flows should spread: {udp_tally:?}");
+    assert!(
+        udp_tally.per_server.len() >= 2,
+        "UDP flows should spread: {udp_tally:?}"
+    );
 }

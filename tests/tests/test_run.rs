@@ -17,7 +17,11 @@ use lb_tests::{
     packets::{Frame, L4, TCP_SYN, TCP_SYN_ACK, checksums_valid},
     require_root,
 };
-use lb_userspace::{config::Config, dataplane::Dataplane, plan::{Plan, addr16}};
+use lb_userspace::{
+    config::Config,
+    dataplane::Dataplane,
+    plan::{Plan, addr16},
+};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -133,10 +137,39 @@ fn with_fixture(test: &'static str, body: impl FnOnce(&mut Fixture) + Send + 'st
     if !require_root(test) {
         return;
     }
-    let ns = NetNs::new(&format!("lbfx{}-{}", std::process::id(), &test[..test.len().min(4)])).unwrap();
+    let ns = NetNs::new(&format!(
+        "lbfx{}-{}",
+        std::process::id(),
+        &test[..test.len().min(4)]
+    ))
+    .unwrap();
     let setup: &[&[&str]] = &[
-        &["ip", "link", "add", "fxc", "address", "02:00:00:00:00:01", "type", "veth", "peer", "name", "fxc-peer"],
-        &["ip", "link", "add", "fxs", "address", "02:00:00:00:00:02", "type", "veth", "peer", "name", "fxs-peer"],
+        &[
+            "ip",
+            "link",
+            "add",
+            "fxc",
+            "address",
+            "02:00:00:00:00:01",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "fxc-peer",
+        ],
+        &[
+            "ip",
+            "link",
+            "add",
+            "fxs",
+            "address",
+            "02:00:00:00:00:02",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "fxs-peer",
+        ],
         &["ip", "link", "set", "fxc", "up"],
         &["ip", "link", "set", "fxc-peer", "up"],
         &["ip", "link", "set", "fxs", "up"],
@@ -144,11 +177,63 @@ fn with_fixture(test: &'static str, body: impl FnOnce(&mut Fixture) + Send + 'st
         &["ip", "addr", "add", "198.18.0.1/24", "dev", "fxc"],
         &["ip", "addr", "add", "198.18.11.1/24", "dev", "fxs"],
         &["ip", "addr", "add", "2001:2::1/64", "dev", "fxc", "nodad"],
-        &["ip", "addr", "add", "2001:2:0:11::1/64", "dev", "fxs", "nodad"],
-        &["ip", "neigh", "add", "198.18.0.2", "lladdr", "02:00:00:00:00:c1", "dev", "fxc", "nud", "permanent"],
-        &["ip", "neigh", "add", "198.18.11.2", "lladdr", "02:00:00:00:00:51", "dev", "fxs", "nud", "permanent"],
-        &["ip", "neigh", "add", "2001:2::2", "lladdr", "02:00:00:00:00:c1", "dev", "fxc", "nud", "permanent"],
-        &["ip", "neigh", "add", "2001:2:0:11::2", "lladdr", "02:00:00:00:00:51", "dev", "fxs", "nud", "permanent"],
+        &[
+            "ip",
+            "addr",
+            "add",
+            "2001:2:0:11::1/64",
+            "dev",
+            "fxs",
+            "nodad",
+        ],
+        &[
+            "ip",
+            "neigh",
+            "add",
+            "198.18.0.2",
+            "lladdr",
+            "02:00:00:00:00:c1",
+            "dev",
+            "fxc",
+            "nud",
+            "permanent",
+        ],
+        &[
+            "ip",
+            "neigh",
+            "add",
+            "198.18.11.2",
+            "lladdr",
+            "02:00:00:00:00:51",
+            "dev",
+            "fxs",
+            "nud",
+            "permanent",
+        ],
+        &[
+            "ip",
+            "neigh",
+            "add",
+            "2001:2::2",
+            "lladdr",
+            "02:00:00:00:00:c1",
+            "dev",
+            "fxc",
+            "nud",
+            "permanent",
+        ],
+        &[
+            "ip",
+            "neigh",
+            "add",
+            "2001:2:0:11::2",
+            "lladdr",
+            "02:00:00:00:00:51",
+            "dev",
+            "fxs",
+            "nud",
+            "permanent",
+        ],
         &["sysctl", "-qw", "net.ipv4.ip_forward=1"],
         &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"],
     ];
@@ -192,13 +277,24 @@ fn client_frame(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, l4: L4) -> Fra
 
 /// A new flow is NATed to the server, and the server's reply back to the client; both
 /// frames come out byte for byte as expected, checksums included.
-fn nat_round_trip(fx: &mut Fixture, client: IpAddr, vip: IpAddr, snat: IpAddr, server: IpAddr, l4: L4, vport: u16) {
+fn nat_round_trip(
+    fx: &mut Fixture,
+    client: IpAddr,
+    vip: IpAddr,
+    snat: IpAddr,
+    server: IpAddr,
+    l4: L4,
+    vport: u16,
+) {
     let proto = if matches!(l4, L4::Tcp { .. }) { 6 } else { 17 };
     let payload = b"hello";
     let request = client_frame(client, vip, 40000, vport, l4);
     let new_flows = fx.counter("flow_new");
     let (verdict, out) = fx.run(&request.build(payload), fx.client_ifindex);
-    assert_eq!(verdict, XDP_REDIRECT, "a new flow to a VIP leaves by redirect");
+    assert_eq!(
+        verdict, XDP_REDIRECT,
+        "a new flow to a VIP leaves by redirect"
+    );
     assert_eq!(fx.counter("flow_new"), new_flows + 1);
 
     let tracked = fx
@@ -217,7 +313,10 @@ fn nat_round_trip(fx: &mut Fixture, client: IpAddr, vip: IpAddr, snat: IpAddr, s
     }
     .build(payload);
     assert_eq!(out, expected, "request rewritten to SNAT -> server:8080");
-    assert!(checksums_valid(&out), "IP and L4 checksums are valid after NAT");
+    assert!(
+        checksums_valid(&out),
+        "IP and L4 checksums are valid after NAT"
+    );
 
     // The same flow again follows the tracked entry.
     let (verdict, again) = fx.run(&request.build(payload), fx.client_ifindex);
@@ -258,21 +357,45 @@ fn nat_round_trip(fx: &mut Fixture, client: IpAddr, vip: IpAddr, snat: IpAddr, s
 #[test]
 fn tcp_syn_is_natted_and_reply_reverse_translated() {
     with_fixture("tcp_nat", |fx| {
-        nat_round_trip(fx, CLIENT.into(), VIP.into(), SNAT.into(), SERVER.into(), L4::Tcp { flags: TCP_SYN }, 80);
+        nat_round_trip(
+            fx,
+            CLIENT.into(),
+            VIP.into(),
+            SNAT.into(),
+            SERVER.into(),
+            L4::Tcp { flags: TCP_SYN },
+            80,
+        );
     });
 }
 
 #[test]
 fn udp_is_natted_and_reply_reverse_translated() {
     with_fixture("udp_nat", |fx| {
-        nat_round_trip(fx, CLIENT.into(), VIP.into(), SNAT.into(), SERVER.into(), L4::Udp, 53);
+        nat_round_trip(
+            fx,
+            CLIENT.into(),
+            VIP.into(),
+            SNAT.into(),
+            SERVER.into(),
+            L4::Udp,
+            53,
+        );
     });
 }
 
 #[test]
 fn ipv6_tcp_is_natted_and_reply_reverse_translated() {
     with_fixture("v6_nat", |fx| {
-        nat_round_trip(fx, CLIENT6.into(), VIP6.into(), SNAT6.into(), SERVER6.into(), L4::Tcp { flags: TCP_SYN }, 80);
+        nat_round_trip(
+            fx,
+            CLIENT6.into(),
+            VIP6.into(),
+            SNAT6.into(),
+            SERVER6.into(),
+            L4::Tcp { flags: TCP_SYN },
+            80,
+        );
     });
 }
 
@@ -281,7 +404,13 @@ fn vlan_tagged_syn_is_natted_keeping_its_tag() {
     with_fixture("vlan", |fx| {
         let request = Frame {
             vlan: Some(42),
-            ..client_frame(CLIENT.into(), VIP.into(), 40001, 80, L4::Tcp { flags: TCP_SYN })
+            ..client_frame(
+                CLIENT.into(),
+                VIP.into(),
+                40001,
+                80,
+                L4::Tcp { flags: TCP_SYN },
+            )
         };
         let (verdict, out) = fx.run(&request.build(b""), fx.client_ifindex);
         assert_eq!(verdict, XDP_REDIRECT);
@@ -295,10 +424,28 @@ fn vlan_tagged_syn_is_natted_keeping_its_tag() {
 fn non_vip_packets_pass_byte_identical() {
     with_fixture("pass", |fx| {
         let cases = [
-            client_frame(CLIENT.into(), Ipv4Addr::new(198, 18, 0, 1).into(), 40000, 80, L4::Tcp { flags: TCP_SYN }),
-            client_frame(CLIENT.into(), VIP.into(), 40000, 81, L4::Tcp { flags: TCP_SYN }),
+            client_frame(
+                CLIENT.into(),
+                Ipv4Addr::new(198, 18, 0, 1).into(),
+                40000,
+                80,
+                L4::Tcp { flags: TCP_SYN },
+            ),
+            client_frame(
+                CLIENT.into(),
+                VIP.into(),
+                40000,
+                81,
+                L4::Tcp { flags: TCP_SYN },
+            ),
             client_frame(CLIENT.into(), VIP.into(), 40000, 80, L4::Udp),
-            client_frame(CLIENT6.into(), "2001:2::1".parse().unwrap(), 40000, 80, L4::Tcp { flags: TCP_SYN }),
+            client_frame(
+                CLIENT6.into(),
+                "2001:2::1".parse().unwrap(),
+                40000,
+                80,
+                L4::Tcp { flags: TCP_SYN },
+            ),
             client_frame(CLIENT6.into(), VIP6.into(), 40000, 80, L4::Udp),
         ];
         let before = fx.counter("pass_not_vip");
@@ -324,7 +471,13 @@ fn non_vip_packets_pass_byte_identical() {
 #[test]
 fn mid_stream_tcp_without_state_is_dropped_and_counted() {
     with_fixture("midstream", |fx| {
-        let ack = client_frame(CLIENT.into(), VIP.into(), 40002, 80, L4::Tcp { flags: 0x10 });
+        let ack = client_frame(
+            CLIENT.into(),
+            VIP.into(),
+            40002,
+            80,
+            L4::Tcp { flags: 0x10 },
+        );
         let before = fx.counter("drop_tcp_no_flow");
         let (verdict, _) = fx.run(&ack.build(b""), fx.client_ifindex);
         assert_eq!(verdict, XDP_DROP);
@@ -347,7 +500,14 @@ fn ipv4_fragments_pass_and_are_counted() {
 fn ip_options_are_skipped_by_ihl() {
     with_fixture("ihl", |fx| {
         // Insert 4 bytes of options (NOPs + EOL) into a SYN's IPv4 header.
-        let mut frame = client_frame(CLIENT.into(), VIP.into(), 40003, 80, L4::Tcp { flags: TCP_SYN }).build(b"");
+        let mut frame = client_frame(
+            CLIENT.into(),
+            VIP.into(),
+            40003,
+            80,
+            L4::Tcp { flags: TCP_SYN },
+        )
+        .build(b"");
         frame.splice(34..34, [1, 1, 1, 0]);
         frame[14] = 0x46;
         let total = u16::from_be_bytes([frame[16], frame[17]]) + 4;
@@ -358,19 +518,43 @@ fn ip_options_are_skipped_by_ihl() {
         let (verdict, out) = fx.run(&frame, fx.client_ifindex);
         assert_eq!(verdict, XDP_REDIRECT);
         assert!(checksums_valid(&out));
-        assert_eq!(&out[38 + 2..38 + 4], &8080u16.to_be_bytes(), "TCP found after the options");
+        assert_eq!(
+            &out[38 + 2..38 + 4],
+            &8080u16.to_be_bytes(),
+            "TCP found after the options"
+        );
     });
 }
 
 #[test]
 fn truncated_headers_pass_without_crash_and_are_counted() {
     with_fixture("trunc", |fx| {
-        let tcp = client_frame(CLIENT.into(), VIP.into(), 40000, 80, L4::Tcp { flags: TCP_SYN }).build(b"");
+        let tcp = client_frame(
+            CLIENT.into(),
+            VIP.into(),
+            40000,
+            80,
+            L4::Tcp { flags: TCP_SYN },
+        )
+        .build(b"");
         let udp = client_frame(CLIENT.into(), VIP.into(), 40000, 53, L4::Udp).build(b"");
-        let v6 = client_frame(CLIENT6.into(), VIP6.into(), 40000, 80, L4::Tcp { flags: TCP_SYN }).build(b"");
+        let v6 = client_frame(
+            CLIENT6.into(),
+            VIP6.into(),
+            40000,
+            80,
+            L4::Tcp { flags: TCP_SYN },
+        )
+        .build(b"");
         let vlan = Frame {
             vlan: Some(7),
-            ..client_frame(CLIENT.into(), VIP.into(), 40000, 80, L4::Tcp { flags: TCP_SYN })
+            ..client_frame(
+                CLIENT.into(),
+                VIP.into(),
+                40000,
+                80,
+                L4::Tcp { flags: TCP_SYN },
+            )
         }
         .build(b"");
         // Cut inside the 802.1Q tag (the kernel refuses test frames shorter than an

@@ -42,10 +42,9 @@ fn main() -> Result<()> {
     std::env::set_current_dir(&root)?;
     let tools = setup::setup(&root)?;
     // Every nested cargo finds bpf-linker through PATH.
-    let path = std::env::join_paths(
-        std::iter::once(tools.bin.clone())
-            .chain(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())),
-    )?;
+    let path = std::env::join_paths(std::iter::once(tools.bin.clone()).chain(
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
+    ))?;
     // SAFETY: single-threaded at this point.
     unsafe { std::env::set_var("PATH", path) };
     match task {
@@ -86,11 +85,30 @@ fn test() -> Result<()> {
     // Style and lint, host crates and the eBPF crate.
     cargo(&["fmt", "--all", "--", "--check"])?;
     cargo(&[
-        "clippy", "--workspace", "--exclude", "lb-ebpf", "--all-targets", "--", "-D", "warnings",
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "lb-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
     ])?;
     run(Command::new("rustup").args([
-        "run", "nightly", "cargo", "clippy", "-p", "lb-ebpf", "--target", "bpfel-unknown-none",
-        "-Z", "build-std=core", "--release", "--", "-D", "warnings",
+        "run",
+        "nightly",
+        "cargo",
+        "clippy",
+        "-p",
+        "lb-ebpf",
+        "--target",
+        "bpfel-unknown-none",
+        "-Z",
+        "build-std=core",
+        "--release",
+        "--",
+        "-D",
+        "warnings",
     ]))?;
     // Unit tests, BPF_PROG_TEST_RUN fixtures and netns tests; the netns tests run the lb
     // binary, so build it first.

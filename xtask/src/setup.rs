@@ -40,10 +40,10 @@ fn output(cmd: &mut Command) -> Result<String> {
 }
 
 fn nightly_sysroot() -> Result<PathBuf> {
-    Ok(PathBuf::from(output(
-        Command::new("rustc").args(["+nightly", "--print", "sysroot"]),
-    )
-    .context("the `nightly` toolchain is needed for the eBPF crate")?))
+    Ok(PathBuf::from(
+        output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))
+            .context("the `nightly` toolchain is needed for the eBPF crate")?,
+    ))
 }
 
 fn rust_src() -> Result<()> {
@@ -52,7 +52,13 @@ fn rust_src() -> Result<()> {
         return Ok(());
     }
     eprintln!("setup: installing rust-src for nightly");
-    crate::run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+    crate::run(Command::new("rustup").args([
+        "component",
+        "add",
+        "rust-src",
+        "--toolchain",
+        "nightly",
+    ]))
 }
 
 fn bpf_linker(tools_dir: &Path) -> Result<()> {
@@ -60,13 +66,19 @@ fn bpf_linker(tools_dir: &Path) -> Result<()> {
     // bpf-linker loads nightly's libLLVM, which rustc puts on the library path when it links.
     let sysroot_lib = nightly_sysroot()?.join("lib");
     if linker.is_file()
-        && output(Command::new(&linker).arg("--version").env("LD_LIBRARY_PATH", &sysroot_lib))
-            .map(|v| v.contains(&format!(" {BPF_LINKER_VERSION}.")))
-            .unwrap_or(false)
+        && output(
+            Command::new(&linker)
+                .arg("--version")
+                .env("LD_LIBRARY_PATH", &sysroot_lib),
+        )
+        .map(|v| v.contains(&format!(" {BPF_LINKER_VERSION}.")))
+        .unwrap_or(false)
     {
         return Ok(());
     }
-    eprintln!("setup: building bpf-linker {BPF_LINKER_VERSION} against nightly's LLVM (about a minute)");
+    eprintln!(
+        "setup: building bpf-linker {BPF_LINKER_VERSION} against nightly's LLVM (about a minute)"
+    );
     // bpf-linker links the LLVM that nightly rustc itself uses, so bitcode versions match.
     let lib = sysroot_lib;
     let llvm = std::fs::read_dir(&lib)?
