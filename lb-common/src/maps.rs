@@ -26,6 +26,22 @@ pub const PROG_LB: &str = "lb_xdp";
 /// redirected into it are not dropped.
 pub const PROG_PASS: &str = "lb_xdp_pass";
 
+/// Benchmark-only programs and maps (`cargo xtask bench`): never attached by `lb run`.
+pub const PROG_BENCH_DROP: &str = "bench_drop";
+pub const PROG_BENCH_PARSE_TX: &str = "bench_parse_tx";
+pub const PROG_BENCH_RESTORE: &str = "bench_restore";
+/// One [`BenchTemplate`]: the frame `bench_restore` writes back before each run.
+pub const MAP_BENCH_TEMPLATE: &str = "BENCH_TEMPLATE";
+/// Slot 0: the program `bench_restore` tail-calls (the balancer, or nothing to time the
+/// wrapper alone).
+pub const MAP_BENCH_JUMP: &str = "BENCH_JUMP";
+/// Per-CPU iteration counter, mixed into the source port for new-flow runs.
+pub const MAP_BENCH_COUNTER: &str = "BENCH_COUNTER";
+/// Bytes of header `bench_restore` restores: Ethernet + IPv4 + TCP, all a NAT rewrite touches.
+pub const BENCH_RESTORE_LEN: u32 = 54;
+/// `BenchTemplate::mode`: make every iteration a new flow.
+pub const BENCH_MODE_NEW_FLOW: u32 = 1;
+
 pub const MAX_FRONTENDS: u32 = 1024;
 pub const MAX_BACKENDS: u32 = 64;
 /// A backend has at most this many servers (the product's limit).
@@ -159,8 +175,18 @@ impl NatEntry {
     }
 }
 
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BenchTemplate {
+    /// 0, or [`BENCH_MODE_NEW_FLOW`].
+    pub mode: u32,
+    pub _pad: u32,
+    pub frame: [u8; 64],
+}
+
 #[cfg(feature = "user")]
 mod pod {
+    unsafe impl aya::Pod for super::BenchTemplate {}
     // SAFETY: all of these are repr(C), Copy, and have explicit padding fields, so every byte
     // pattern is a valid value.
     unsafe impl aya::Pod for super::FrontendKey {}

@@ -25,6 +25,7 @@ use lb_userspace::{
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
 const XDP_REDIRECT: u32 = 4;
 
 const CLIENT_SIDE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
@@ -59,6 +60,22 @@ binds = [{ port = 80 }]
 default_backend = "v6-servers"
 interfaces = ["fxc", "fxs"]
 snat_address = "2001:2:0:2::1"
+
+[[frontends]]
+name = "one-arm"
+mode = "tcp"
+address = "198.18.100.2"
+binds = [{ port = 80 }]
+default_backend = "one-arm-servers"
+interfaces = ["fxc"]
+snat_address = "198.18.2.1"
+
+[[backends]]
+name = "one-arm-servers"
+mode = "tcp"
+balancing_method = "maglev"
+port = 8080
+servers = { type = "addresses", addresses = [{ address = "198.18.0.3" }] }
 
 [[backends]]
 name = "v4-servers"
@@ -143,102 +160,28 @@ fn with_fixture(test: &'static str, body: impl FnOnce(&mut Fixture) + Send + 'st
         &test[..test.len().min(4)]
     ))
     .unwrap();
-    let setup: &[&[&str]] = &[
-        &[
-            "ip",
-            "link",
-            "add",
-            "fxc",
-            "address",
-            "02:00:00:00:00:01",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "fxc-peer",
-        ],
-        &[
-            "ip",
-            "link",
-            "add",
-            "fxs",
-            "address",
-            "02:00:00:00:00:02",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "fxs-peer",
-        ],
-        &["ip", "link", "set", "fxc", "up"],
-        &["ip", "link", "set", "fxc-peer", "up"],
-        &["ip", "link", "set", "fxs", "up"],
-        &["ip", "link", "set", "fxs-peer", "up"],
-        &["ip", "addr", "add", "198.18.0.1/24", "dev", "fxc"],
-        &["ip", "addr", "add", "198.18.11.1/24", "dev", "fxs"],
-        &["ip", "addr", "add", "2001:2::1/64", "dev", "fxc", "nodad"],
-        &[
-            "ip",
-            "addr",
-            "add",
-            "2001:2:0:11::1/64",
-            "dev",
-            "fxs",
-            "nodad",
-        ],
-        &[
-            "ip",
-            "neigh",
-            "add",
-            "198.18.0.2",
-            "lladdr",
-            "02:00:00:00:00:c1",
-            "dev",
-            "fxc",
-            "nud",
-            "permanent",
-        ],
-        &[
-            "ip",
-            "neigh",
-            "add",
-            "198.18.11.2",
-            "lladdr",
-            "02:00:00:00:00:51",
-            "dev",
-            "fxs",
-            "nud",
-            "permanent",
-        ],
-        &[
-            "ip",
-            "neigh",
-            "add",
-            "2001:2::2",
-            "lladdr",
-            "02:00:00:00:00:c1",
-            "dev",
-            "fxc",
-            "nud",
-            "permanent",
-        ],
-        &[
-            "ip",
-            "neigh",
-            "add",
-            "2001:2:0:11::2",
-            "lladdr",
-            "02:00:00:00:00:51",
-            "dev",
-            "fxs",
-            "nud",
-            "permanent",
-        ],
-        &["sysctl", "-qw", "net.ipv4.ip_forward=1"],
-        &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"],
+    let setup = [
+        "ip link add fxc address 02:00:00:00:00:01 type veth peer name fxc-peer",
+        "ip link add fxs address 02:00:00:00:00:02 type veth peer name fxs-peer",
+        "ip link set fxc up",
+        "ip link set fxc-peer up",
+        "ip link set fxs up",
+        "ip link set fxs-peer up",
+        "ip addr add 198.18.0.1/24 dev fxc",
+        "ip addr add 198.18.11.1/24 dev fxs",
+        "ip addr add 2001:2::1/64 dev fxc nodad",
+        "ip addr add 2001:2:0:11::1/64 dev fxs nodad",
+        "ip neigh add 198.18.0.2 lladdr 02:00:00:00:00:c1 dev fxc nud permanent",
+        "ip neigh add 198.18.0.3 lladdr 02:00:00:00:00:c3 dev fxc nud permanent",
+        "ip neigh add 198.18.11.2 lladdr 02:00:00:00:00:51 dev fxs nud permanent",
+        "ip neigh add 2001:2::2 lladdr 02:00:00:00:00:c1 dev fxc nud permanent",
+        "ip neigh add 2001:2:0:11::2 lladdr 02:00:00:00:00:51 dev fxs nud permanent",
+        "sysctl -qw net.ipv4.ip_forward=1",
+        "sysctl -qw net.ipv6.conf.all.forwarding=1",
     ];
     for cmd in setup {
-        ns.exec(cmd).unwrap();
+        ns.exec(&cmd.split_whitespace().collect::<Vec<_>>())
+            .unwrap();
     }
     let handle = ns
         .run(move || {
@@ -396,6 +339,24 @@ fn ipv6_tcp_is_natted_and_reply_reverse_translated() {
             L4::Tcp { flags: TCP_SYN },
             80,
         );
+    });
+}
+
+#[test]
+fn server_behind_the_ingress_interface_gets_xdp_tx() {
+    with_fixture("one_arm", |fx| {
+        let request = client_frame(
+            CLIENT.into(),
+            Ipv4Addr::new(198, 18, 100, 2).into(),
+            40004,
+            80,
+            L4::Tcp { flags: TCP_SYN },
+        );
+        let (verdict, out) = fx.run(&request.build(b""), fx.client_ifindex);
+        assert_eq!(verdict, XDP_TX, "egress on the ingress interface is XDP_TX");
+        assert_eq!(&out[..6], &[0x02, 0, 0, 0, 0, 0xc3], "to the server's MAC");
+        assert_eq!(&out[6..12], &CLIENT_SIDE_MAC);
+        assert!(checksums_valid(&out));
     });
 }
 

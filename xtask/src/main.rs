@@ -113,5 +113,5 @@ fn test() -> Result<()> {
     // Unit tests, BPF_PROG_TEST_RUN fixtures and netns tests; the netns tests run the lb
     // binary, so build it first.
     cargo(&["build", "-p", "lb-userspace"])?;
-    cargo(&["test", "--workspace"])
+    cargo(&["test", "--workspace", "--exclude", "lb-ebpf"])
 }
