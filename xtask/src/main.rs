@@ -113,5 +113,44 @@ fn test() -> Result<()> {
     // Unit tests, BPF_PROG_TEST_RUN fixtures and netns tests; the netns tests run the lb
     // binary, so build it first.
     cargo(&["build", "-p", "lb-userspace"])?;
-    cargo(&["test", "--workspace", "--exclude", "lb-ebpf"])
+    cargo_test_counted(&[
+        "test",
+        "--workspace",
+        "--exclude",
+        "lb-ebpf",
+        "--lib",
+        "--bins",
+        "--tests",
+    ])
+}
+
+/// Run `cargo test`, echoing its output, and end with one total line over every test
+/// binary: `tests: N passed, N failed`.
+fn cargo_test_counted(args: &[&str]) -> Result<()> {
+    use std::io::{BufRead as _, BufReader};
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.args(args).stdout(std::process::Stdio::piped());
+    eprintln!("+ {cmd:?}");
+    let mut child = cmd.spawn()?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            for part in rest.split(['.', ';']) {
+                let words: Vec<&str> = part.split_whitespace().collect();
+                match words.as_slice() {
+                    [n, "passed"] => passed += n.parse::<u64>().unwrap_or(0),
+                    [n, "failed"] => failed += n.parse::<u64>().unwrap_or(0),
+                    _ => {}
+                }
+            }
+        }
+    }
+    let status = child.wait()?;
+    println!("tests: {passed} passed, {failed} failed");
+    if !status.success() {
+        bail!("cargo test failed with {status}");
+    }
+    Ok(())
 }
