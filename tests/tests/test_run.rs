@@ -13,7 +13,7 @@ use aya::{
 };
 use lb_common::maps::{FlowKey, MAP_CONNTRACK, NatEntry, PROG_LB, SNAT_PORT_MAX, SNAT_PORT_MIN};
 use lb_tests::{
-    netns::NetNs,
+    fixture::{CLIENT_MAC, CLIENT_SIDE_MAC, SERVER_MAC, SERVER_SIDE_MAC, fixture_namespace},
     packets::{Frame, L4, TCP_SYN, TCP_SYN_ACK, checksums_valid},
     require_root,
 };
@@ -27,11 +27,6 @@ const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
 const XDP_REDIRECT: u32 = 4;
-
-const CLIENT_SIDE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
-const SERVER_SIDE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
-const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xc1];
-const SERVER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x51];
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 1);
@@ -148,41 +143,17 @@ fn key(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, proto: u8) -> FlowKey {
     }
 }
 
-/// A namespace with a client-side and a server-side interface, fixed MACs and permanent
-/// neighbours, in which the whole fixture body runs.
+/// Runs the fixture body inside a fresh [`fixture_namespace`] with the config loaded.
 fn with_fixture(test: &'static str, body: impl FnOnce(&mut Fixture) + Send + 'static) {
     if !require_root(test) {
         return;
     }
-    let ns = NetNs::new(&format!(
+    let ns = fixture_namespace(&format!(
         "lbfx{}-{}",
         std::process::id(),
         &test[..test.len().min(4)]
     ))
     .unwrap();
-    let setup = [
-        "ip link add fxc address 02:00:00:00:00:01 type veth peer name fxc-peer",
-        "ip link add fxs address 02:00:00:00:00:02 type veth peer name fxs-peer",
-        "ip link set fxc up",
-        "ip link set fxc-peer up",
-        "ip link set fxs up",
-        "ip link set fxs-peer up",
-        "ip addr add 198.18.0.1/24 dev fxc",
-        "ip addr add 198.18.11.1/24 dev fxs",
-        "ip addr add 2001:2::1/64 dev fxc nodad",
-        "ip addr add 2001:2:0:11::1/64 dev fxs nodad",
-        "ip neigh add 198.18.0.2 lladdr 02:00:00:00:00:c1 dev fxc nud permanent",
-        "ip neigh add 198.18.0.3 lladdr 02:00:00:00:00:c3 dev fxc nud permanent",
-        "ip neigh add 198.18.11.2 lladdr 02:00:00:00:00:51 dev fxs nud permanent",
-        "ip neigh add 2001:2::2 lladdr 02:00:00:00:00:c1 dev fxc nud permanent",
-        "ip neigh add 2001:2:0:11::2 lladdr 02:00:00:00:00:51 dev fxs nud permanent",
-        "sysctl -qw net.ipv4.ip_forward=1",
-        "sysctl -qw net.ipv6.conf.all.forwarding=1",
-    ];
-    for cmd in setup {
-        ns.exec(&cmd.split_whitespace().collect::<Vec<_>>())
-            .unwrap();
-    }
     let handle = ns
         .run(move || {
             let mut dataplane = Dataplane::load().unwrap();
