@@ -51,8 +51,8 @@ impl NetNs {
         sh(&full)
     }
 
-    /// Start a long-running command inside the namespace; it is killed when the namespace
-    /// is dropped.
+    /// Start a long-running command inside the namespace; it is stopped when the namespace
+    /// is dropped, or by [`NetNs::stop`].
     pub fn spawn(&self, args: &[&str], stdout: Stdio, stderr: Stdio) -> Result<u32> {
         let child = Command::new("ip")
             .args(["netns", "exec", &self.name])
@@ -62,14 +62,24 @@ impl NetNs {
             .stderr(stderr)
             .spawn()
             .with_context(|| format!("starting {args:?} in {}", self.name))?;
-        let pid = child.id();
-        self.children.lock().unwrap().push(child);
-        Ok(pid)
+        Ok(self.adopt(child))
     }
 
     /// Take ownership of a child started elsewhere: it is killed with the namespace.
-    pub fn adopt(&self, child: Child) {
+    /// Returns its pid, for [`NetNs::stop`].
+    pub fn adopt(&self, child: Child) -> u32 {
+        let pid = child.id();
         self.children.lock().unwrap().push(child);
+        pid
+    }
+
+    /// Stop one child started in this namespace (SIGTERM, then SIGKILL after 5 s).
+    pub fn stop(&self, pid: u32) {
+        let mut children = self.children.lock().unwrap();
+        if let Some(i) = children.iter().position(|c| c.id() == pid) {
+            let mut child = children.remove(i);
+            terminate(&mut child);
+        }
     }
 
     /// Run `f` on a thread that has entered this namespace; sockets it opens live there.
@@ -89,23 +99,25 @@ impl NetNs {
     /// Stop every process started in the namespace (SIGTERM, then SIGKILL).
     pub fn stop_children(&self) {
         let mut children = self.children.lock().unwrap();
-        for child in children.iter_mut() {
-            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        for mut child in children.drain(..) {
+            terminate(&mut child);
         }
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        for child in children.iter_mut() {
-            while std::time::Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        children.clear();
     }
+}
+
+/// SIGTERM (so lb detaches XDP cleanly), then SIGKILL if it has not exited within 5 s.
+fn terminate(child: &mut Child) {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::time::Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 impl Drop for NetNs {

@@ -114,8 +114,9 @@ impl Topology {
         Ok(())
     }
 
-    /// Run `lb run --config` in the lb namespace and wait until it reports ready.
-    pub fn start_lb(&self, lb_bin: &Path, config: &Path) -> Result<()> {
+    /// Run `lb run --config` in the lb namespace and wait until it reports ready. Returns
+    /// its pid, for [`NetNs::stop`].
+    pub fn start_lb(&self, lb_bin: &Path, config: &Path) -> Result<u32> {
         let config = config.to_str().context("config path is not UTF-8")?;
         start_and_wait_ready(&self.lb, lb_bin, &["run", "--config", config])
     }
@@ -137,8 +138,8 @@ fn veth(a: &NetNs, a_if: &str, b: &NetNs, b_if: &str) -> Result<()> {
 }
 
 /// Start `lb <args>` in `ns` and wait for its "ready" log line; its output keeps draining to
-/// our stderr so a failure shows the daemon's own words.
-fn start_and_wait_ready(ns: &NetNs, lb_bin: &Path, args: &[&str]) -> Result<()> {
+/// our stderr so a failure shows the daemon's own words. Returns the pid.
+pub fn start_and_wait_ready(ns: &NetNs, lb_bin: &Path, args: &[&str]) -> Result<u32> {
     let mut child = Command::new("ip")
         .args(["netns", "exec", &ns.name])
         .arg(lb_bin)
@@ -154,7 +155,7 @@ fn start_and_wait_ready(ns: &NetNs, lb_bin: &Path, args: &[&str]) -> Result<()> 
         .spawn()
         .with_context(|| format!("starting {} {args:?}", lb_bin.display()))?;
     let stderr = child.stderr.take().expect("piped stderr");
-    ns.adopt(child);
+    let pid = ns.adopt(child);
     let (tx, rx) = mpsc::channel();
     let label = format!("{}: lb {}", ns.name, args[0]);
     std::thread::spawn(move || {
@@ -168,7 +169,7 @@ fn start_and_wait_ready(ns: &NetNs, lb_bin: &Path, args: &[&str]) -> Result<()> 
         }
     });
     match rx.recv_timeout(Duration::from_secs(30)) {
-        Ok(()) => Ok(()),
+        Ok(()) => Ok(pid),
         Err(_) => bail!(
             "lb {args:?} in {} did not become ready within 30 s",
             ns.name

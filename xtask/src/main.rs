@@ -28,8 +28,16 @@ enum Task {
         #[arg(last = true)]
         lb_args: Vec<String>,
     },
-    /// Style, lint, unit tests, BPF_PROG_TEST_RUN fixtures and network-namespace tests.
+    /// Style, lint, unit tests, BPF_PROG_TEST_RUN fixtures, network-namespace tests, and a
+    /// quick benchmark run that checks the harness (never a speed).
     Test,
+    /// Benchmarks: lb against direct routing, nftables and HAProxy on one topology, the XDP
+    /// object against XDP's own cost, and Maglev's quality. Results in target/bench/.
+    Bench {
+        /// Every workload briefly (under 90 s in all).
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() -> Result<()> {
@@ -57,6 +65,7 @@ fn main() -> Result<()> {
             std::process::exit(status.code().unwrap_or(1));
         }
         Task::Test => test(),
+        Task::Bench { quick } => run_bench(quick, false),
     }
 }
 
@@ -121,7 +130,26 @@ fn test() -> Result<()> {
         "--lib",
         "--bins",
         "--tests",
-    ])
+    ])?;
+    // The benchmark harness itself: every row present and non-zero, never a speed.
+    run_bench(true, true)
+}
+
+fn run_bench(quick: bool, check: bool) -> Result<()> {
+    cargo(&["build", "--release", "-p", "lb-userspace"])?;
+    let root = workspace_root();
+    let out = root.join("target/bench");
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.args(["bench", "-p", "lb-tests", "--bench", "lb", "--", "--out"])
+        .arg(&out)
+        .env("LB_BIN", root.join("target/release/lb"));
+    if quick {
+        cmd.arg("--quick");
+    }
+    if check {
+        cmd.arg("--check");
+    }
+    run(&mut cmd)
 }
 
 /// Run `cargo test`, echoing its output, and end with one total line over every test

@@ -1,0 +1,163 @@
+//! `cargo xtask bench`: lb against the kernel, nftables and HAProxy on one topology in one
+//! run, the XDP object against the cost of XDP itself, and Maglev's quality. Writes a table
+//! to stdout, `results.json` and `results.svg`.
+//!
+//! Usage: `lb --out DIR [--quick] [--check]` (run through `cargo xtask bench`).
+
+mod maglev;
+mod micro;
+mod report;
+mod systems;
+
+use std::path::PathBuf;
+
+use anyhow::{Context as _, Result, bail};
+use serde::Serialize;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Row {
+    pub workload: String,
+    pub system: String,
+    pub value: f64,
+    pub unit: String,
+}
+
+impl Row {
+    pub fn new(workload: &str, system: &str, value: f64, unit: &str) -> Row {
+        Row {
+            workload: workload.into(),
+            system: system.into(),
+            value,
+            unit: unit.into(),
+        }
+    }
+}
+
+/// Workloads where several systems compete, and the peers lb-nat is compared with.
+const SYSTEM_WORKLOADS: &[&str] = &[
+    "packet-rate",
+    "connection-rate",
+    "throughput",
+    "latency-p50",
+    "latency-p99",
+];
+const PEERS: &[&str] = &["direct", "nftables", "haproxy-tcp"];
+
+/// `ratio:lb-nat/<peer>` = lb-nat's value / the peer's, for every workload both measured.
+fn add_ratios(rows: &mut Vec<Row>) {
+    let mut ratios = Vec::new();
+    for workload in SYSTEM_WORKLOADS {
+        let value = |system: &str| {
+            rows.iter()
+                .find(|r| r.workload == *workload && r.system == system)
+                .map(|r| r.value)
+        };
+        let Some(lb) = value("lb-nat") else { continue };
+        for peer in PEERS {
+            if let Some(p) = value(peer).filter(|p| *p > 0.0) {
+                ratios.push(Row::new(
+                    workload,
+                    &format!("ratio:lb-nat/{peer}"),
+                    lb / p,
+                    "x",
+                ));
+            }
+        }
+    }
+    rows.extend(ratios);
+}
+
+/// Every row a run must produce (HAProxy has no UDP, so no packet-rate row for it).
+fn expected_rows() -> Vec<(String, String)> {
+    let mut expected = Vec::new();
+    for workload in SYSTEM_WORKLOADS {
+        for system in ["direct", "nftables", "haproxy-tcp", "lb-nat"] {
+            if *workload == "packet-rate" && system == "haproxy-tcp" {
+                continue;
+            }
+            expected.push((workload.to_string(), system.to_string()));
+            if system != "lb-nat" {
+                expected.push((workload.to_string(), format!("ratio:lb-nat/{system}")));
+            }
+        }
+    }
+    for (workload, system) in [
+        ("micro-baseline", "xdp-drop"),
+        ("micro-baseline", "parse-tx"),
+        ("micro-new-flow-syn", "lb-nat"),
+        ("micro-established", "lb-nat"),
+        ("micro-nat-reply", "lb-nat"),
+        ("micro-non-vip-pass", "lb-nat"),
+        ("micro-new-flow-syn", "ratio:lb-nat/xdp-drop"),
+        ("maglev-build", "lb"),
+        ("maglev-balance", "lb"),
+        ("maglev-disruption", "lb"),
+        ("maglev-apply-500-servers", "lb"),
+        ("maglev-apply-remove-1-of-500", "lb"),
+    ] {
+        expected.push((workload.into(), system.into()));
+    }
+    expected
+}
+
+fn main() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let (mut quick, mut check, mut out) = (false, false, None);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--quick" => quick = true,
+            "--check" => check = true,
+            "--out" => out = args.next().map(PathBuf::from),
+            // cargo bench passes --bench to harness=false targets.
+            "--bench" => {}
+            other => bail!("unknown argument {other:?}; usage: --out DIR [--quick] [--check]"),
+        }
+    }
+    let out = out.context("--out DIR is required")?;
+    if !lb_tests::require_root("bench") {
+        return Ok(());
+    }
+    let settings = systems::Settings {
+        quick,
+        lb_bin: lb_tests::topology::lb_binary()?,
+    };
+
+    let mut rows = Vec::new();
+    rows.extend(micro::run(quick).context("microbenchmarks")?);
+    rows.extend(maglev::run(quick).context("Maglev quality")?);
+    rows.extend(systems::run(&settings).context("system comparison")?);
+    add_ratios(&mut rows);
+
+    std::fs::create_dir_all(&out)?;
+    print!("{}", report::table(&rows));
+    std::fs::write(
+        out.join("results.json"),
+        serde_json::to_string_pretty(&rows)?,
+    )?;
+    report::chart(&rows, &out.join("results.svg"))?;
+    println!(
+        "wrote {} and {}",
+        out.join("results.json").display(),
+        out.join("results.svg").display()
+    );
+
+    if check {
+        let missing: Vec<String> = expected_rows()
+            .into_iter()
+            .filter(|(w, s)| {
+                !rows
+                    .iter()
+                    .any(|r| r.workload == *w && r.system == *s && r.value > 0.0)
+            })
+            .map(|(w, s)| format!("{w}/{s}"))
+            .collect();
+        if !missing.is_empty() {
+            bail!("bench rows missing or zero: {}", missing.join(", "));
+        }
+        println!(
+            "bench check: all {} expected rows present and non-zero",
+            expected_rows().len()
+        );
+    }
+    Ok(())
+}
