@@ -12,9 +12,9 @@ mod systems;
 use std::path::PathBuf;
 
 use anyhow::{Context as _, Result, bail};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Row {
     pub workload: String,
     pub system: String,
@@ -102,11 +102,13 @@ fn expected_rows() -> Vec<(String, String)> {
 
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
-    let (mut quick, mut check, mut out) = (false, false, None);
+    let (mut quick, mut check, mut replot, mut out) = (false, false, false, None);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--quick" => quick = true,
             "--check" => check = true,
+            // Redraw the chart from an existing results.json, measuring nothing.
+            "--replot" => replot = true,
             "--out" => out = args.next().map(PathBuf::from),
             // cargo bench passes --bench to harness=false targets.
             "--bench" => {}
@@ -114,6 +116,11 @@ fn main() -> Result<()> {
         }
     }
     let out = out.context("--out DIR is required")?;
+    if replot {
+        let rows: Vec<Row> =
+            serde_json::from_str(&std::fs::read_to_string(out.join("results.json"))?)?;
+        return report::chart(&rows, &out.join("results.svg"));
+    }
     if !lb_tests::require_root("bench") {
         return Ok(());
     }
