@@ -122,7 +122,7 @@ fn test() -> Result<()> {
     // Unit tests, BPF_PROG_TEST_RUN fixtures and netns tests; the netns tests run the lb
     // binary, so build it first.
     cargo(&["build", "-p", "lb-userspace"])?;
-    cargo_test_counted(&[
+    let (passed, failed) = cargo_test_counted(&[
         "test",
         "--workspace",
         "--exclude",
@@ -132,7 +132,9 @@ fn test() -> Result<()> {
         "--tests",
     ])?;
     // The benchmark harness itself: every row present and non-zero, never a speed.
-    run_bench(true, true)
+    run_bench(true, true)?;
+    println!("tests: {passed} passed, {failed} failed");
+    Ok(())
 }
 
 fn run_bench(quick: bool, check: bool) -> Result<()> {
@@ -152,9 +154,9 @@ fn run_bench(quick: bool, check: bool) -> Result<()> {
     run(&mut cmd)
 }
 
-/// Run `cargo test`, echoing its output, and end with one total line over every test
-/// binary: `tests: N passed, N failed`.
-fn cargo_test_counted(args: &[&str]) -> Result<()> {
+/// Run `cargo test`, echoing its output; returns the passed and failed totals over every
+/// test binary.
+fn cargo_test_counted(args: &[&str]) -> Result<(u64, u64)> {
     use std::io::{BufRead as _, BufReader};
     let mut cmd = Command::new(env!("CARGO"));
     cmd.args(args).stdout(std::process::Stdio::piped());
@@ -176,9 +178,9 @@ fn cargo_test_counted(args: &[&str]) -> Result<()> {
         }
     }
     let status = child.wait()?;
-    println!("tests: {passed} passed, {failed} failed");
     if !status.success() {
+        println!("tests: {passed} passed, {failed} failed");
         bail!("cargo test failed with {status}");
     }
-    Ok(())
+    Ok((passed, failed))
 }
