@@ -5,6 +5,7 @@
 #![cfg_attr(target_arch = "bpf", no_std)]
 
 pub mod checksum;
+pub mod flow;
 pub mod hash;
 #[cfg(not(target_arch = "bpf"))]
 pub mod maglev;

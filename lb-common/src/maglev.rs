@@ -98,6 +98,41 @@ pub fn slot_counts(table: &[u32]) -> std::collections::BTreeMap<u32, usize> {
     counts
 }
 
+/// A weighted round-robin sequence (smooth weighted round robin, as nginx does it): server
+/// ids in an order where each id appears `weight / gcd` times and the heavy ones are spread
+/// out, so any window of consecutive picks is close to the weights. Empty when no weight is
+/// positive. The data plane walks it with a counter.
+pub fn round_robin_sequence(servers: &[(u32, u32)]) -> Vec<u32> {
+    let live: Vec<(u32, i64)> = servers
+        .iter()
+        .filter(|(_, w)| *w > 0)
+        .map(|&(id, w)| (id, i64::from(w)))
+        .collect();
+    let gcd = live.iter().fold(0i64, |g, (_, w)| gcd(g, *w));
+    if gcd == 0 {
+        return Vec::new();
+    }
+    let weights: Vec<i64> = live.iter().map(|(_, w)| w / gcd).collect();
+    let total: i64 = weights.iter().sum();
+    let mut current = vec![0i64; live.len()];
+    (0..total)
+        .map(|_| {
+            for (c, w) in current.iter_mut().zip(&weights) {
+                *c += w;
+            }
+            let best = (0..live.len())
+                .max_by_key(|&i| (current[i], std::cmp::Reverse(i)))
+                .expect("non-empty");
+            current[best] -= total;
+            live[best].0
+        })
+        .collect()
+}
+
+fn gcd(a: i64, b: i64) -> i64 {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,6 +147,31 @@ mod tests {
                 weight,
             })
             .collect()
+    }
+
+    #[test]
+    fn round_robin_sequence_follows_weights_in_every_window() {
+        let weights = [(0u32, 1u32), (1, 1), (2, 2), (3, 0)];
+        let seq = round_robin_sequence(&weights);
+        assert_eq!(
+            seq.len(),
+            4,
+            "weights reduced by their gcd; weight 0 left out"
+        );
+        // Any 10,000 consecutive picks, starting anywhere: within 2 points of w/sum.
+        for start in [0usize, 1, 3, 7] {
+            let mut counts = [0usize; 4];
+            for i in 0..10_000 {
+                counts[seq[(start + i) % seq.len()] as usize] += 1;
+            }
+            for (id, expected) in [(0, 25.0), (1, 25.0), (2, 50.0), (3, 0.0)] {
+                let share = counts[id] as f64 / 100.0;
+                assert!((share - expected).abs() <= 2.0, "server {id}: {share}%");
+            }
+        }
+        let big = round_robin_sequence(&(0..500).map(|i| (i, 1 + i % 100)).collect::<Vec<_>>());
+        assert_eq!(big.len() as u32, (0..500).map(|i| 1 + i % 100).sum::<u32>());
+        assert!(round_robin_sequence(&[(0, 0)]).is_empty());
     }
 
     #[test]

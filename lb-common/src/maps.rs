@@ -19,6 +19,19 @@ pub const MAP_SNAT: &str = "LB_SNAT";
 pub const MAP_TX_PORTS: &str = "LB_TX_PORTS";
 /// Per-CPU counters, indexed by [`crate::stats::Stat`].
 pub const MAP_STATS: &str = "LB_STATS";
+/// Server ids of each backend half, for methods that scan servers (leastconn, first): slot
+/// `(backend_id * 2 + half) * MAX_SERVERS_PER_BACKEND + i`.
+pub const MAP_BACKEND_SERVERS: &str = "LB_BACKEND_SRV";
+/// Open flows per server (shared, updated atomically), indexed by server id.
+pub const MAP_SERVER_ACTIVE: &str = "LB_SRV_ACTIVE";
+/// Per-CPU round-robin position of each backend (also rotates leastconn ties).
+pub const MAP_RR: &str = "LB_RR";
+/// Source-IP stickiness: [`StickyKey`] -> [`StickyEntry`].
+pub const MAP_STICKY: &str = "LB_STICKY";
+/// Per-CPU [`TrafficStats`] per server id.
+pub const MAP_SERVER_STATS: &str = "LB_SRV_STATS";
+/// Per-CPU [`TrafficStats`] per frontend id.
+pub const MAP_FRONTEND_STATS: &str = "LB_FE_STATS";
 
 /// The XDP program that balances.
 pub const PROG_LB: &str = "lb_xdp";
@@ -50,7 +63,9 @@ pub const MAX_SERVERS: u32 = 8192;
 /// Default and largest selection table size: a prime, so Maglev permutations cover it.
 pub const RING_SIZE_DEFAULT: u32 = 65537;
 pub const RING_STRIDE: u32 = RING_SIZE_DEFAULT;
+/// Default connection-tracking capacity (flows); `[dataplane] conntrack_size` changes it.
 pub const CONNTRACK_ENTRIES: u32 = 1 << 20;
+pub const STICKY_ENTRIES: u32 = 1 << 18;
 pub const MAX_TX_PORTS: u32 = 256;
 
 /// SNAT source ports are taken from this range. It sits below the kernel's default ephemeral
@@ -65,6 +80,33 @@ pub const PROTO_UDP: u8 = 17;
 
 /// The frontend is served by the userspace proxy: XDP passes its packets to the kernel.
 pub const FRONTEND_FLAG_USERSPACE: u32 = 1;
+/// L2 direct server return: only the destination MAC is rewritten; replies bypass lb.
+pub const FRONTEND_FLAG_DSR: u32 = 2;
+
+/// `BackendInfo::method`.
+pub const METHOD_MAGLEV: u32 = 0;
+pub const METHOD_SOURCE: u32 = 1;
+pub const METHOD_ROUNDROBIN: u32 = 2;
+pub const METHOD_LEASTCONN: u32 = 3;
+pub const METHOD_FIRST: u32 = 4;
+
+/// `NatEntry::state`.
+pub const FLOW_SYN_SEEN: u8 = 1;
+pub const FLOW_ESTABLISHED: u8 = 2;
+pub const FLOW_CLOSING: u8 = 3;
+pub const FLOW_UDP: u8 = 4;
+
+/// `NatEntry::flags`: a reverse (server-side) entry.
+pub const ENTRY_REVERSE: u8 = 1;
+/// The flow counts in its server's active connections.
+pub const ENTRY_COUNTED: u8 = 2;
+/// Direct server return: no NAT, only the MAC changes.
+pub const ENTRY_DSR: u8 = 4;
+/// The flow's backend has source-IP stickiness.
+pub const ENTRY_STICKY: u8 = 8;
+
+/// `ServerInfo::flags`: the server is in its backend (cleared when it is removed).
+pub const SERVER_PRESENT: u16 = 1;
 
 pub type Addr = [u8; 16];
 
@@ -110,14 +152,41 @@ pub struct FrontendInfo {
     pub flags: u32,
     /// Source address of NATed packets towards servers.
     pub snat_addr: Addr,
+    /// Index into the per-frontend counters.
+    pub frontend_id: u32,
+    pub _pad: u32,
 }
 
+/// A backend. Its selection table and server list are double-buffered: userspace fills the
+/// inactive half, then flips `active`, so no packet sees a half-written table.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BackendInfo {
-    /// Slots in use in this backend's table; 0 means the backend has no server for new flows.
-    pub ring_size: u32,
+    /// `METHOD_*`.
+    pub method: u32,
+    /// The live half, 0 or 1.
+    pub active: u32,
+    /// Slots in use in each half's table; 0 means no server takes new flows.
+    pub ring_size: [u32; 2],
+    /// Servers in each half's list (leastconn, first).
+    pub server_count: [u32; 2],
+    /// Source-IP stickiness TTL in seconds; 0 = off.
+    pub sticky_ttl_s: u32,
     pub _pad: u32,
+}
+
+impl BackendInfo {
+    /// First `LB_RING` slot of a half.
+    #[inline(always)]
+    pub const fn ring_base(backend_id: u32, half: u32) -> u32 {
+        (backend_id * 2 + half) * RING_STRIDE
+    }
+
+    /// First `LB_BACKEND_SRV` slot of a half.
+    #[inline(always)]
+    pub const fn list_base(backend_id: u32, half: u32) -> u32 {
+        (backend_id * 2 + half) * MAX_SERVERS_PER_BACKEND
+    }
 }
 
 #[repr(C)]
@@ -126,8 +195,41 @@ pub struct ServerInfo {
     pub addr: Addr,
     /// Network byte order.
     pub port: u16,
-    pub _pad: u16,
+    /// `SERVER_*`.
+    pub flags: u16,
     pub weight: u32,
+    /// Most open flows `first` sends it; 0 = no limit.
+    pub max_conn: u32,
+    pub _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct StickyKey {
+    pub backend_id: u32,
+    pub addr: Addr,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StickyEntry {
+    pub server_id: u32,
+    pub _pad: u32,
+    pub last_seen_ns: u64,
+}
+
+/// Traffic of one frontend or server. "in" is client -> server, "out" server -> client.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TrafficStats {
+    pub packets_in: u64,
+    pub bytes_in: u64,
+    pub packets_out: u64,
+    pub bytes_out: u64,
+    pub new_flows: u64,
+    pub drop_no_server: u64,
+    pub drop_snat_exhausted: u64,
+    pub drop_other: u64,
 }
 
 /// A flow's 5-tuple as seen on the wire in one direction.
@@ -158,6 +260,13 @@ pub struct NatEntry {
     pub server_id: u32,
     /// `bpf_ktime_get_ns` of the last packet, refreshed at most once a second.
     pub last_seen_ns: u64,
+    pub frontend_id: u16,
+    pub backend_id: u16,
+    /// `FLOW_*` (kept in the client-side entry).
+    pub state: u8,
+    /// `ENTRY_*`.
+    pub flags: u8,
+    pub _pad: u16,
 }
 
 impl NatEntry {
@@ -195,6 +304,9 @@ mod pod {
     unsafe impl aya::Pod for super::ServerInfo {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::NatEntry {}
+    unsafe impl aya::Pod for super::StickyKey {}
+    unsafe impl aya::Pod for super::StickyEntry {}
+    unsafe impl aya::Pod for super::TrafficStats {}
 }
 
 #[cfg(test)]
@@ -205,11 +317,17 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<FrontendKey>(), 16 + 2 + 1 + 1);
-        assert_eq!(size_of::<FrontendInfo>(), 4 + 4 + 16);
-        assert_eq!(size_of::<BackendInfo>(), 8);
-        assert_eq!(size_of::<ServerInfo>(), 16 + 2 + 2 + 4);
+        assert_eq!(size_of::<FrontendInfo>(), 4 + 4 + 16 + 4 + 4);
+        assert_eq!(size_of::<BackendInfo>(), 4 + 4 + 8 + 8 + 4 + 4);
+        assert_eq!(size_of::<ServerInfo>(), 16 + 2 + 2 + 4 + 4 + 4);
         assert_eq!(size_of::<FlowKey>(), 16 + 16 + 2 + 2 + 1 + 3);
-        assert_eq!(size_of::<NatEntry>(), 16 + 16 + 2 + 2 + 4 + 8);
+        assert_eq!(
+            size_of::<NatEntry>(),
+            16 + 16 + 2 + 2 + 4 + 8 + 2 + 2 + 1 + 1 + 2
+        );
+        assert_eq!(size_of::<StickyKey>(), 4 + 16);
+        assert_eq!(size_of::<StickyEntry>(), 4 + 4 + 8);
+        assert_eq!(size_of::<TrafficStats>(), 8 * 8);
     }
 
     #[test]

@@ -41,6 +41,13 @@ stats! {
     FLOW_NEW = 17, "flow_new";
     NAT_FORWARD = 18, "nat_forward";
     NAT_REPLY = 19, "nat_reply";
+    DROP_ALL_SERVERS_FULL = 20, "drop_all_servers_full";
+    DSR_FORWARD = 21, "dsr_forward";
+    STICKY_HIT = 22, "sticky_hit";
+    FLOW_CLOSED = 23, "flow_closed";
+    FLOW_REOPENED = 24, "flow_reopened";
+    ICMP_TRANSLATED = 25, "icmp_translated";
+    PASS_ICMP_NO_FLOW = 26, "pass_icmp_no_flow";
 }
 
 #[cfg(test)]

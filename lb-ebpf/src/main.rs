@@ -2,12 +2,18 @@
 //! packet and send it out. Parsing, NAT, egress and maps each live in their own module.
 #![no_std]
 #![no_main]
+#![feature(core_intrinsics)]
+#![expect(
+    internal_features,
+    reason = "atomic_xadd: the bpf target has atomic add but no CAS, so core::sync::atomic lacks fetch_add"
+)]
 
 mod bench;
 mod egress;
 mod maps;
 mod nat;
 mod parse;
+mod select;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::stats::Stat;

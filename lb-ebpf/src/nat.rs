@@ -12,10 +12,12 @@ use aya_ebpf::{
 };
 use lb_common::{
     checksum::CsumDelta,
+    flow::next_tcp_state,
     hash::flow_hash,
     maps::{
-        FRONTEND_FLAG_USERSPACE, FrontendInfo, FrontendKey, NatEntry, PROTO_TCP, RING_STRIDE,
-        SNAT_PORT_MAX, SNAT_PORT_MIN, SNAT_PORT_RETRIES,
+        ENTRY_COUNTED, ENTRY_DSR, ENTRY_STICKY, FLOW_CLOSING, FLOW_SYN_SEEN, FLOW_UDP,
+        FRONTEND_FLAG_DSR, FRONTEND_FLAG_USERSPACE, FrontendInfo, FrontendKey, NatEntry, PROTO_TCP,
+        SNAT_PORT_MAX, SNAT_PORT_MIN, SNAT_PORT_RETRIES, StickyEntry, StickyKey,
     },
     stats::Stat,
 };
@@ -27,13 +29,17 @@ use network_types::{
 
 use crate::{
     egress,
-    maps::{LB_BACKENDS, LB_CONNTRACK, LB_FRONTENDS, LB_RING, LB_SERVERS, LB_SNAT, count},
-    parse::{Packet, parse, ptr_at},
+    maps::{
+        LB_BACKENDS, LB_CONNTRACK, LB_FRONTENDS, LB_SCRATCH, LB_SERVERS, LB_SNAT, LB_STICKY,
+        account, active_add, count, frontend_event,
+    },
+    parse::{Packet, Scratch, parse, ptr_at},
+    select::choose_server,
 };
 
 /// Refresh a tracked entry's timestamp at most this often, to keep the hot path read-mostly.
 const TOUCH_INTERVAL_NS: u64 = 1_000_000_000;
-const FLOW_HASH_SEED: u32 = 0;
+const SNAT_HASH_SEED: u32 = 0x5a7;
 
 #[inline(always)]
 fn pass(stat: Stat) -> u32 {
@@ -49,35 +55,137 @@ fn drop(stat: Stat) -> u32 {
 
 #[inline(always)]
 pub fn process(ctx: &XdpContext) -> u32 {
-    let pkt = match parse(ctx) {
-        Ok(p) => p,
-        Err(stat) => return pass(stat),
+    // The parsed packet and its rewrite live in a per-CPU scratch slot: on the stack they
+    // would push the deepest call chain past the verifier's 512 bytes.
+    let Some(scratch) = LB_SCRATCH.get_ptr_mut(0) else {
+        return pass(Stat::DROP_MAP_ERROR);
     };
+    // SAFETY: per-CPU slot, used by this program run only.
+    let Scratch { pkt, nat, .. } = unsafe { &mut *scratch };
+    if let Err(stat) = parse(ctx, pkt) {
+        return pass(stat);
+    }
     // One rewrite target, chosen by whichever path matches; a single forward() call keeps the
-    // rewrite and FIB code (and their stack) in one place.
-    let mut nat = NatEntry::default();
-    if let Err(action) = choose_rewrite(&pkt, &mut nat) {
+    // rewrite and FIB code in one place.
+    *nat = NatEntry::default();
+    if let Err(action) = choose_rewrite(pkt, nat) {
         return action;
     }
-    forward(ctx, &pkt, &nat)
+    if nat.flags & ENTRY_DSR != 0 {
+        // Only the destination MAC changes: the FIB lookup towards the server gives it.
+        return egress::send(ctx, pkt, nat);
+    }
+    forward(ctx, pkt, nat)
+}
+
+/// A flow leaves the open state: it no longer counts in its server's active flows.
+#[inline(always)]
+fn close(entry: &mut NatEntry) {
+    if entry.flags & ENTRY_COUNTED != 0 {
+        entry.flags &= !ENTRY_COUNTED;
+        active_add(entry.server_id, -1);
+    }
+    count(Stat::FLOW_CLOSED);
+}
+
+/// Track a TCP packet's effect on the flow's state (kept in the client-side entry).
+#[inline(always)]
+fn track_tcp(entry: &mut NatEntry, pkt: &Packet, from_server: bool) {
+    if !from_server && pkt.is_tcp_syn() && entry.state == FLOW_CLOSING {
+        // The client reuses the tuple for a new connection: same server, open again.
+        entry.state = FLOW_SYN_SEEN;
+        if entry.flags & ENTRY_COUNTED == 0 {
+            entry.flags |= ENTRY_COUNTED;
+            active_add(entry.server_id, 1);
+        }
+        count(Stat::FLOW_REOPENED);
+        return;
+    }
+    let next = next_tcp_state(entry.state, pkt.tcp_flags, from_server);
+    if next == FLOW_CLOSING && entry.state != FLOW_CLOSING {
+        close(entry);
+    }
+    entry.state = next;
+}
+
+/// Refresh a client-side entry's timestamp (and its client's stickiness) when stale.
+#[inline(always)]
+fn touch(entry: &mut NatEntry, client: &[u8; 16], now: u64) {
+    if now.wrapping_sub(entry.last_seen_ns) > TOUCH_INTERVAL_NS {
+        entry.last_seen_ns = now;
+        if entry.flags & ENTRY_STICKY != 0 {
+            remember_client(u32::from(entry.backend_id), client, entry.server_id, now);
+        }
+    }
+}
+
+/// Record (or refresh) which server a client sticks to. Out of line: the key and value
+/// need not sit in the caller's stack frame.
+#[inline(never)]
+fn remember_client(backend_id: u32, client: &[u8; 16], server_id: u32, now: u64) {
+    let key = StickyKey {
+        backend_id,
+        addr: *client,
+    };
+    let entry = StickyEntry {
+        server_id,
+        _pad: 0,
+        last_seen_ns: now,
+    };
+    let _ = LB_STICKY.insert(&key, &entry, 0);
 }
 
 /// Fill `nat` with the rewrite for this packet, or return the final action.
 #[inline(always)]
 fn choose_rewrite(pkt: &Packet, nat: &mut NatEntry) -> Result<(), u32> {
     let now = unsafe { bpf_ktime_get_ns() };
+    let is_tcp = pkt.key.proto == PROTO_TCP;
     if let Some(entry) = LB_CONNTRACK.get_ptr_mut(&pkt.key) {
         // SAFETY: map value pointer from a successful lookup.
-        unsafe { touch(entry, now, nat) };
-        count(Stat::NAT_FORWARD);
+        let entry = unsafe { &mut *entry };
+        if is_tcp {
+            track_tcp(entry, pkt, false);
+        }
+        touch(entry, &pkt.key.src, now);
+        account(entry.frontend_id, entry.server_id, pkt.len, false);
+        *nat = *entry;
+        count(if entry.flags & ENTRY_DSR != 0 {
+            Stat::DSR_FORWARD
+        } else {
+            Stat::NAT_FORWARD
+        });
         return Ok(());
     }
-    if let Some(entry) = LB_SNAT.get_ptr_mut(&pkt.key) {
+    if let Some(reverse) = LB_SNAT.get_ptr(&pkt.key) {
         // SAFETY: as above.
-        unsafe { touch(entry, now, nat) };
+        *nat = unsafe { *reverse };
+        track_reply(pkt, nat, now);
+        account(nat.frontend_id, nat.server_id, pkt.len, true);
         count(Stat::NAT_REPLY);
         return Ok(());
     }
+    open_flow(pkt, nat, now)
+}
+
+/// A server's reply moves the flow's state, which the client-side entry holds; its key is
+/// the reverse rewrite's reply key.
+#[inline(never)]
+fn track_reply(pkt: &Packet, reverse: &NatEntry, now: u64) {
+    let client_key = reverse.reply_key(pkt.key.proto);
+    if let Some(entry) = LB_CONNTRACK.get_ptr_mut(&client_key) {
+        // SAFETY: map value pointer from a successful lookup.
+        let entry = unsafe { &mut *entry };
+        if pkt.key.proto == PROTO_TCP {
+            track_tcp(entry, pkt, true);
+        }
+        touch(entry, &client_key.src, now);
+    }
+}
+
+/// A packet of no tracked flow: a new flow if it is for a frontend, else the kernel's.
+#[inline(never)]
+fn open_flow(pkt: &Packet, nat: &mut NatEntry, now: u64) -> Result<(), u32> {
+    let is_tcp = pkt.key.proto == PROTO_TCP;
     let fkey = FrontendKey {
         addr: pkt.key.dst,
         port: pkt.key.dport,
@@ -94,20 +202,29 @@ fn choose_rewrite(pkt: &Packet, nat: &mut NatEntry) -> Result<(), u32> {
     }
     // Only a SYN may open a TCP flow: a mid-stream packet without state would reach a server
     // that never saw the handshake.
-    if pkt.key.proto == PROTO_TCP && !pkt.is_tcp_syn() {
+    if is_tcp && !pkt.is_tcp_syn() {
         return Err(drop(Stat::DROP_TCP_NO_FLOW));
     }
     match new_flow(pkt, frontend, now, nat) {
         Ok(()) => {
             count(Stat::FLOW_NEW);
+            frontend_event(frontend.frontend_id, |s| s.new_flows += 1);
+            account(nat.frontend_id, nat.server_id, pkt.len, false);
             Ok(())
         }
-        Err(stat) => Err(drop(stat)),
+        Err(stat) => {
+            frontend_event(frontend.frontend_id, |s| match stat {
+                Stat::DROP_NO_SERVER | Stat::DROP_ALL_SERVERS_FULL => s.drop_no_server += 1,
+                Stat::DROP_SNAT_EXHAUSTED => s.drop_snat_exhausted += 1,
+                _ => s.drop_other += 1,
+            });
+            Err(drop(stat))
+        }
     }
 }
 
-/// Pick a server from the frontend's backend table, reserve an SNAT port and track the flow
-/// in both directions. Kept out of line: its locals need not share the caller's stack frame.
+/// Pick a server, reserve an SNAT port (full NAT) and track the flow. Kept out of line: its
+/// locals need not share the caller's stack frame.
 #[inline(never)]
 fn new_flow(
     pkt: &Packet,
@@ -118,66 +235,85 @@ fn new_flow(
     let backend = LB_BACKENDS
         .get(frontend.backend_id)
         .ok_or(Stat::DROP_MAP_ERROR)?;
-    if backend.ring_size == 0 {
-        return Err(Stat::DROP_NO_SERVER);
-    }
-    let hash = flow_hash(&pkt.key, FLOW_HASH_SEED);
-    let slot = frontend.backend_id * RING_STRIDE + hash % backend.ring_size;
-    let server_id = *LB_RING.get(slot).ok_or(Stat::DROP_MAP_ERROR)?;
+    let server_id = choose_server(pkt, frontend.backend_id, backend, now)?;
     let server = LB_SERVERS.get(server_id).ok_or(Stat::DROP_MAP_ERROR)?;
+    let sticky = backend.sticky_ttl_s != 0;
 
-    to_server.src = frontend.snat_addr;
-    to_server.dst = server.addr;
-    to_server.dport = server.port;
     to_server.server_id = server_id;
     to_server.last_seen_ns = now;
-    let to_client = NatEntry {
-        src: pkt.key.dst,
-        dst: pkt.key.src,
-        sport: pkt.key.dport,
-        dport: pkt.key.sport,
-        server_id,
-        last_seen_ns: now,
+    to_server.frontend_id = frontend.frontend_id as u16;
+    to_server.backend_id = frontend.backend_id as u16;
+    to_server.state = if pkt.key.proto == PROTO_TCP {
+        FLOW_SYN_SEEN
+    } else {
+        FLOW_UDP
     };
-    // Reserve an SNAT port by inserting the reverse entry only if that tuple is free. The key
-    // is built once and only its port changes per attempt.
+    to_server.flags = ENTRY_COUNTED | if sticky { ENTRY_STICKY } else { 0 };
+    if frontend.flags & FRONTEND_FLAG_DSR != 0 {
+        // Addresses and ports stay; the server holds the VIP and answers the client directly.
+        to_server.flags |= ENTRY_DSR;
+        to_server.src = pkt.key.src;
+        to_server.dst = server.addr;
+        to_server.sport = pkt.key.sport;
+        to_server.dport = pkt.key.dport;
+    } else {
+        to_server.src = frontend.snat_addr;
+        to_server.dst = server.addr;
+        to_server.dport = server.port;
+        reserve_snat_port(pkt, to_server, now)?;
+    }
+    if LB_CONNTRACK.insert(&pkt.key, &*to_server, 0).is_err() {
+        if to_server.flags & ENTRY_DSR == 0
+            && let Some(scratch) = LB_SCRATCH.get_ptr(0)
+        {
+            // SAFETY: per-CPU slot; reverse_key still holds the reserved tuple.
+            let _ = LB_SNAT.remove(unsafe { &(*scratch).reverse_key });
+        }
+        return Err(Stat::DROP_MAP_ERROR);
+    }
+    active_add(server_id, 1);
+    if sticky {
+        remember_client(frontend.backend_id, &pkt.key.src, server_id, now);
+    }
+    Ok(())
+}
+
+/// Reserve an SNAT port by inserting the reverse entry only if its tuple is free; sets
+/// `to_server.sport`. The reverse entry and key are built in the scratch slot, off the stack.
+#[inline(always)]
+fn reserve_snat_port(pkt: &Packet, to_server: &mut NatEntry, now: u64) -> Result<(), Stat> {
+    let scratch = LB_SCRATCH.get_ptr_mut(0).ok_or(Stat::DROP_MAP_ERROR)?;
+    // SAFETY: per-CPU slot of this program run; `reverse*` are not used elsewhere.
+    let (to_client, reply_key) = unsafe { (&mut (*scratch).reverse, &mut (*scratch).reverse_key) };
+    to_client.src = pkt.key.dst;
+    to_client.dst = pkt.key.src;
+    to_client.sport = pkt.key.dport;
+    to_client.dport = pkt.key.sport;
+    to_client.server_id = to_server.server_id;
+    to_client.last_seen_ns = now;
+    to_client.frontend_id = to_server.frontend_id;
+    to_client.backend_id = to_server.backend_id;
+    to_client.state = 0;
+    to_client.flags = lb_common::maps::ENTRY_REVERSE;
+    to_client._pad = 0;
+    *reply_key = to_server.reply_key(pkt.key.proto);
+    let hash = flow_hash(&pkt.key, SNAT_HASH_SEED);
     let range = u32::from(SNAT_PORT_MAX - SNAT_PORT_MIN) + 1;
-    let mut reply_key = to_server.reply_key(pkt.key.proto);
-    let mut reserved = false;
     let mut attempt = 0;
     while attempt < SNAT_PORT_RETRIES {
         let port =
             u32::from(SNAT_PORT_MIN) + hash.rotate_left(attempt * 5).wrapping_add(attempt) % range;
         reply_key.dport = (port as u16).to_be();
         if LB_SNAT
-            .insert(&reply_key, &to_client, u64::from(BPF_NOEXIST))
+            .insert(&*reply_key, &*to_client, u64::from(BPF_NOEXIST))
             .is_ok()
         {
-            reserved = true;
-            break;
+            to_server.sport = reply_key.dport;
+            return Ok(());
         }
         attempt += 1;
     }
-    if !reserved {
-        return Err(Stat::DROP_SNAT_EXHAUSTED);
-    }
-    to_server.sport = reply_key.dport;
-    if LB_CONNTRACK.insert(&pkt.key, &*to_server, 0).is_err() {
-        let _ = LB_SNAT.remove(&reply_key);
-        return Err(Stat::DROP_MAP_ERROR);
-    }
-    Ok(())
-}
-
-/// Copy a tracked entry into `out`, refreshing its timestamp when it is stale.
-#[inline(always)]
-unsafe fn touch(entry: *mut NatEntry, now: u64, out: &mut NatEntry) {
-    unsafe {
-        if now.wrapping_sub((*entry).last_seen_ns) > TOUCH_INTERVAL_NS {
-            (*entry).last_seen_ns = now;
-        }
-        *out = *entry;
-    }
+    Err(Stat::DROP_SNAT_EXHAUSTED)
 }
 
 /// Rewrite, then send. Each step is its own subprogram so their stack frames do not add up.

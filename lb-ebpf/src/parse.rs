@@ -20,10 +20,17 @@ const VLAN_HLEN: usize = 4;
 const IPPROTO_FRAGMENT: u8 = 44;
 const TCP_FLAG_SYN: u8 = 0x02;
 const TCP_FLAG_ACK: u8 = 0x10;
+const MAX_HEADER_OFFSET: usize = 128;
 
 /// A bounds-checked pointer to a `T` at `offset` bytes into the packet.
 #[inline(always)]
 pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
+    // Offsets come back from the scratch map as unbounded scalars; headers never start past
+    // Ethernet + VLAN + 60-byte IPv4 or 40-byte IPv6, and a bound lets the verifier accept
+    // the pointer arithmetic.
+    if offset > MAX_HEADER_OFFSET {
+        return None;
+    }
     let start = ctx.data();
     if start + offset + core::mem::size_of::<T>() > ctx.data_end() {
         return None;
@@ -43,6 +50,7 @@ fn set_v4_mapped(dst: &mut Addr, v4: [u8; 4]) {
     }
 }
 
+#[repr(C)]
 pub struct Packet {
     pub l3_offset: usize,
     pub l4_offset: usize,
@@ -50,6 +58,18 @@ pub struct Packet {
     /// The 5-tuple as it arrived (ports in network byte order).
     pub key: FlowKey,
     pub tcp_flags: u8,
+    /// Frame length, for byte counters.
+    pub len: u64,
+}
+
+/// Per-CPU working memory of one program run.
+#[repr(C)]
+pub struct Scratch {
+    pub pkt: Packet,
+    pub nat: lb_common::maps::NatEntry,
+    /// A new flow's server-side entry and its key, while an SNAT port is reserved.
+    pub reverse: lb_common::maps::NatEntry,
+    pub reverse_key: FlowKey,
 }
 
 impl Packet {
@@ -59,8 +79,9 @@ impl Packet {
     }
 }
 
+/// Parse into `pkt`, which lives in a per-CPU scratch map rather than on the 512-byte stack.
 #[inline(always)]
-pub fn parse(ctx: &XdpContext) -> Result<Packet, Stat> {
+pub fn parse(ctx: &XdpContext, pkt: &mut Packet) -> Result<(), Stat> {
     let eth: *const EthHdr = ptr_at(ctx, 0).ok_or(Stat::PASS_TRUNCATED)?;
     // SAFETY: bounds checked by ptr_at.
     let mut ether_type = u16::from_be(unsafe { (*eth).ether_type });
@@ -70,7 +91,11 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Stat> {
         ether_type = u16::from_be_bytes(unsafe { *inner });
         l3_offset += VLAN_HLEN;
     }
-    let mut key = FlowKey::default();
+    let key = &mut pkt.key;
+    *key = FlowKey::default();
+    // Frame length from the IP header (pointer arithmetic on the packet end is refused in a
+    // subprogram), for byte counters.
+    let len;
     let (l4_offset, is_v6) = match ether_type {
         ETH_P_IP => {
             let ip: *const Ipv4Hdr = ptr_at(ctx, l3_offset).ok_or(Stat::PASS_TRUNCATED)?;
@@ -86,6 +111,7 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Stat> {
                 return Err(Stat::PASS_FRAGMENT);
             }
             key.proto = ip.proto;
+            len = (l3_offset + usize::from(u16::from_be_bytes(ip.tot_len))) as u64;
             set_v4_mapped(&mut key.src, ip.src_addr);
             set_v4_mapped(&mut key.dst, ip.dst_addr);
             (l3_offset + ihl * 4, false)
@@ -98,6 +124,8 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Stat> {
                 return Err(Stat::PASS_FRAGMENT);
             }
             key.proto = ip.next_hdr;
+            len =
+                (l3_offset + Ipv6Hdr::LEN + usize::from(u16::from_be_bytes(ip.payload_len))) as u64;
             key.src = ip.src_addr;
             key.dst = ip.dst_addr;
             (l3_offset + Ipv6Hdr::LEN, true)
@@ -125,11 +153,10 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Stat> {
         }
         _ => return Err(Stat::PASS_NOT_TCP_UDP),
     }
-    Ok(Packet {
-        l3_offset,
-        l4_offset,
-        is_v6,
-        key,
-        tcp_flags,
-    })
+    pkt.l3_offset = l3_offset;
+    pkt.l4_offset = l4_offset;
+    pkt.is_v6 = is_v6;
+    pkt.tcp_flags = tcp_flags;
+    pkt.len = len;
+    Ok(())
 }

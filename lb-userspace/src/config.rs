@@ -25,6 +25,57 @@ pub struct Config {
     /// Inventory for `servers = { type = "computer", ... }`: computer id -> address.
     #[serde(default)]
     pub computers: BTreeMap<String, IpAddr>,
+    #[serde(default)]
+    pub dataplane: DataplaneConfig,
+}
+
+/// Connection tracking: capacity and the idle timeouts of each flow state.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataplaneConfig {
+    /// Flows tracked at once (each flow also holds a reverse entry).
+    pub conntrack_size: u32,
+    pub tcp_syn_timeout: String,
+    pub tcp_established_timeout: String,
+    pub tcp_closing_timeout: String,
+    pub udp_timeout: String,
+    /// How often expired flows are removed and open-flow counts reconciled.
+    pub gc_interval: String,
+}
+
+impl Default for DataplaneConfig {
+    fn default() -> Self {
+        DataplaneConfig {
+            conntrack_size: lb_common::maps::CONNTRACK_ENTRIES,
+            tcp_syn_timeout: "10s".into(),
+            tcp_established_timeout: "1h".into(),
+            tcp_closing_timeout: "10s".into(),
+            udp_timeout: "30s".into(),
+            gc_interval: "1s".into(),
+        }
+    }
+}
+
+impl DataplaneConfig {
+    /// The timeouts, after validation.
+    pub fn timeouts(&self) -> lb_common::flow::Timeouts {
+        let ns = |s: &str| duration(s).map_or(0, |d| d.as_nanos() as u64);
+        lb_common::flow::Timeouts {
+            syn_ns: ns(&self.tcp_syn_timeout),
+            established_ns: ns(&self.tcp_established_timeout),
+            closing_ns: ns(&self.tcp_closing_timeout),
+            udp_ns: ns(&self.udp_timeout),
+        }
+    }
+
+    pub fn gc_interval(&self) -> std::time::Duration {
+        duration(&self.gc_interval).unwrap_or(std::time::Duration::from_secs(1))
+    }
+}
+
+/// A duration such as "500ms", "10s", "5m" or "1h".
+pub fn duration(text: &str) -> Option<std::time::Duration> {
+    humantime::parse_duration(text.trim()).ok()
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
@@ -57,6 +108,18 @@ pub struct Frontend {
     pub interfaces: Vec<String>,
     /// Source address for packets sent to servers; replies must route back to it.
     pub snat_address: Option<IpAddr>,
+    #[serde(default)]
+    pub forwarding: Forwarding,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Forwarding {
+    /// Full NAT: servers see lb's SNAT address; replies come back through lb.
+    #[default]
+    Nat,
+    /// L2 direct server return: servers hold the VIP and answer clients directly.
+    Dsr,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -75,6 +138,32 @@ pub struct Backend {
     pub balancing_method: String,
     pub port: PortValue,
     pub servers: Servers,
+    #[serde(default)]
+    pub options: BackendOptions,
+}
+
+/// Backend options of the product's object model. Those a later part of lb implements are
+/// accepted by the parser and refused by validation with a clear message, never ignored.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BackendOptions {
+    pub sticky_session: Option<StickySession>,
+    /// Maglev table size M (a prime, at least 100 x servers); default 65537.
+    pub table_size: Option<u32>,
+    pub tls: Option<bool>,
+    pub tls_verify: Option<bool>,
+    pub forward_for: Option<bool>,
+    pub proxy_protocol: Option<String>,
+    pub health_check: Option<toml::Value>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StickySession {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub cookie: Option<String>,
+    pub ttl: Option<String>,
 }
 
 /// The API accepts a port as an integer or a numeric string.
@@ -109,22 +198,29 @@ pub struct ServerAddress {
     pub address: String,
     #[serde(default = "default_weight")]
     pub weight: i64,
+    /// Most open flows for `first` and `leastconn`; absent = no limit.
+    pub max_conn: Option<u32>,
 }
 
 fn default_weight() -> i64 {
     1
 }
 
-/// The balancing methods the XDP data plane implements today.
-pub const XDP_METHODS: &[&str] = &["maglev"];
-/// Methods the product names; accepted as words, reported as not yet implemented.
-pub const PLANNED_METHODS: &[&str] = &["roundrobin", "leastconn", "first", "source"];
+/// The balancing methods the XDP data plane implements.
+pub const XDP_METHODS: &[&str] = &["roundrobin", "leastconn", "first", "source", "maglev"];
+/// Methods that enforce `max_conn` (they scan servers per new flow).
+pub const MAX_CONN_METHODS: &[&str] = &["first", "leastconn"];
+/// Methods that use a Maglev table (and so `table_size`).
+pub const MAGLEV_METHODS: &[&str] = &["source", "maglev"];
+/// Largest Maglev table the maps hold.
+pub const MAX_TABLE_SIZE: u32 = lb_common::maps::RING_STRIDE;
 
 /// One resolved server of a backend.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ResolvedServer {
     pub address: IpAddr,
     pub weight: u32,
+    pub max_conn: u32,
 }
 
 impl Backend {
@@ -137,13 +233,18 @@ impl Backend {
                     Some(ResolvedServer {
                         address: s.address.parse().ok()?,
                         weight: s.weight.clamp(0, MAX_WEIGHT) as u32,
+                        max_conn: s.max_conn.unwrap_or(0),
                     })
                 })
                 .collect(),
             Servers::Computer { computer_ids } => computer_ids
                 .iter()
                 .filter_map(|id| computers.get(id))
-                .map(|&address| ResolvedServer { address, weight: 1 })
+                .map(|&address| ResolvedServer {
+                    address,
+                    weight: 1,
+                    max_conn: 0,
+                })
                 .collect(),
         }
     }
@@ -235,6 +336,26 @@ impl Config {
         })
     }
 
+    /// The Maglev table size of a backend (validated to be prime and large enough).
+    pub fn table_size(backend: &Backend) -> u32 {
+        backend
+            .options
+            .table_size
+            .unwrap_or(lb_common::maps::RING_SIZE_DEFAULT)
+    }
+
+    /// Source-IP stickiness TTL in seconds (0 = off), after validation.
+    pub fn sticky_ttl_s(backend: &Backend) -> u32 {
+        match &backend.options.sticky_session {
+            Some(s) if s.kind == "source_ip" => s
+                .ttl
+                .as_deref()
+                .and_then(duration)
+                .map_or(300, |d| d.as_secs().max(1) as u32),
+            _ => 0,
+        }
+    }
+
     /// Check every rule; an empty list means the config is valid.
     pub fn validate(&self) -> Vec<Problem> {
         let mut out = Vec::new();
@@ -263,21 +384,14 @@ impl Config {
                 );
             }
             let method = b.balancing_method.as_str();
-            if PLANNED_METHODS.contains(&method) {
-                problem(
-                    format!("{at}.balancing_method"),
-                    format!(
-                        "balancing_method {method:?} is not implemented by the XDP data plane yet"
-                    ),
-                    "use balancing_method = \"maglev\" (weighted consistent hashing)",
-                );
-            } else if !XDP_METHODS.contains(&method) {
+            if !XDP_METHODS.contains(&method) {
                 problem(
                     format!("{at}.balancing_method"),
                     format!("unknown balancing_method {method:?}"),
-                    "use one of: maglev",
+                    "use one of: roundrobin, leastconn, first, source, maglev",
                 );
             }
+            self.validate_options(b, &at, &mut problem);
             if b.port.get().is_none() {
                 problem(
                     format!("{at}.port"),
@@ -297,6 +411,15 @@ impl Config {
                     let mut seen = HashSet::new();
                     for (j, s) in addresses.iter().enumerate() {
                         let sat = format!("{at}.servers.addresses[{j}]");
+                        if s.max_conn.is_some() && !MAX_CONN_METHODS.contains(&method) {
+                            problem(
+                                format!("{sat}.max_conn"),
+                                format!(
+                                    "max_conn is enforced only by first and leastconn, not {method}"
+                                ),
+                                "remove max_conn, or use balancing_method = \"first\" or \"leastconn\"",
+                            );
+                        }
                         if !(0..=MAX_WEIGHT).contains(&s.weight) {
                             problem(
                                 format!("{sat}.weight"),
@@ -343,6 +466,29 @@ impl Config {
                     }
                 }
             }
+        }
+        let dp = &self.dataplane;
+        for (field, value) in [
+            ("tcp_syn_timeout", &dp.tcp_syn_timeout),
+            ("tcp_established_timeout", &dp.tcp_established_timeout),
+            ("tcp_closing_timeout", &dp.tcp_closing_timeout),
+            ("udp_timeout", &dp.udp_timeout),
+            ("gc_interval", &dp.gc_interval),
+        ] {
+            if duration(value).is_none_or(|d| d.is_zero()) {
+                problem(
+                    format!("dataplane.{field}"),
+                    format!("{value:?} is not a positive duration"),
+                    "write a duration such as \"500ms\", \"10s\", \"5m\" or \"1h\"",
+                );
+            }
+        }
+        if dp.conntrack_size < 1024 {
+            problem(
+                "dataplane.conntrack_size".into(),
+                format!("{} flows is too small", dp.conntrack_size),
+                "use at least 1024 (the default is 1048576)",
+            );
         }
         if self.backends.len() > lb_common::maps::MAX_BACKENDS as usize {
             problem(
@@ -436,7 +582,7 @@ impl Config {
                 );
             }
             match f.snat_address {
-                None if f.mode == Mode::Tcp => problem(
+                None if f.mode == Mode::Tcp && f.forwarding == Forwarding::Nat => problem(
                     format!("{at}.snat_address"),
                     "a tcp frontend needs an SNAT address for full NAT".into(),
                     "set snat_address to an address of this host that servers route back to",
@@ -464,6 +610,95 @@ impl Config {
             .filter(|i| seen.insert(i.as_str()))
             .cloned()
             .collect()
+    }
+}
+
+impl Config {
+    fn validate_options(
+        &self,
+        b: &Backend,
+        at: &str,
+        problem: &mut impl FnMut(String, String, &str),
+    ) {
+        let o = &b.options;
+        let servers = b
+            .resolved_servers(&self.computers)
+            .len()
+            .max(match &b.servers {
+                Servers::Addresses { addresses } => addresses.len(),
+                Servers::Computer { computer_ids } => computer_ids.len(),
+            });
+        if let Some(m) = o.table_size {
+            if !MAGLEV_METHODS.contains(&b.balancing_method.as_str()) {
+                problem(
+                    format!("{at}.options.table_size"),
+                    format!(
+                        "table_size applies to source and maglev, not {}",
+                        b.balancing_method
+                    ),
+                    "remove table_size",
+                );
+            } else if !lb_common::maglev::is_prime(m) || m > MAX_TABLE_SIZE {
+                problem(
+                    format!("{at}.options.table_size"),
+                    format!("table_size {m} is not a prime up to {MAX_TABLE_SIZE}"),
+                    "use a prime such as 251, 4093, 16381 or 65537",
+                );
+            }
+        }
+        if MAGLEV_METHODS.contains(&b.balancing_method.as_str())
+            && u64::from(Config::table_size(b)) < 100 * servers as u64
+        {
+            problem(
+                format!("{at}.options.table_size"),
+                format!(
+                    "table_size {} is less than 100 x {servers} servers, so shares would be uneven",
+                    Config::table_size(b)
+                ),
+                "use a prime of at least 100 x the server count (65537 fits 500 servers)",
+            );
+        }
+        if let Some(s) = &o.sticky_session {
+            match s.kind.as_str() {
+                "source_ip" => {}
+                "cookie" if b.mode == Mode::Tcp => problem(
+                    format!("{at}.options.sticky_session.type"),
+                    "cookie stickiness needs mode \"http\"; a tcp backend cannot see cookies"
+                        .into(),
+                    "use type = \"source_ip\"",
+                ),
+                "cookie" => {}
+                other => problem(
+                    format!("{at}.options.sticky_session.type"),
+                    format!("unknown sticky_session type {other:?}"),
+                    "use \"source_ip\" (or \"cookie\" in http mode)",
+                ),
+            }
+            if let Some(ttl) = &s.ttl
+                && duration(ttl).is_none_or(|d| d.as_secs() == 0)
+            {
+                problem(
+                    format!("{at}.options.sticky_session.ttl"),
+                    format!("{ttl:?} is not a duration of at least one second"),
+                    "write a duration such as \"30s\" or \"5m\"",
+                );
+            }
+        }
+        let later = |field: &str, set: bool, problem: &mut dyn FnMut(String, String, &str)| {
+            if set {
+                problem(
+                    format!("{at}.options.{field}"),
+                    format!("{field} is not supported by this version of lb yet"),
+                    "remove it for now; it arrives with health checks and the HTTP proxy",
+                );
+            }
+        };
+        let mut p = |a: String, b: String, c: &str| problem(a, b, c);
+        later("tls", o.tls == Some(true), &mut p);
+        later("tls_verify", o.tls_verify == Some(true), &mut p);
+        later("forward_for", o.forward_for == Some(true), &mut p);
+        later("proxy_protocol", o.proxy_protocol.is_some(), &mut p);
+        later("health_check", o.health_check.is_some(), &mut p);
     }
 }
 
@@ -629,8 +864,59 @@ servers = { type = "addresses", addresses = [
     }
 
     #[test]
-    fn planned_methods_are_refused_honestly() {
-        let e = errors(&GOOD.replace("\"maglev\"", "\"leastconn\""));
-        assert!(e.problems[0].1.message.contains("not implemented"));
+    fn options_methods_and_dataplane_are_validated() {
+        let e = errors(&GOOD.replace("\"maglev\"", "\"fastest\""));
+        assert!(e.problems[0].1.message.contains("unknown balancing_method"));
+
+        let with_options = GOOD.replace(
+            "port = \"8080\"",
+            "port = \"8080\"\noptions = { table_size = 65536, sticky_session = { type = \"cookie\" }, health_check = { type = \"tcp\" } }",
+        );
+        let e = errors(&with_options);
+        let fields: Vec<&str> = e.problems.iter().map(|(_, p)| p.field.as_str()).collect();
+        assert!(
+            fields.contains(&"backends[0].options.table_size"),
+            "{fields:?}"
+        );
+        assert!(
+            fields.contains(&"backends[0].options.sticky_session.type"),
+            "{fields:?}"
+        );
+        assert!(
+            fields.contains(&"backends[0].options.health_check"),
+            "{fields:?}"
+        );
+
+        let small = GOOD.replace(
+            "port = \"8080\"",
+            "port = \"8080\"\noptions = { table_size = 101 }",
+        );
+        let e = errors(&small);
+        assert!(e.problems[0].1.message.contains("100 x 2 servers"), "{e}");
+
+        let max_conn = GOOD.replace("weight = 2 }", "weight = 2, max_conn = 10 }");
+        let e = errors(&max_conn);
+        assert_eq!(
+            e.problems[0].1.field,
+            "backends[0].servers.addresses[1].max_conn"
+        );
+        assert!(Config::parse("t", &max_conn.replace("\"maglev\"", "\"first\"")).is_ok());
+
+        let e = errors(&format!("{GOOD}\n[dataplane]\nudp_timeout = \"soon\"\n"));
+        assert_eq!(e.problems[0].1.field, "dataplane.udp_timeout");
+        assert_eq!(e.problems[0].0, Some(22));
+    }
+
+    #[test]
+    fn sticky_ttl_defaults_to_five_minutes() {
+        let c = Config::parse(
+            "t",
+            &GOOD.replace(
+                "port = \"8080\"",
+                "port = \"8080\"\noptions = { sticky_session = { type = \"source_ip\" } }",
+            ),
+        )
+        .unwrap();
+        assert_eq!(Config::sticky_ttl_s(&c.backends[0]), 300);
     }
 }

@@ -1,39 +1,94 @@
-//! The kernel side as userspace sees it: loading the embedded XDP object, attaching it, and
-//! writing frontends, servers and selection tables into its maps.
+//! The kernel side as userspace sees it: loading the embedded XDP object, attaching it,
+//! writing plans into its maps (double-buffered tables, only changed slots), and the
+//! connection-tracking garbage collector.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
-    Ebpf,
+    Ebpf, EbpfLoader,
     maps::{Array, DevMapHash, HashMap as BpfHashMap, MapData, PerCpuArray},
     programs::{Xdp, XdpMode},
 };
 use lb_common::{
+    flow::Timeouts,
     maps::{
-        BackendInfo, FrontendInfo, FrontendKey, MAP_BACKENDS, MAP_FRONTENDS, MAP_RING, MAP_SERVERS,
-        MAP_STATS, MAP_TX_PORTS, PROG_LB, PROG_PASS, RING_STRIDE, ServerInfo,
+        BackendInfo, ENTRY_COUNTED, ENTRY_DSR, FlowKey, FrontendInfo, FrontendKey,
+        MAP_BACKEND_SERVERS, MAP_BACKENDS, MAP_CONNTRACK, MAP_FRONTEND_STATS, MAP_FRONTENDS,
+        MAP_RING, MAP_SERVER_ACTIVE, MAP_SERVER_STATS, MAP_SERVERS, MAP_SNAT, MAP_STATS,
+        MAP_TX_PORTS, NatEntry, PROG_LB, PROG_PASS, ServerInfo, TrafficStats,
     },
     stats::Stat,
 };
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
-use crate::plan::Plan;
+use crate::{
+    config::Config,
+    plan::{BackendPlan, Ids, Plan},
+};
 
 /// The XDP object built by build.rs from lb-ebpf.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
 
+/// Kernel memory per tracked flow: a client-side and a server-side hash entry, each a
+/// 40-byte key, a 56-byte value and about 64 bytes of htab element overhead.
+pub const BYTES_PER_FLOW: u64 = 2 * (40 + 56 + 64);
+
+/// What the maps hold for one backend, so updates write only what changes.
+#[derive(Default)]
+struct BackendState {
+    info: BackendInfo,
+    tables: [Vec<u32>; 2],
+    lists: [Vec<u32>; 2],
+}
+
 pub struct Dataplane {
     ebpf: Ebpf,
-    /// Each backend's table as last written, so an update writes only the slots that change.
-    rings: HashMap<u32, Vec<u32>>,
+    ids: Ids,
+    backends: HashMap<u32, BackendState>,
+    servers: HashSet<u32>,
     frontends: Vec<FrontendKey>,
 }
 
+/// A reverse entry younger than this is never an orphan: its flow's entry may be about to
+/// be inserted.
+const ORPHAN_GRACE_NS: u64 = 2_000_000_000;
+
+/// What one garbage-collection pass did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct GcReport {
+    pub flows: usize,
+    pub expired: usize,
+    pub orphans: usize,
+    /// Open flows per server id after reconciliation.
+    pub active: HashMap<u32, u64>,
+}
+
+fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {
+    ebpf.map_mut(name)
+        .ok_or_else(|| anyhow!("map {name} is missing from the XDP object"))
+}
+
+/// `bpf_ktime_get_ns`'s clock, for comparing with entry timestamps.
+pub fn monotonic_now_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
+        t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+    })
+}
+
 impl Dataplane {
-    /// Load (verify) both programs; nothing is attached yet.
+    /// Load (verify) both programs with the default table sizes; nothing is attached yet.
     pub fn load() -> Result<Self> {
-        let mut ebpf = Ebpf::load(EBPF_OBJECT).context("loading the embedded XDP object")?;
+        Self::load_with(lb_common::maps::CONNTRACK_ENTRIES)
+    }
+
+    /// Load with room for `conntrack_size` tracked flows.
+    pub fn load_with(conntrack_size: u32) -> Result<Self> {
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(MAP_CONNTRACK, conntrack_size)
+            .map_max_entries(MAP_SNAT, conntrack_size)
+            .load(EBPF_OBJECT)
+            .context("loading the embedded XDP object")?;
         for name in [PROG_LB, PROG_PASS] {
             let prog: &mut Xdp = ebpf
                 .program_mut(name)
@@ -44,7 +99,9 @@ impl Dataplane {
         }
         Ok(Self {
             ebpf,
-            rings: HashMap::new(),
+            ids: Ids::default(),
+            backends: HashMap::new(),
+            servers: HashSet::new(),
             frontends: Vec::new(),
         })
     }
@@ -80,82 +137,229 @@ impl Dataplane {
     }
 
     fn map(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
+        map_mut(&mut self.ebpf, name)
+    }
+
+    fn map_ref(&self, name: &str) -> Result<&aya::maps::Map> {
         self.ebpf
-            .map_mut(name)
+            .map(name)
             .ok_or_else(|| anyhow!("map {name} is missing from the XDP object"))
     }
 
-    /// Write a whole plan: servers first, then tables, then frontends, so a frontend is never
-    /// visible before the table it points at. Returns how many table slots were written.
+    /// Plan a validated config with this data plane's stable ids and apply it.
+    pub fn apply_config(&mut self, config: &Config) -> Result<usize> {
+        let plan = Plan::from_config(config, &mut self.ids)?;
+        self.apply(&plan)
+    }
+
+    /// Write a plan: servers, then each backend's inactive half and the flip to it, then
+    /// frontends, so nothing is visible before what it points at. Servers that left are
+    /// marked absent (their flows continue; nothing new is sent to them). Returns how many
+    /// table and list slots were written.
     pub fn apply(&mut self, plan: &Plan) -> Result<usize> {
         {
             let mut servers: Array<&mut MapData, ServerInfo> =
-                Array::try_from(self.map(MAP_SERVERS)?)?;
+                Array::try_from(map_mut(&mut self.ebpf, MAP_SERVERS)?)?;
             for (id, server) in &plan.servers {
                 servers.set(*id, server, 0)?;
             }
+            let present: HashSet<u32> = plan.servers.iter().map(|(id, _)| *id).collect();
+            for gone in self.servers.difference(&present) {
+                let mut info = servers.get(gone, 0)?;
+                info.flags = 0;
+                servers.set(*gone, info, 0)?;
+            }
+            self.servers = present;
         }
         let mut written = 0;
-        for (backend_id, table) in &plan.tables {
-            written += self.set_table(*backend_id, table)?;
+        for backend in &plan.backends {
+            written += self.set_backend(backend)?;
         }
         let mut frontends: BpfHashMap<&mut MapData, FrontendKey, FrontendInfo> =
             BpfHashMap::try_from(self.ebpf.map_mut(MAP_FRONTENDS).context(MAP_FRONTENDS)?)?;
         for (key, value) in &plan.frontends {
             frontends.insert(key, value, 0)?;
         }
-        let stale: Vec<FrontendKey> = self
+        for key in self
             .frontends
             .iter()
             .filter(|k| !plan.frontends.iter().any(|(n, _)| n == *k))
-            .copied()
-            .collect();
-        for key in stale {
-            frontends.remove(&key)?;
+        {
+            frontends.remove(key)?;
         }
         self.frontends = plan.frontends.iter().map(|(k, _)| *k).collect();
         Ok(written)
     }
 
-    /// Write a backend's table, only the slots that differ from what is there.
-    fn set_table(&mut self, backend_id: u32, table: &[u32]) -> Result<usize> {
-        let old = self.rings.remove(&backend_id).unwrap_or_default();
-        let changed = lb_common::maglev::changed_slots(&old, table);
+    /// Fill the backend's inactive half (only slots that differ from what that half holds),
+    /// record its sizes, then flip `active` to it: a reader sees the old half or the new
+    /// one, never a mix.
+    fn set_backend(&mut self, plan: &BackendPlan) -> Result<usize> {
+        let mut state = self.backends.remove(&plan.id).unwrap_or_default();
+        let is_new = state.info == BackendInfo::default() && state.tables[0].is_empty();
+        let half = if is_new {
+            0
+        } else {
+            1 - (state.info.active & 1)
+        };
+        let h = half as usize;
+        let mut written = 0;
         {
             let mut ring: Array<&mut MapData, u32> = Array::try_from(self.map(MAP_RING)?)?;
-            let base = backend_id * RING_STRIDE;
-            for &slot in &changed {
-                ring.set(base + slot, table[slot as usize], 0)?;
+            let base = BackendInfo::ring_base(plan.id, half);
+            for slot in lb_common::maglev::changed_slots(&state.tables[h], &plan.table) {
+                ring.set(base + slot, plan.table[slot as usize], 0)?;
+                written += 1;
             }
         }
+        {
+            let mut list: Array<&mut MapData, u32> =
+                Array::try_from(self.map(MAP_BACKEND_SERVERS)?)?;
+            let base = BackendInfo::list_base(plan.id, half);
+            for slot in lb_common::maglev::changed_slots(&state.lists[h], &plan.servers) {
+                list.set(base + slot, plan.servers[slot as usize], 0)?;
+                written += 1;
+            }
+        }
+        state.tables[h] = plan.table.clone();
+        state.lists[h] = plan.servers.clone();
         let mut backends: Array<&mut MapData, BackendInfo> =
             Array::try_from(self.map(MAP_BACKENDS)?)?;
-        backends.set(
-            backend_id,
-            BackendInfo {
-                ring_size: table.len() as u32,
-                _pad: 0,
-            },
-            0,
-        )?;
-        info!(
-            backend_id,
-            slots = table.len(),
-            written = changed.len(),
-            "selection table updated"
-        );
-        self.rings.insert(backend_id, table.to_vec());
-        Ok(changed.len())
+        // Sizes of the new half first, with the old half still live...
+        let mut info = state.info;
+        info.ring_size[h] = plan.table.len() as u32;
+        info.server_count[h] = plan.servers.len() as u32;
+        if is_new {
+            info.method = plan.method;
+            info.sticky_ttl_s = plan.sticky_ttl_s;
+        }
+        backends.set(plan.id, info, 0)?;
+        // ...then the flip, which is the only field (with method and TTL) that changes.
+        info.active = half;
+        info.method = plan.method;
+        info.sticky_ttl_s = plan.sticky_ttl_s;
+        backends.set(plan.id, info, 0)?;
+        state.info = info;
+        info!(backend = %plan.name, half, slots = plan.table.len(), servers = plan.servers.len(), written, "backend updated");
+        self.backends.insert(plan.id, state);
+        Ok(written)
+    }
+
+    /// Remove flows idle past their state's timeout (and reverse entries whose flow is
+    /// gone), then set every server's open-flow count from what remains, so the counts the
+    /// data plane keeps can never drift.
+    pub fn gc(&mut self, now_ns: u64, timeouts: &Timeouts) -> Result<GcReport> {
+        let mut report = GcReport::default();
+        let flows: Vec<(FlowKey, NatEntry)> = {
+            let ct: BpfHashMap<&MapData, FlowKey, NatEntry> =
+                BpfHashMap::try_from(self.map_ref(MAP_CONNTRACK)?)?;
+            ct.iter().filter_map(|r| r.ok()).collect()
+        };
+        report.flows = flows.len();
+        let mut expired = Vec::new();
+        for (key, entry) in &flows {
+            if timeouts.expired(entry.state, entry.last_seen_ns, now_ns) {
+                expired.push((*key, *entry));
+            } else if entry.flags & ENTRY_COUNTED != 0 {
+                *report.active.entry(entry.server_id).or_default() += 1;
+            }
+        }
+        {
+            let mut ct: BpfHashMap<&mut MapData, FlowKey, NatEntry> =
+                BpfHashMap::try_from(self.ebpf.map_mut(MAP_CONNTRACK).context(MAP_CONNTRACK)?)?;
+            for (key, _) in &expired {
+                let _ = ct.remove(key);
+            }
+        }
+        let reverse: Vec<(FlowKey, NatEntry)> = {
+            let snat: BpfHashMap<&MapData, FlowKey, NatEntry> =
+                BpfHashMap::try_from(self.map_ref(MAP_SNAT)?)?;
+            snat.iter().filter_map(|r| r.ok()).collect()
+        };
+        // A reverse entry is an orphan when its flow is gone (LRU eviction) now, not in the
+        // snapshot above (a flow may have opened since), and it is older than a grace period
+        // (the data plane inserts it just before the flow's own entry).
+        let orphans: Vec<FlowKey> = {
+            let ct: BpfHashMap<&MapData, FlowKey, NatEntry> =
+                BpfHashMap::try_from(self.map_ref(MAP_CONNTRACK)?)?;
+            reverse
+                .iter()
+                .filter(|(key, entry)| {
+                    now_ns.saturating_sub(entry.last_seen_ns) > ORPHAN_GRACE_NS
+                        && ct.get(&entry.reply_key(key.proto), 0).is_err()
+                })
+                .map(|(key, _)| *key)
+                .collect()
+        };
+        {
+            let mut snat: BpfHashMap<&mut MapData, FlowKey, NatEntry> =
+                BpfHashMap::try_from(map_mut(&mut self.ebpf, MAP_SNAT)?)?;
+            for (key, entry) in &expired {
+                if entry.flags & ENTRY_DSR == 0 {
+                    let _ = snat.remove(&entry.reply_key(key.proto));
+                }
+            }
+            for key in &orphans {
+                let _ = snat.remove(key);
+            }
+        }
+        report.expired = expired.len();
+        report.orphans = orphans.len();
+        let mut active: Array<&mut MapData, u64> =
+            Array::try_from(map_mut(&mut self.ebpf, MAP_SERVER_ACTIVE)?)?;
+        for id in &self.servers {
+            active.set(*id, report.active.get(id).copied().unwrap_or(0), 0)?;
+        }
+        if report.expired > 0 || report.orphans > 0 {
+            debug!(
+                flows = report.flows,
+                expired = report.expired,
+                orphans = report.orphans,
+                "conntrack gc"
+            );
+        }
+        Ok(report)
     }
 
     /// Every counter, summed over CPUs.
     pub fn stats(&self) -> Result<Vec<(&'static str, u64)>> {
-        let map = self.ebpf.map(MAP_STATS).context(MAP_STATS)?;
-        let stats: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map)?;
+        let stats: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.map_ref(MAP_STATS)?)?;
         Stat::ALL
             .iter()
             .map(|(stat, label)| Ok((*label, stats.get(&stat.0, 0)?.iter().sum())))
             .collect()
+    }
+
+    fn traffic(&self, map: &str, id: u32) -> Result<TrafficStats> {
+        let stats: PerCpuArray<&MapData, TrafficStats> = PerCpuArray::try_from(self.map_ref(map)?)?;
+        let mut total = TrafficStats::default();
+        for s in stats.get(&id, 0)?.iter() {
+            total.packets_in += s.packets_in;
+            total.bytes_in += s.bytes_in;
+            total.packets_out += s.packets_out;
+            total.bytes_out += s.bytes_out;
+            total.new_flows += s.new_flows;
+            total.drop_no_server += s.drop_no_server;
+            total.drop_snat_exhausted += s.drop_snat_exhausted;
+            total.drop_other += s.drop_other;
+        }
+        Ok(total)
+    }
+
+    /// A server's traffic, summed over CPUs.
+    pub fn server_stats(&self, server_id: u32) -> Result<TrafficStats> {
+        self.traffic(MAP_SERVER_STATS, server_id)
+    }
+
+    /// A frontend's traffic and drops, summed over CPUs.
+    pub fn frontend_stats(&self, frontend_id: u32) -> Result<TrafficStats> {
+        self.traffic(MAP_FRONTEND_STATS, frontend_id)
+    }
+
+    /// A server's open flows as the data plane counts them.
+    pub fn server_active(&self, server_id: u32) -> Result<u64> {
+        let active: Array<&MapData, u64> = Array::try_from(self.map_ref(MAP_SERVER_ACTIVE)?)?;
+        Ok(active.get(&server_id, 0)?)
     }
 
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {

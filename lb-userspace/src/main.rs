@@ -5,7 +5,7 @@ use std::{path::PathBuf, process::ExitCode};
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use lb_common::maps::{PROG_LB, PROG_PASS};
-use lb_userspace::{config::Config, dataplane::Dataplane, plan::Plan};
+use lb_userspace::{config::Config, dataplane::Dataplane};
 use tracing::{info, warn};
 
 #[derive(Parser)]
@@ -91,7 +91,13 @@ fn main() -> ExitCode {
 }
 
 fn run(config: Config) -> Result<()> {
-    let mut dataplane = Dataplane::load()?;
+    let size = config.dataplane.conntrack_size;
+    let mut dataplane = Dataplane::load_with(size)?;
+    info!(
+        flows = size,
+        mib = (u64::from(size) * lb_userspace::dataplane::BYTES_PER_FLOW) >> 20,
+        "connection table allocated (client-side and server-side entries)"
+    );
     for iface in config.interfaces() {
         let ifindex = nix::net::if_::if_nametoindex(iface.as_str()).with_context(|| {
             format!("interface {iface:?} (frontends[].interfaces) does not exist")
@@ -100,15 +106,19 @@ fn run(config: Config) -> Result<()> {
         dataplane.add_tx_port(ifindex)?;
         info!(%iface, ifindex, ?mode, "XDP attached");
     }
-    let plan = Plan::from_config(&config);
-    let written = dataplane.apply(&plan)?;
+    let written = dataplane.apply_config(&config)?;
     info!(
-        frontends = plan.frontends.len(),
-        servers = plan.servers.len(),
+        frontends = config.frontends.len(),
+        backends = config.backends.len(),
         slots_written = written,
         "ready"
     );
-    wait_for_signal()?;
+    let timeouts = config.dataplane.timeouts();
+    run_until_signal(config.dataplane.gc_interval(), || {
+        if let Err(e) = dataplane.gc(lb_userspace::dataplane::monotonic_now_ns(), &timeouts) {
+            warn!(error = %e, "conntrack gc failed");
+        }
+    })?;
     for (label, value) in dataplane.stats()? {
         if value > 0 {
             info!(counter = label, value, "xdp counter");
@@ -125,19 +135,24 @@ fn peer(interfaces: &[String]) -> Result<()> {
         dataplane.attach(PROG_PASS, iface)?;
     }
     info!(?interfaces, "ready");
-    wait_for_signal()
+    run_until_signal(std::time::Duration::from_secs(3600), || {})
 }
 
-fn wait_for_signal() -> Result<()> {
+/// Call `tick` every `interval` until SIGINT or SIGTERM.
+fn run_until_signal(interval: std::time::Duration, mut tick: impl FnMut()) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(async {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate())?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r?,
-            _ = term.recv() => {}
+        let mut ticks = tokio::time::interval(interval);
+        loop {
+            tokio::select! {
+                r = tokio::signal::ctrl_c() => { r?; break }
+                _ = term.recv() => break,
+                _ = ticks.tick() => tick(),
+            }
         }
         warn!("signal received; detaching");
         Ok::<(), anyhow::Error>(())

@@ -1,22 +1,61 @@
-//! Turns a validated config into what the maps hold: ids, keys and selection tables. Pure, so
-//! it is tested without a kernel.
+//! Turns a validated config into what the maps hold: ids, keys, selection tables and server
+//! lists. Pure, so it is tested without a kernel. Ids are stable across plans made with the
+//! same [`Ids`], so a reload keeps every surviving server's id (and its flows and slots).
 
-use std::net::IpAddr;
+use std::{collections::HashMap, net::IpAddr};
 
 use lb_common::{
-    maglev::{MaglevServer, build_table},
-    maps::{Addr, FrontendInfo, FrontendKey, PROTO_TCP, PROTO_UDP, RING_SIZE_DEFAULT, ServerInfo},
+    maglev::{MaglevServer, build_table, round_robin_sequence},
+    maps::{
+        Addr, FRONTEND_FLAG_DSR, FrontendInfo, FrontendKey, MAX_BACKENDS, MAX_FRONTENDS,
+        MAX_SERVERS, METHOD_FIRST, METHOD_LEASTCONN, METHOD_MAGLEV, METHOD_ROUNDROBIN,
+        METHOD_SOURCE, PROTO_TCP, PROTO_UDP, SERVER_PRESENT, ServerInfo,
+    },
 };
 
-use crate::config::{Config, Protocol};
+use crate::config::{Config, Forwarding, Protocol};
+
+/// Stable ids for frontends (by name), backends (by name) and servers (by backend, address
+/// and port). An id is never handed out twice, so a stale reference (a tracked flow, a
+/// sticky entry) can never point at a different server.
+#[derive(Debug, Default)]
+pub struct Ids {
+    frontends: HashMap<String, u32>,
+    backends: HashMap<String, u32>,
+    servers: HashMap<(String, IpAddr, u16), u32>,
+    next_frontend: u32,
+    next_backend: u32,
+    next_server: u32,
+}
+
+fn id_for<K: std::hash::Hash + Eq>(map: &mut HashMap<K, u32>, next: &mut u32, key: K) -> u32 {
+    *map.entry(key).or_insert_with(|| {
+        *next += 1;
+        *next - 1
+    })
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackendPlan {
+    pub id: u32,
+    pub name: String,
+    pub method: u32,
+    pub sticky_ttl_s: u32,
+    /// Maglev table (maglev, source) or round-robin sequence: server ids. Empty for
+    /// leastconn and first, and when no server takes new flows.
+    pub table: Vec<u32>,
+    /// Server ids in config order (leastconn and first scan it).
+    pub servers: Vec<u32>,
+}
 
 #[derive(Debug, Default)]
 pub struct Plan {
     pub frontends: Vec<(FrontendKey, FrontendInfo)>,
+    /// Frontend names by id, for counters.
+    pub frontend_names: Vec<(u32, String)>,
     /// Server id -> server.
     pub servers: Vec<(u32, ServerInfo)>,
-    /// Backend id -> selection table (server ids; empty when no server takes new flows).
-    pub tables: Vec<(u32, Vec<u32>)>,
+    pub backends: Vec<BackendPlan>,
 }
 
 pub fn addr16(ip: IpAddr) -> Addr {
@@ -26,25 +65,52 @@ pub fn addr16(ip: IpAddr) -> Addr {
     }
 }
 
+pub fn method_id(name: &str) -> u32 {
+    match name {
+        "source" => METHOD_SOURCE,
+        "roundrobin" => METHOD_ROUNDROBIN,
+        "leastconn" => METHOD_LEASTCONN,
+        "first" => METHOD_FIRST,
+        _ => METHOD_MAGLEV,
+    }
+}
+
 impl Plan {
-    /// Backend ids follow config order; server ids are dense, backend by backend.
-    pub fn from_config(config: &Config) -> Plan {
+    pub fn from_config(config: &Config, ids: &mut Ids) -> anyhow::Result<Plan> {
         let mut plan = Plan::default();
-        let mut next_server = 0u32;
-        for (backend_id, backend) in config.backends.iter().enumerate() {
+        for backend in &config.backends {
+            let backend_id = id_for(
+                &mut ids.backends,
+                &mut ids.next_backend,
+                backend.name.clone(),
+            );
+            anyhow::ensure!(
+                backend_id < MAX_BACKENDS,
+                "more than {MAX_BACKENDS} backends in this daemon's lifetime; restart lb"
+            );
             let port = backend.port.get().unwrap_or_default();
             let mut members = Vec::new();
+            let mut list = Vec::new();
             for s in backend.resolved_servers(&config.computers) {
-                let id = next_server;
-                next_server += 1;
+                let id = id_for(
+                    &mut ids.servers,
+                    &mut ids.next_server,
+                    (backend.name.clone(), s.address, port),
+                );
+                anyhow::ensure!(
+                    id < MAX_SERVERS,
+                    "more than {MAX_SERVERS} servers in this daemon's lifetime; restart lb"
+                );
                 let addr = addr16(s.address);
                 plan.servers.push((
                     id,
                     ServerInfo {
                         addr,
                         port: port.to_be(),
-                        _pad: 0,
+                        flags: SERVER_PRESENT,
                         weight: s.weight,
+                        max_conn: s.max_conn,
+                        _pad: 0,
                     },
                 ));
                 let mut identity = addr.to_vec();
@@ -54,16 +120,33 @@ impl Plan {
                     identity,
                     weight: s.weight,
                 });
+                list.push(id);
             }
-            plan.tables
-                .push((backend_id as u32, build_table(&members, RING_SIZE_DEFAULT)));
+            let method = method_id(&backend.balancing_method);
+            let table = match method {
+                METHOD_MAGLEV | METHOD_SOURCE => build_table(&members, Config::table_size(backend)),
+                METHOD_ROUNDROBIN => round_robin_sequence(
+                    &members.iter().map(|m| (m.id, m.weight)).collect::<Vec<_>>(),
+                ),
+                _ => Vec::new(),
+            };
+            plan.backends.push(BackendPlan {
+                id: backend_id,
+                name: backend.name.clone(),
+                method,
+                sticky_ttl_s: Config::sticky_ttl_s(backend),
+                table,
+                servers: list,
+            });
         }
         for f in &config.frontends {
-            let Some(backend_id) = config
-                .backends
-                .iter()
-                .position(|b| b.name == f.default_backend)
-            else {
+            let frontend_id = id_for(&mut ids.frontends, &mut ids.next_frontend, f.name.clone());
+            anyhow::ensure!(
+                frontend_id < MAX_FRONTENDS,
+                "more than {MAX_FRONTENDS} frontends in this daemon's lifetime; restart lb"
+            );
+            plan.frontend_names.push((frontend_id, f.name.clone()));
+            let Some(&backend_id) = ids.backends.get(&f.default_backend) else {
                 continue;
             };
             for bind in &f.binds {
@@ -77,14 +160,20 @@ impl Plan {
                     _pad: 0,
                 };
                 let info = FrontendInfo {
-                    backend_id: backend_id as u32,
-                    flags: 0,
+                    backend_id,
+                    flags: if f.forwarding == Forwarding::Dsr {
+                        FRONTEND_FLAG_DSR
+                    } else {
+                        0
+                    },
                     snat_addr: f.snat_address.map(addr16).unwrap_or_default(),
+                    frontend_id,
+                    _pad: 0,
                 };
                 plan.frontends.push((key, info));
             }
         }
-        plan
+        Ok(plan)
     }
 }
 
@@ -92,12 +181,15 @@ impl Plan {
 mod tests {
     use super::*;
 
+    fn plan(text: &str, ids: &mut Ids) -> Plan {
+        Plan::from_config(&Config::parse("t.toml", text).unwrap(), ids).unwrap()
+    }
+
     #[test]
     fn weights_one_one_two_give_a_quarter_quarter_half_table() {
-        let config = Config::parse("t.toml", crate::DEFAULT_DEMO_CONFIG).unwrap();
-        let plan = Plan::from_config(&config);
+        let plan = plan(crate::DEFAULT_DEMO_CONFIG, &mut Ids::default());
         assert_eq!(plan.servers.len(), 3);
-        let (_, table) = &plan.tables[0];
+        let table = &plan.backends[0].table;
         let counts = lb_common::maglev::slot_counts(table);
         let share = |id| counts[&id] as f64 / table.len() as f64;
         assert!((share(0) - 0.25).abs() < 0.01);
@@ -105,5 +197,45 @@ mod tests {
         assert!((share(2) - 0.50).abs() < 0.01);
         assert_eq!(plan.frontends.len(), 2, "one tcp and one udp bind");
         assert_eq!(plan.frontends[0].0.port, 80u16.to_be());
+    }
+
+    #[test]
+    fn ids_survive_a_reload_and_are_never_reused() {
+        let mut ids = Ids::default();
+        let first = plan(crate::DEFAULT_DEMO_CONFIG, &mut ids);
+        // Remove the first server and add a new one.
+        let changed = crate::DEFAULT_DEMO_CONFIG
+            .replace("  { address = \"198.18.11.2\", weight = 1 },\n", "")
+            .replace(
+                "weight = 2 },",
+                "weight = 2 },\n  { address = \"198.18.14.2\", weight = 1 },",
+            );
+        let second = plan(&changed, &mut ids);
+        let id_of = |p: &Plan, last: u8| {
+            p.servers
+                .iter()
+                .find(|(_, s)| s.addr[15] == 2 && s.addr[14] == last)
+                .map(|(id, _)| *id)
+        };
+        assert_eq!(id_of(&first, 12), id_of(&second, 12));
+        assert_eq!(id_of(&first, 13), id_of(&second, 13));
+        assert_eq!(
+            id_of(&second, 14),
+            Some(3),
+            "a new server gets a new id, not the freed 0"
+        );
+        assert_eq!(id_of(&second, 11), None);
+    }
+
+    #[test]
+    fn round_robin_and_scanning_methods_get_their_tables() {
+        let text = crate::DEFAULT_DEMO_CONFIG.replace("\"maglev\"", "\"roundrobin\"");
+        let p = plan(&text, &mut Ids::default());
+        assert_eq!(p.backends[0].method, METHOD_ROUNDROBIN);
+        assert_eq!(p.backends[0].table.len(), 4, "1:1:2");
+        let text = crate::DEFAULT_DEMO_CONFIG.replace("\"maglev\"", "\"leastconn\"");
+        let p = plan(&text, &mut Ids::default());
+        assert!(p.backends[0].table.is_empty());
+        assert_eq!(p.backends[0].servers, vec![0, 1, 2]);
     }
 }

@@ -17,11 +17,7 @@ use lb_tests::{
     packets::{Frame, L4, TCP_SYN, TCP_SYN_ACK, checksums_valid},
     require_root,
 };
-use lb_userspace::{
-    config::Config,
-    dataplane::Dataplane,
-    plan::{Plan, addr16},
-};
+use lb_userspace::{config::Config, dataplane::Dataplane, plan::addr16};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -162,7 +158,7 @@ fn with_fixture(test: &'static str, body: impl FnOnce(&mut Fixture) + Send + 'st
             dataplane.add_tx_port(client_ifindex).unwrap();
             dataplane.add_tx_port(server_ifindex).unwrap();
             let config = Config::parse("fixture.toml", CONFIG).unwrap();
-            dataplane.apply(&Plan::from_config(&config)).unwrap();
+            dataplane.apply_config(&config).unwrap();
             body(&mut Fixture {
                 dataplane,
                 client_ifindex,

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use anyhow::Result;
 use lb_common::maglev::{MaglevServer, build_table, changed_slots, slot_counts};
-use lb_userspace::{config::Config, dataplane::Dataplane, plan::Plan};
+use lb_userspace::{config::Config, dataplane::Dataplane};
 
 use crate::Row;
 
@@ -75,13 +75,13 @@ pub fn run(quick: bool) -> Result<Vec<Row>> {
     // Live maps: write a 500-server backend, then remove one server (only changed slots).
     let mut dataplane = Dataplane::load()?;
     let parse = |n| Config::parse("bench.toml", &config(n)).map_err(|e| anyhow::anyhow!("{e}"));
-    let full = Plan::from_config(&parse(N)?);
+    let full = parse(N)?;
     let start = Instant::now();
-    dataplane.apply(&full)?;
+    dataplane.apply_config(&full)?;
     let apply_full_ms = start.elapsed().as_secs_f64() * 1000.0;
-    let smaller = Plan::from_config(&parse(N - 1)?);
+    let smaller = parse(N - 1)?;
     let start = Instant::now();
-    dataplane.apply(&smaller)?;
+    dataplane.apply_config(&smaller)?;
     let apply_change_ms = start.elapsed().as_secs_f64() * 1000.0;
 
     Ok(vec![

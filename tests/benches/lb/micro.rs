@@ -21,7 +21,7 @@ use lb_tests::{
     fixture::{CLIENT_MAC, CLIENT_SIDE_MAC, SERVER_MAC, SERVER_SIDE_MAC, fixture_namespace},
     packets::{Frame, L4, TCP_SYN, TCP_SYN_ACK},
 };
-use lb_userspace::{config::Config, dataplane::Dataplane, plan::Plan};
+use lb_userspace::{config::Config, dataplane::Dataplane};
 
 use crate::Row;
 
@@ -134,7 +134,7 @@ pub fn run(quick: bool) -> Result<Vec<Row>> {
         dataplane.add_tx_port(fxc)?;
         dataplane.add_tx_port(fxs)?;
         let config = Config::parse("bench.toml", &config()).map_err(|e| anyhow::anyhow!("{e}"))?;
-        dataplane.apply(&Plan::from_config(&config))?;
+        dataplane.apply_config(&config)?;
         let ctx_for = |ifindex: u32| -> Vec<u8> {
             [0u32, 0, 0, ifindex, 0, 0]
                 .iter()
