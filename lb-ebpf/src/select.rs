@@ -65,7 +65,7 @@ pub fn choose_server(
             addr: pkt.key.src,
         };
         // SAFETY: copied out at once.
-        if let Some(sticky) = unsafe { LB_STICKY.get(&key) }.copied()
+        if let Some(sticky) = unsafe { LB_STICKY.get(key) }.copied()
             && now.wrapping_sub(sticky.last_seen_ns)
                 < u64::from(backend.sticky_ttl_s) * 1_000_000_000
             && takes_new_flows(sticky.server_id)
