@@ -527,6 +527,19 @@ impl Config {
                     "name one of the [[backends]] entries",
                 ),
                 Some(b) => {
+                    if f.forwarding == Forwarding::Dsr
+                        && let Some(bind) =
+                            f.binds.iter().find(|bind| Some(bind.port) != b.port.get())
+                    {
+                        problem(
+                            format!("{at}.binds"),
+                            format!(
+                                "DSR cannot translate ports, but bind port {} differs from backend {:?} port {:?}",
+                                bind.port, b.name, b.port
+                            ),
+                            "with forwarding = \"dsr\", give the backend the same port as every bind",
+                        );
+                    }
                     if b.mode != f.mode {
                         problem(
                             format!("{at}.mode"),

@@ -149,7 +149,18 @@ impl Dataplane {
     /// Plan a validated config with this data plane's stable ids and apply it.
     pub fn apply_config(&mut self, config: &Config) -> Result<usize> {
         let plan = Plan::from_config(config, &mut self.ids)?;
-        self.apply(&plan)
+        let written = self.apply(&plan)?;
+        // XDP's FIB lookups need every server's next hop resolved, and kept resolved.
+        let servers: Vec<std::net::IpAddr> = config
+            .backends
+            .iter()
+            .flat_map(|b| b.resolved_servers(&config.computers))
+            .map(|s| s.address)
+            .collect();
+        if let Err(e) = crate::neighbours::manage(&servers) {
+            warn!(error = %e, "could not manage server neighbours; first packets of new flows may take the slow path");
+        }
+        Ok(written)
     }
 
     /// Write a plan: servers, then each backend's inactive half and the flip to it, then

@@ -1,6 +1,7 @@
 //! The lb daemon: config, the plan written to the maps, and the data plane.
 pub mod config;
 pub mod dataplane;
+pub mod neighbours;
 pub mod plan;
 
 /// The config of `cargo xtask run`'s demo topology (see `lb_tests::topology`): one VIP with a

@@ -9,7 +9,7 @@
 
 use std::{
     io::{BufRead as _, BufReader},
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::mpsc,
@@ -21,6 +21,9 @@ use anyhow::{Context as _, Result, bail};
 use crate::netns::NetNs;
 
 pub const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 1);
+pub const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0x100, 0, 0, 0, 1);
+pub const SNAT6_ADDR: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 2, 0, 0, 0, 1);
+pub const CLIENT6_ADDR: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 2);
 pub const VIP_TCP_PORT: u16 = 80;
 pub const VIP_UDP_PORT: u16 = 53;
 pub const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
@@ -29,6 +32,10 @@ pub const SERVER_PORT: u16 = 8080;
 
 pub fn server_addr(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(198, 18, 11 + i as u8, 2)
+}
+
+pub fn server6_addr(i: usize) -> Ipv6Addr {
+    Ipv6Addr::new(0x2001, 2, 0, 0x11 + i as u16, 0, 0, 0, 2)
 }
 
 pub fn server_name(i: usize) -> String {
@@ -62,46 +69,34 @@ impl Topology {
 
     fn wire(&self) -> Result<()> {
         let lb = &self.lb;
+        let run = |ns: &NetNs, cmd: &str| -> Result<()> {
+            ns.exec(&cmd.split_whitespace().collect::<Vec<_>>())
+                .map(|_| ())
+        };
         veth(&self.client, "eth0", lb, "eth-c")?;
-        self.client
-            .exec(&["ip", "addr", "add", "198.18.0.2/24", "dev", "eth0"])?;
-        lb.exec(&["ip", "addr", "add", "198.18.0.1/24", "dev", "eth-c"])?;
-        self.client
-            .exec(&["ip", "route", "add", "default", "via", "198.18.0.1"])?;
+        run(&self.client, "ip addr add 198.18.0.2/24 dev eth0")?;
+        run(&self.client, "ip addr add 2001:2::2/64 dev eth0 nodad")?;
+        run(lb, "ip addr add 198.18.0.1/24 dev eth-c")?;
+        run(lb, "ip addr add 2001:2::1/64 dev eth-c nodad")?;
+        run(&self.client, "ip route add default via 198.18.0.1")?;
+        run(&self.client, "ip -6 route add default via 2001:2::1")?;
         for (i, server) in self.servers.iter().enumerate() {
             let lb_if = format!("s{}", i + 1);
             veth(server, "eth0", lb, &lb_if)?;
-            let net = 11 + i;
-            server.exec(&[
-                "ip",
-                "addr",
-                "add",
-                &format!("198.18.{net}.2/24"),
-                "dev",
-                "eth0",
-            ])?;
-            lb.exec(&[
-                "ip",
-                "addr",
-                "add",
-                &format!("198.18.{net}.1/24"),
-                "dev",
-                &lb_if,
-            ])?;
-            server.exec(&[
-                "ip",
-                "route",
-                "add",
-                "default",
-                "via",
-                &format!("198.18.{net}.1"),
-            ])?;
+            let (net, net6) = (11 + i, format!("2001:2:0:{:x}", 0x11 + i));
+            run(server, &format!("ip addr add 198.18.{net}.2/24 dev eth0"))?;
+            run(server, &format!("ip addr add {net6}::2/64 dev eth0 nodad"))?;
+            run(lb, &format!("ip addr add 198.18.{net}.1/24 dev {lb_if}"))?;
+            run(lb, &format!("ip addr add {net6}::1/64 dev {lb_if} nodad"))?;
+            run(server, &format!("ip route add default via 198.18.{net}.1"))?;
+            run(server, &format!("ip -6 route add default via {net6}::1"))?;
         }
-        // The SNAT address is deliberately not assigned on lb: servers route it back through
-        // lb, where XDP translates replies; and the kernel must be able to forward a first
-        // rewritten packet (and resolve the server's MAC) when XDP finds no neighbour entry,
-        // which it refuses for a packet whose source is one of its own addresses.
-        lb.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+        // The SNAT addresses are deliberately not assigned on lb: servers route them back
+        // through lb, where XDP translates replies; and the kernel must be able to forward a
+        // first rewritten packet (and resolve the server's MAC) when XDP finds no neighbour
+        // entry, which it refuses for a packet whose source is one of its own addresses.
+        run(lb, "sysctl -qw net.ipv4.ip_forward=1")?;
+        run(lb, "sysctl -qw net.ipv6.conf.all.forwarding=1")?;
         Ok(())
     }
 

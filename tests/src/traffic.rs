@@ -37,9 +37,10 @@ pub fn start_name_servers(servers: &[(&NetNs, String)], port: u16) -> Result<Nam
         let (name, stop) = (name.clone(), stop.clone());
         ns.run(move || {
             let setup = (|| -> Result<(TcpListener, UdpSocket)> {
-                let tcp = TcpListener::bind(("0.0.0.0", port))?;
+                // [::] is dual-stack: IPv4 and IPv6 clients alike.
+                let tcp = TcpListener::bind(("::", port))?;
                 tcp.set_nonblocking(true)?;
-                let udp = UdpSocket::bind(("0.0.0.0", port))?;
+                let udp = UdpSocket::bind(("::", port))?;
                 udp.set_read_timeout(Some(Duration::from_millis(50)))?;
                 Ok((tcp, udp))
             })();
@@ -122,7 +123,17 @@ pub fn tcp_session(target: SocketAddr, exchanges: usize) -> Result<String> {
 
 /// One UDP request; returns the answering server's name.
 pub fn udp_request(target: SocketAddr) -> Result<String> {
-    let sock = UdpSocket::bind(("0.0.0.0", 0))?;
+    let any: SocketAddr = if target.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    udp_request_from(any, target)
+}
+
+/// One UDP request from `source` (a fixed address and port: the same flow each time).
+pub fn udp_request_from(source: SocketAddr, target: SocketAddr) -> Result<String> {
+    let sock = UdpSocket::bind(source)?;
     sock.set_read_timeout(Some(IO_TIMEOUT))?;
     sock.send_to(b"who", target)?;
     let mut buf = [0u8; 256];
@@ -209,4 +220,46 @@ pub fn drive_tcp(
         );
     }
     Ok(total)
+}
+
+/// A long-lived TCP connection that exchanges a line whenever asked.
+pub struct LongConn {
+    writer: TcpStream,
+    reader: BufReader<TcpStream>,
+    /// The server that answered the first exchange.
+    pub server: String,
+}
+
+impl LongConn {
+    /// Connect (optionally from a fixed source address) and make a first exchange.
+    pub fn open(source: Option<SocketAddr>, target: SocketAddr) -> Result<LongConn> {
+        let domain = socket2::Domain::for_address(target);
+        let sock = socket2::Socket::new(domain, socket2::Type::STREAM, None)?;
+        if let Some(source) = source {
+            sock.set_reuse_address(true)?;
+            sock.bind(&source.into())?;
+        }
+        sock.connect_timeout(&target.into(), IO_TIMEOUT)
+            .context("connect")?;
+        let conn: TcpStream = sock.into();
+        conn.set_read_timeout(Some(IO_TIMEOUT))?;
+        conn.set_nodelay(true)?;
+        let mut c = LongConn {
+            writer: conn.try_clone()?,
+            reader: BufReader::new(conn),
+            server: String::new(),
+        };
+        c.server = c.exchange()?;
+        Ok(c)
+    }
+
+    /// One request/response; returns the answering server's name.
+    pub fn exchange(&mut self) -> Result<String> {
+        self.writer.write_all(b"ping\n")?;
+        let mut line = String::new();
+        if self.reader.read_line(&mut line).context("read")? == 0 {
+            bail!("connection closed");
+        }
+        Ok(line.trim().to_string())
+    }
 }

@@ -1,0 +1,70 @@
+//! Keeps the neighbour (ARP/NDP) entries of every server's next hop resolved.
+//!
+//! `bpf_fib_lookup` only reads the neighbour table; it never triggers resolution. In NAT
+//! mode the kernel resolves on the first packet XDP hands it, but in DSR mode it cannot (the
+//! packet is addressed to the VIP), and idle entries age out in both. A *managed* entry
+//! (`NTF_EXT_MANAGED`, Linux 5.16+) is one the kernel keeps resolved on its own.
+
+use std::net::IpAddr;
+
+use anyhow::{Context as _, Result};
+use futures_util::TryStreamExt as _;
+use rtnetlink::{
+    RouteMessageBuilder,
+    packet_route::{
+        neighbour::{NeighbourAttribute, NeighbourExtFlags, NeighbourState},
+        route::{RouteAddress, RouteAttribute},
+    },
+};
+use tracing::{debug, warn};
+
+/// Mark the next hop towards each address as managed. Returns how many entries were set;
+/// an address without a route is logged and skipped.
+pub fn manage(addresses: &[IpAddr]) -> Result<usize> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let (connection, handle, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
+        tokio::spawn(connection);
+        let mut done = 0;
+        for &addr in addresses {
+            let prefix = if addr.is_ipv4() { 32 } else { 128 };
+            let query = RouteMessageBuilder::<IpAddr>::new()
+                .destination_prefix(addr, prefix)
+                .context("route query")?
+                .build();
+            let route = match handle.route().get(query).execute().try_next().await {
+                Ok(Some(route)) => route,
+                other => {
+                    warn!(%addr, result = ?other.err(), "no route to server; its neighbour is not managed");
+                    continue;
+                }
+            };
+            let mut oif = None;
+            let mut next_hop = addr;
+            for attr in &route.attributes {
+                match attr {
+                    RouteAttribute::Oif(index) => oif = Some(*index),
+                    RouteAttribute::Gateway(RouteAddress::Inet(gw)) => next_hop = IpAddr::V4(*gw),
+                    RouteAttribute::Gateway(RouteAddress::Inet6(gw)) => next_hop = IpAddr::V6(*gw),
+                    _ => {}
+                }
+            }
+            let Some(oif) = oif else { continue };
+            let mut request = handle.neighbours().add(oif, next_hop).state(NeighbourState::None).replace();
+            request
+                .message_mut()
+                .attributes
+                .push(NeighbourAttribute::ExtFlags(NeighbourExtFlags::Managed));
+            match request.execute().await {
+                Ok(()) => {
+                    debug!(%addr, %next_hop, oif, "neighbour managed");
+                    done += 1;
+                }
+                Err(e) => warn!(%addr, %next_hop, error = %e, "could not mark the neighbour managed"),
+            }
+        }
+        Ok(done)
+    })
+}
