@@ -12,7 +12,7 @@ use futures_util::TryStreamExt as _;
 use rtnetlink::{
     RouteMessageBuilder,
     packet_route::{
-        neighbour::{NeighbourAttribute, NeighbourExtFlags, NeighbourState},
+        neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourExtFlags, NeighbourState},
         route::{RouteAddress, RouteAttribute},
     },
 };
@@ -27,6 +27,24 @@ pub fn manage(addresses: &[IpAddr]) -> Result<usize> {
     rt.block_on(async {
         let (connection, handle, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
         tokio::spawn(connection);
+        // Entries an operator pinned (permanent, noarp) are left as they are.
+        let mut pinned = std::collections::HashSet::new();
+        let mut dump = handle.neighbours().get().execute();
+        while let Some(neighbour) = dump.try_next().await.context("listing neighbours")? {
+            if matches!(neighbour.header.state, NeighbourState::Permanent | NeighbourState::Noarp) {
+                for attr in &neighbour.attributes {
+                    match attr {
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => {
+                            pinned.insert((neighbour.header.ifindex, IpAddr::V4(*a)));
+                        }
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => {
+                            pinned.insert((neighbour.header.ifindex, IpAddr::V6(*a)));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
         let mut done = 0;
         for &addr in addresses {
             let prefix = if addr.is_ipv4() { 32 } else { 128 };
@@ -52,6 +70,9 @@ pub fn manage(addresses: &[IpAddr]) -> Result<usize> {
                 }
             }
             let Some(oif) = oif else { continue };
+            if pinned.contains(&(oif, next_hop)) {
+                continue;
+            }
             let mut request = handle.neighbours().add(oif, next_hop).state(NeighbourState::None).replace();
             request
                 .message_mut()
