@@ -141,6 +141,14 @@ fn key(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, proto: u8) -> FlowKey {
 
 /// Runs the fixture body inside a fresh [`fixture_namespace`] with the config loaded.
 fn with_fixture(test: &'static str, body: impl FnOnce(&mut Fixture) + Send + 'static) {
+    with_sized_fixture(test, lb_common::maps::CONNTRACK_ENTRIES, body)
+}
+
+fn with_sized_fixture(
+    test: &'static str,
+    conntrack_size: u32,
+    body: impl FnOnce(&mut Fixture) + Send + 'static,
+) {
     if !require_root(test) {
         return;
     }
@@ -152,7 +160,7 @@ fn with_fixture(test: &'static str, body: impl FnOnce(&mut Fixture) + Send + 'st
     .unwrap();
     let handle = ns
         .run(move || {
-            let mut dataplane = Dataplane::load().unwrap();
+            let mut dataplane = Dataplane::load_with(conntrack_size).unwrap();
             let client_ifindex = nix::net::if_::if_nametoindex("fxc").unwrap();
             let server_ifindex = nix::net::if_::if_nametoindex("fxs").unwrap();
             dataplane.add_tx_port(client_ifindex).unwrap();
@@ -502,5 +510,247 @@ fn truncated_headers_pass_without_crash_and_are_counted() {
             assert_eq!(&out, cut);
         }
         assert_eq!(fx.counter("pass_truncated"), before + cuts.len() as u64);
+    });
+}
+
+fn tcp(flags: u8, sport: u16) -> Vec<u8> {
+    client_frame(CLIENT.into(), VIP.into(), sport, 80, L4::Tcp { flags }).build(b"")
+}
+
+fn server_tcp(flags: u8, snat_port: u16) -> Vec<u8> {
+    Frame {
+        dst_mac: SERVER_SIDE_MAC,
+        src_mac: SERVER_MAC,
+        vlan: None,
+        src: SERVER.into(),
+        dst: SNAT.into(),
+        sport: 8080,
+        dport: snat_port,
+        l4: L4::Tcp { flags },
+    }
+    .build(b"")
+}
+
+const FIN_ACK: u8 = 0x11;
+const RST: u8 = 0x04;
+const ACK: u8 = 0x10;
+
+#[test]
+fn tcp_state_follows_handshake_close_reset_and_reuse() {
+    use lb_common::maps::{ENTRY_COUNTED, FLOW_CLOSING, FLOW_ESTABLISHED, FLOW_SYN_SEEN, FLOW_UDP};
+    with_fixture("states", |fx| {
+        let k = key(CLIENT.into(), VIP.into(), 41000, 80, 6);
+        let state = |fx: &mut Fixture| {
+            fx.tracked(&k)
+                .map(|e| (e.state, e.flags & ENTRY_COUNTED != 0))
+        };
+        let server_id = |fx: &mut Fixture| fx.tracked(&k).unwrap().server_id;
+
+        assert_eq!(
+            fx.run(&tcp(TCP_SYN, 41000), fx.client_ifindex).0,
+            XDP_REDIRECT
+        );
+        assert_eq!(state(fx), Some((FLOW_SYN_SEEN, true)), "SYN opens the flow");
+        let id = server_id(fx);
+        assert_eq!(fx.dataplane.server_active(id).unwrap(), 1);
+        let snat_port = u16::from_be(fx.tracked(&k).unwrap().sport);
+
+        assert_eq!(
+            fx.run(&server_tcp(TCP_SYN_ACK, snat_port), fx.server_ifindex)
+                .0,
+            XDP_REDIRECT
+        );
+        assert_eq!(
+            state(fx),
+            Some((FLOW_ESTABLISHED, true)),
+            "the server's answer establishes"
+        );
+        fx.run(&tcp(ACK, 41000), fx.client_ifindex);
+        assert_eq!(state(fx), Some((FLOW_ESTABLISHED, true)));
+
+        let closed = fx.counter("flow_closed");
+        assert_eq!(
+            fx.run(&tcp(FIN_ACK, 41000), fx.client_ifindex).0,
+            XDP_REDIRECT,
+            "a FIN still reaches the server"
+        );
+        assert_eq!(
+            state(fx),
+            Some((FLOW_CLOSING, false)),
+            "FIN closes and stops counting"
+        );
+        assert_eq!(fx.dataplane.server_active(id).unwrap(), 0);
+        assert_eq!(fx.counter("flow_closed"), closed + 1);
+        fx.run(&server_tcp(FIN_ACK, snat_port), fx.server_ifindex);
+        assert_eq!(
+            fx.counter("flow_closed"),
+            closed + 1,
+            "closing twice counts once"
+        );
+
+        // The client reuses the tuple: same server, open again.
+        assert_eq!(
+            fx.run(&tcp(TCP_SYN, 41000), fx.client_ifindex).0,
+            XDP_REDIRECT
+        );
+        assert_eq!(state(fx), Some((FLOW_SYN_SEEN, true)));
+        assert_eq!(server_id(fx), id);
+        assert_eq!(fx.counter("flow_reopened"), 1);
+
+        // A reset from the server closes as well.
+        fx.run(&server_tcp(RST, snat_port), fx.server_ifindex);
+        assert_eq!(state(fx), Some((FLOW_CLOSING, false)));
+
+        // UDP flows have their own state.
+        let u = client_frame(CLIENT.into(), VIP.into(), 41001, 53, L4::Udp).build(b"q");
+        fx.run(&u, fx.client_ifindex);
+        let ku = key(CLIENT.into(), VIP.into(), 41001, 53, 17);
+        assert_eq!(fx.tracked(&ku).unwrap().state, FLOW_UDP);
+    });
+}
+
+#[test]
+fn idle_flows_expire_by_state_and_counts_are_reconciled() {
+    use lb_common::flow::Timeouts;
+    with_fixture("timeouts", |fx| {
+        let t = Timeouts {
+            syn_ns: 10_000_000_000,
+            established_ns: 100_000_000_000,
+            closing_ns: 5_000_000_000,
+            udp_ns: 30_000_000_000,
+        };
+        // One flow per state: SYN only (41100), established (41101), closing (41102), UDP.
+        fx.run(&tcp(TCP_SYN, 41100), fx.client_ifindex);
+        for port in [41101, 41102] {
+            fx.run(&tcp(TCP_SYN, port), fx.client_ifindex);
+            let k = key(CLIENT.into(), VIP.into(), port, 80, 6);
+            let snat = u16::from_be(fx.tracked(&k).unwrap().sport);
+            fx.run(&server_tcp(TCP_SYN_ACK, snat), fx.server_ifindex);
+        }
+        fx.run(&tcp(FIN_ACK, 41102), fx.client_ifindex);
+        fx.run(
+            &client_frame(CLIENT.into(), VIP.into(), 41103, 53, L4::Udp).build(b"q"),
+            fx.client_ifindex,
+        );
+        let k = |port, proto| {
+            key(
+                CLIENT.into(),
+                VIP.into(),
+                port,
+                if proto == 6 { 80 } else { 53 },
+                proto,
+            )
+        };
+        let (syn, est, closing, udp) = (k(41100, 6), k(41101, 6), k(41102, 6), k(41103, 17));
+        let est_reverse = fx.tracked(&est).unwrap().reply_key(6);
+        let server = fx.tracked(&est).unwrap().server_id;
+        let now = lb_userspace::dataplane::monotonic_now_ns();
+
+        let r = fx.dataplane.gc(now + 6_000_000_000, &t).unwrap();
+        assert_eq!(r.expired, 1, "after 6 s only the closing flow is gone");
+        assert!(fx.tracked(&closing).is_none() && fx.tracked(&syn).is_some());
+        assert_eq!(
+            r.active.get(&server).copied(),
+            Some(3),
+            "syn, established and UDP stay open"
+        );
+
+        let r = fx.dataplane.gc(now + 11_000_000_000, &t).unwrap();
+        assert_eq!(r.expired, 1, "after 11 s the unanswered SYN is gone");
+        assert!(
+            fx.tracked(&syn).is_none() && fx.tracked(&est).is_some() && fx.tracked(&udp).is_some()
+        );
+
+        let r = fx.dataplane.gc(now + 31_000_000_000, &t).unwrap();
+        assert_eq!(r.expired, 1, "after 31 s the UDP flow is gone");
+        assert!(fx.tracked(&udp).is_none() && fx.tracked(&est).is_some());
+        assert_eq!(fx.dataplane.server_active(server).unwrap(), 1);
+
+        let r = fx.dataplane.gc(now + 101_000_000_000, &t).unwrap();
+        assert_eq!(
+            r.expired, 1,
+            "after 101 s the idle established flow is gone"
+        );
+        assert!(fx.tracked(&est).is_none());
+        assert_eq!(fx.dataplane.server_active(server).unwrap(), 0);
+        let map = fx
+            .dataplane
+            .ebpf_mut()
+            .map(lb_common::maps::MAP_SNAT)
+            .unwrap();
+        let snat: BpfHashMap<&MapData, FlowKey, NatEntry> = BpfHashMap::try_from(map).unwrap();
+        assert!(
+            snat.get(&est_reverse, 0).is_err(),
+            "its reverse entry went with it"
+        );
+        assert_eq!(snat.iter().count(), 0);
+    });
+}
+
+#[test]
+fn a_syn_flood_at_twice_the_table_size_leaves_established_and_new_flows_working() {
+    const TABLE: u32 = 4096;
+    with_sized_fixture("flood", TABLE, |fx| {
+        // An established flow first.
+        fx.run(&tcp(TCP_SYN, 42000), fx.client_ifindex);
+        let k = key(CLIENT.into(), VIP.into(), 42000, 80, 6);
+        let snat = u16::from_be(fx.tracked(&k).unwrap().sport);
+        fx.run(&server_tcp(TCP_SYN_ACK, snat), fx.server_ifindex);
+        let (_, established) = fx.run(&tcp(ACK, 42000), fx.client_ifindex);
+
+        // 8192 spoofed SYNs from 8192 sources; the established flow keeps talking meanwhile.
+        let flood = 2 * TABLE;
+        let new_before = fx.counter("flow_new");
+        for i in 0..flood {
+            let src = Ipv4Addr::new(198, 19, (i >> 8) as u8, i as u8);
+            let syn = client_frame(
+                src.into(),
+                VIP.into(),
+                1024 + (i % 60000) as u16,
+                80,
+                L4::Tcp { flags: TCP_SYN },
+            );
+            assert_eq!(fx.run(&syn.build(b""), fx.client_ifindex).0, XDP_REDIRECT);
+            if i % 256 == 0 {
+                assert_eq!(
+                    fx.run(&tcp(ACK, 42000), fx.client_ifindex),
+                    (XDP_REDIRECT, established.clone())
+                );
+                assert_eq!(
+                    fx.run(&server_tcp(ACK, snat), fx.server_ifindex).0,
+                    XDP_REDIRECT
+                );
+            }
+        }
+        assert_eq!(
+            fx.counter("flow_new") - new_before,
+            u64::from(flood),
+            "every SYN was handled"
+        );
+        // The established flow still follows its entry, to the same server and port.
+        assert_eq!(
+            fx.run(&tcp(ACK, 42000), fx.client_ifindex),
+            (XDP_REDIRECT, established)
+        );
+        assert_eq!(u16::from_be(fx.tracked(&k).unwrap().sport), snat);
+        // A new legitimate client is served.
+        assert_eq!(
+            fx.run(&tcp(TCP_SYN, 42001), fx.client_ifindex).0,
+            XDP_REDIRECT
+        );
+        assert!(
+            fx.tracked(&key(CLIENT.into(), VIP.into(), 42001, 80, 6))
+                .is_some()
+        );
+        // The table held at most its size: the LRU evicted the flood's oldest flows.
+        let map = fx
+            .dataplane
+            .ebpf_mut()
+            .map(lb_common::maps::MAP_CONNTRACK)
+            .unwrap();
+        let ct: BpfHashMap<&MapData, FlowKey, NatEntry> = BpfHashMap::try_from(map).unwrap();
+        let tracked = ct.keys().count() as u32;
+        assert!(tracked <= TABLE && tracked > TABLE / 2, "{tracked} tracked");
+        assert_eq!(fx.counter("drop_snat_exhausted"), 0);
     });
 }
