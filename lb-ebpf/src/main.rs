@@ -10,6 +10,7 @@
 
 mod bench;
 mod egress;
+mod icmp;
 mod maps;
 mod nat;
 mod parse;

@@ -65,6 +65,9 @@ pub fn process(ctx: &XdpContext) -> u32 {
     if let Err(stat) = parse(ctx, pkt) {
         return pass(stat);
     }
+    if pkt.icmp {
+        return crate::icmp::translate(ctx, pkt, nat);
+    }
     // One rewrite target, chosen by whichever path matches; a single forward() call keeps the
     // rewrite and FIB code in one place.
     *nat = NatEntry::default();

@@ -20,7 +20,13 @@ const VLAN_HLEN: usize = 4;
 const IPPROTO_FRAGMENT: u8 = 44;
 const TCP_FLAG_SYN: u8 = 0x02;
 const TCP_FLAG_ACK: u8 = 0x10;
-const MAX_HEADER_OFFSET: usize = 128;
+const MAX_HEADER_OFFSET: usize = 256;
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_ICMPV6: u8 = 58;
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMPV6_DEST_UNREACH: u8 = 1;
+const ICMPV6_PKT_TOOBIG: u8 = 2;
+const ICMP_HEADER_LEN: usize = 8;
 
 /// A bounds-checked pointer to a `T` at `offset` bytes into the packet.
 #[inline(always)]
@@ -60,6 +66,12 @@ pub struct Packet {
     pub tcp_flags: u8,
     /// Frame length, for byte counters.
     pub len: u64,
+    /// An ICMP error about a TCP/UDP packet: `key` is then the quoted packet's tuple
+    /// reversed (the direction of the flow the error belongs to), and the offsets below
+    /// locate the quoted headers.
+    pub icmp: bool,
+    pub inner_l3_offset: usize,
+    pub inner_l4_offset: usize,
 }
 
 /// Per-CPU working memory of one program run.
@@ -151,12 +163,85 @@ pub fn parse(ctx: &XdpContext, pkt: &mut Packet) -> Result<(), Stat> {
             key.sport = u16::from_ne_bytes(udp.src);
             key.dport = u16::from_ne_bytes(udp.dst);
         }
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+            parse_icmp_error(ctx, pkt, l4_offset, is_v6)?;
+            pkt.l3_offset = l3_offset;
+            pkt.l4_offset = l4_offset;
+            pkt.is_v6 = is_v6;
+            pkt.tcp_flags = 0;
+            pkt.len = len;
+            return Ok(());
+        }
         _ => return Err(Stat::PASS_NOT_TCP_UDP),
     }
+    pkt.icmp = false;
     pkt.l3_offset = l3_offset;
     pkt.l4_offset = l4_offset;
     pkt.is_v6 = is_v6;
     pkt.tcp_flags = tcp_flags;
     pkt.len = len;
+    Ok(())
+}
+
+/// An ICMP "destination unreachable" (including "fragmentation needed") or ICMPv6
+/// "destination unreachable" / "packet too big" quoting a TCP or UDP packet. Other ICMP
+/// (echo, and errors about anything else) is the kernel's.
+#[inline(always)]
+fn parse_icmp_error(
+    ctx: &XdpContext,
+    pkt: &mut Packet,
+    icmp_offset: usize,
+    is_v6: bool,
+) -> Result<(), Stat> {
+    let header: *const [u8; ICMP_HEADER_LEN] =
+        ptr_at(ctx, icmp_offset).ok_or(Stat::PASS_TRUNCATED)?;
+    // SAFETY: bounds checked by ptr_at.
+    let icmp_type = unsafe { (*header)[0] };
+    let inner_l3 = icmp_offset + ICMP_HEADER_LEN;
+    let key = &mut pkt.key;
+    let inner_l4;
+    if is_v6 {
+        if icmp_type != ICMPV6_DEST_UNREACH && icmp_type != ICMPV6_PKT_TOOBIG {
+            return Err(Stat::PASS_NOT_TCP_UDP);
+        }
+        let ip: *const Ipv6Hdr = ptr_at(ctx, inner_l3).ok_or(Stat::PASS_TRUNCATED)?;
+        // SAFETY: bounds checked by ptr_at.
+        let ip = unsafe { &*ip };
+        key.proto = ip.next_hdr;
+        // Reversed: the quoted packet went the other way.
+        key.src = ip.dst_addr;
+        key.dst = ip.src_addr;
+        inner_l4 = inner_l3 + Ipv6Hdr::LEN;
+    } else {
+        if icmp_type != ICMP_DEST_UNREACH {
+            return Err(Stat::PASS_NOT_TCP_UDP);
+        }
+        let ip: *const Ipv4Hdr = ptr_at(ctx, inner_l3).ok_or(Stat::PASS_TRUNCATED)?;
+        // SAFETY: bounds checked by ptr_at.
+        let ip = unsafe { &*ip };
+        let ihl = usize::from(ip.vihl & 0x0f);
+        if ihl < 5 {
+            return Err(Stat::PASS_TRUNCATED);
+        }
+        *key = FlowKey {
+            proto: ip.proto,
+            ..FlowKey::default()
+        };
+        set_v4_mapped(&mut key.src, ip.dst_addr);
+        set_v4_mapped(&mut key.dst, ip.src_addr);
+        inner_l4 = inner_l3 + ihl * 4;
+    }
+    if key.proto != PROTO_TCP && key.proto != PROTO_UDP {
+        return Err(Stat::PASS_NOT_TCP_UDP);
+    }
+    // Every ICMP error quotes at least the first 8 bytes of the transport header: the ports.
+    let ports: *const [u8; 4] = ptr_at(ctx, inner_l4).ok_or(Stat::PASS_TRUNCATED)?;
+    // SAFETY: bounds checked by ptr_at.
+    let ports = unsafe { *ports };
+    key.sport = u16::from_ne_bytes([ports[2], ports[3]]);
+    key.dport = u16::from_ne_bytes([ports[0], ports[1]]);
+    pkt.icmp = true;
+    pkt.inner_l3_offset = inner_l3;
+    pkt.inner_l4_offset = inner_l4;
     Ok(())
 }

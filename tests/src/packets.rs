@@ -155,3 +155,58 @@ pub fn checksums_valid(frame: &[u8]) -> bool {
     let _ = proto;
     checksum(pseudo, &frame[l4..]) == [0, 0]
 }
+
+/// An ICMP (IPv4) or ICMPv6 error frame quoting `quoted` (an IP packet's first bytes), with
+/// the outer IPv4 header built like [`Frame::build`]'s and correct checksums.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "every field of the frame is a test input"
+)]
+pub fn icmp_error(
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    src: IpAddr,
+    dst: IpAddr,
+    icmp_type: u8,
+    code: u8,
+    rest: u32,
+    quoted: &[u8],
+) -> Vec<u8> {
+    let mut icmp = vec![icmp_type, code, 0, 0];
+    icmp.extend_from_slice(&rest.to_be_bytes());
+    icmp.extend_from_slice(quoted);
+    let mut frame = Vec::new();
+    frame.extend_from_slice(&dst_mac);
+    frame.extend_from_slice(&src_mac);
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let c = checksum(0, &icmp);
+            icmp[2..4].copy_from_slice(&c);
+            frame.extend_from_slice(&0x0800u16.to_be_bytes());
+            let mut ip = vec![0x45, 0];
+            ip.extend_from_slice(&((20 + icmp.len()) as u16).to_be_bytes());
+            ip.extend_from_slice(&[0x12, 0x34, 0x00, 0x00, 64, 1, 0, 0]);
+            ip.extend_from_slice(&s.octets());
+            ip.extend_from_slice(&d.octets());
+            let c = checksum(0, &ip);
+            ip[10..12].copy_from_slice(&c);
+            frame.extend_from_slice(&ip);
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            let c = checksum(
+                pseudo_header_sum(&s.octets(), &d.octets(), 58, icmp.len() as u32),
+                &icmp,
+            );
+            icmp[2..4].copy_from_slice(&c);
+            frame.extend_from_slice(&0x86ddu16.to_be_bytes());
+            frame.extend_from_slice(&[0x60, 0, 0, 0]);
+            frame.extend_from_slice(&(icmp.len() as u16).to_be_bytes());
+            frame.extend_from_slice(&[58, 64]);
+            frame.extend_from_slice(&s.octets());
+            frame.extend_from_slice(&d.octets());
+        }
+        _ => panic!("mixed address families"),
+    }
+    frame.extend_from_slice(&icmp);
+    frame
+}

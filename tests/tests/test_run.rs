@@ -14,7 +14,7 @@ use aya::{
 use lb_common::maps::{FlowKey, MAP_CONNTRACK, NatEntry, PROG_LB, SNAT_PORT_MAX, SNAT_PORT_MIN};
 use lb_tests::{
     fixture::{CLIENT_MAC, CLIENT_SIDE_MAC, SERVER_MAC, SERVER_SIDE_MAC, fixture_namespace},
-    packets::{Frame, L4, TCP_SYN, TCP_SYN_ACK, checksums_valid},
+    packets::{Frame, L4, TCP_SYN, TCP_SYN_ACK, checksums_valid, icmp_error},
     require_root,
 };
 use lb_userspace::{config::Config, dataplane::Dataplane, plan::addr16};
@@ -152,12 +152,7 @@ fn with_sized_fixture(
     if !require_root(test) {
         return;
     }
-    let ns = fixture_namespace(&format!(
-        "lbfx{}-{}",
-        std::process::id(),
-        &test[..test.len().min(4)]
-    ))
-    .unwrap();
+    let ns = fixture_namespace(&format!("lbfx{}-{test}", std::process::id())).unwrap();
     let handle = ns
         .run(move || {
             let mut dataplane = Dataplane::load_with(conntrack_size).unwrap();
@@ -752,5 +747,130 @@ fn a_syn_flood_at_twice_the_table_size_leaves_established_and_new_flows_working(
         let tracked = ct.keys().count() as u32;
         assert!(tracked <= TABLE && tracked > TABLE / 2, "{tracked} tracked");
         assert_eq!(fx.counter("drop_snat_exhausted"), 0);
+    });
+}
+
+/// Path-MTU discovery through the balancer: a router beyond it tells the SNAT address that a
+/// NATed packet was too big; the client must hear it about the packet it sent, from the VIP.
+fn frag_needed_round_trip(
+    fx: &mut Fixture,
+    client: IpAddr,
+    vip: IpAddr,
+    snat: IpAddr,
+    server: IpAddr,
+) {
+    let v6 = client.is_ipv6();
+    let syn = client_frame(client, vip, 43000, 80, L4::Tcp { flags: TCP_SYN }).build(b"");
+    let (verdict, natted) = fx.run(&syn, fx.client_ifindex);
+    assert_eq!(verdict, XDP_REDIRECT);
+    let ip_len = if v6 { 40 } else { 20 };
+    // Quote the NATed IP and TCP headers, as the router received them.
+    let quoted = &natted[14..14 + ip_len + 20];
+    let (icmp_type, code, rest) = if v6 { (2, 0, 1400) } else { (3, 4, 1400) };
+    let error = icmp_error(
+        SERVER_SIDE_MAC,
+        SERVER_MAC,
+        server,
+        snat,
+        icmp_type,
+        code,
+        rest,
+        quoted,
+    );
+    let before = fx.counter("icmp_translated");
+    let (verdict, out) = fx.run(&error, fx.server_ifindex);
+    assert_eq!(verdict, XDP_REDIRECT, "translated errors go to the client");
+    assert_eq!(fx.counter("icmp_translated"), before + 1);
+    // Exactly the error the client would get without NAT: from the VIP, quoting its own SYN.
+    let expected = icmp_error(
+        CLIENT_MAC,
+        CLIENT_SIDE_MAC,
+        vip,
+        client,
+        icmp_type,
+        code,
+        rest,
+        &syn[14..14 + ip_len + 20],
+    );
+    assert_eq!(out, expected);
+}
+
+#[test]
+fn icmp_fragmentation_needed_is_translated_back_to_the_client() {
+    with_fixture("icmp4", |fx| {
+        frag_needed_round_trip(fx, CLIENT.into(), VIP.into(), SNAT.into(), SERVER.into())
+    });
+}
+
+#[test]
+fn icmpv6_packet_too_big_is_translated_back_to_the_client() {
+    with_fixture("icmp6", |fx| {
+        frag_needed_round_trip(
+            fx,
+            CLIENT6.into(),
+            VIP6.into(),
+            SNAT6.into(),
+            SERVER6.into(),
+        )
+    });
+}
+
+#[test]
+fn client_port_unreachable_about_a_reply_is_translated_to_the_server() {
+    with_fixture("icmpu", |fx| {
+        let request = client_frame(CLIENT.into(), VIP.into(), 43001, 53, L4::Udp).build(b"q");
+        fx.run(&request, fx.client_ifindex);
+        let k = key(CLIENT.into(), VIP.into(), 43001, 53, 17);
+        let snat_port = u16::from_be(fx.tracked(&k).unwrap().sport);
+        let reply = Frame {
+            dst_mac: SERVER_SIDE_MAC,
+            src_mac: SERVER_MAC,
+            vlan: None,
+            src: SERVER.into(),
+            dst: SNAT.into(),
+            sport: 8080,
+            dport: snat_port,
+            l4: L4::Udp,
+        }
+        .build(b"answer");
+        let (_, to_client) = fx.run(&reply, fx.server_ifindex);
+        // The client's socket is gone: it answers with port unreachable, quoting the reply.
+        let error = icmp_error(
+            CLIENT_SIDE_MAC,
+            CLIENT_MAC,
+            CLIENT.into(),
+            VIP.into(),
+            3,
+            3,
+            0,
+            &to_client[14..],
+        );
+        let (verdict, out) = fx.run(&error, fx.client_ifindex);
+        assert_eq!(verdict, XDP_REDIRECT);
+        let expected = icmp_error(
+            SERVER_MAC,
+            SERVER_SIDE_MAC,
+            SNAT.into(),
+            SERVER.into(),
+            3,
+            3,
+            0,
+            &reply[14..],
+        );
+        assert_eq!(out, expected, "the server hears about the packet it sent");
+        // An error about no tracked flow is the kernel's.
+        let stray = icmp_error(
+            CLIENT_SIDE_MAC,
+            CLIENT_MAC,
+            CLIENT.into(),
+            VIP.into(),
+            3,
+            3,
+            0,
+            &reply[14..],
+        );
+        let before = fx.counter("pass_icmp_no_flow");
+        assert_eq!(fx.run(&stray, fx.client_ifindex), (XDP_PASS, stray.clone()));
+        assert_eq!(fx.counter("pass_icmp_no_flow"), before + 1);
     });
 }
