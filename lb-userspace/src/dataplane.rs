@@ -62,6 +62,8 @@ pub struct GcReport {
     pub orphans: usize,
     /// Open flows per server id after reconciliation.
     pub active: HashMap<u32, u64>,
+    /// Open flows per frontend id.
+    pub active_per_frontend: HashMap<u32, u64>,
 }
 
 fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {
@@ -273,6 +275,10 @@ impl Dataplane {
                 expired.push((*key, *entry));
             } else if entry.flags & ENTRY_COUNTED != 0 {
                 *report.active.entry(entry.server_id).or_default() += 1;
+                *report
+                    .active_per_frontend
+                    .entry(u32::from(entry.frontend_id))
+                    .or_default() += 1;
             }
         }
         {

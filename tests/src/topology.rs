@@ -120,7 +120,7 @@ impl Topology {
 /// A veth pair with one end in each namespace, both up, with checksum offload off: an XDP
 /// frame carries no "checksum pending" state, so partially-checksummed packets from the
 /// local stack would arrive with bad checksums after XDP_TX/REDIRECT.
-fn veth(a: &NetNs, a_if: &str, b: &NetNs, b_if: &str) -> Result<()> {
+pub fn veth(a: &NetNs, a_if: &str, b: &NetNs, b_if: &str) -> Result<()> {
     crate::netns::sh(&[
         "ip", "link", "add", a_if, "netns", &a.name, "type", "veth", "peer", "name", b_if, "netns",
         &b.name,

@@ -397,6 +397,7 @@ fn leastconn_sends_new_flows_to_the_least_loaded_by_weight() {
     let mut open: Vec<u64> = report.active.values().copied().collect();
     open.sort_unstable();
     assert_eq!(open, vec![2, 2, 4]);
+    assert_eq!(report.active_per_frontend.get(&0), Some(&8));
 }
 
 #[test]
@@ -618,4 +619,69 @@ fn counters_per_frontend_and_server_see_both_directions() {
         .collect();
     assert!(per_server.iter().all(|p| *p > 0), "{per_server:?}");
     assert_eq!(per_server.iter().sum::<u64>(), fe.packets_in);
+}
+
+#[test]
+fn path_mtu_discovery_works_through_the_balancer() {
+    // lb --s1-- router (the s1 namespace) --far0, MTU 1400-- far server 198.18.21.2 (MTU 1500).
+    // The far server advertises MSS 1460, so the client's full-size segments reach the
+    // router, which answers "fragmentation needed" to the SNAT address. Only if lb
+    // translates that error does the client learn the path MTU; else the segments vanish.
+    let text = format!(
+        r#"
+[[frontends]]
+name = "test"
+mode = "tcp"
+address = "{VIP}"
+binds = [{{ port = 80 }}]
+default_backend = "far"
+interfaces = ["eth-c", "s1"]
+snat_address = "198.18.2.1"
+
+[[backends]]
+name = "far"
+mode = "tcp"
+balancing_method = "maglev"
+port = {SERVER_PORT}
+servers = {{ type = "addresses", addresses = [{{ address = "198.18.21.2" }}] }}
+"#
+    );
+    let Some(bed) = bed("pmtu", 1, &text) else {
+        return;
+    };
+    let router = &bed.topo.servers[0];
+    let far = lb_tests::netns::NetNs::new(&format!("{}-far", bed.topo.lb.name)).unwrap();
+    lb_tests::topology::veth(router, "far0", &far, "eth0").unwrap();
+    for (ns, cmd) in [
+        (router, "ip link set far0 mtu 1400"),
+        (router, "ip addr add 198.18.21.1/24 dev far0"),
+        (router, "sysctl -qw net.ipv4.ip_forward=1"),
+        (&far, "ip addr add 198.18.21.2/24 dev eth0"),
+        (&far, "ip route add default via 198.18.21.1"),
+        (&bed.topo.lb, "ip route add 198.18.21.0/24 via 198.18.11.2"),
+    ] {
+        ns.exec(&cmd.split_whitespace().collect::<Vec<_>>())
+            .unwrap();
+    }
+    let _far_server = start_name_servers(&[(&far, "far".to_string())], SERVER_PORT).unwrap();
+    let answer = bed.client(|| -> anyhow::Result<String> {
+        use std::io::{BufRead as _, BufReader, Write as _};
+        let conn =
+            std::net::TcpStream::connect_timeout(&vip_tcp(), std::time::Duration::from_secs(3))?;
+        conn.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+        let mut writer = conn.try_clone()?;
+        // 20 kB in one line: many full-size segments.
+        let mut line = vec![b'x'; 20_000];
+        line.push(b'\n');
+        writer.write_all(&line)?;
+        let mut reply = String::new();
+        BufReader::new(conn).read_line(&mut reply)?;
+        Ok(reply.trim().to_string())
+    });
+    assert_eq!(answer.unwrap(), "far", "the large request got through");
+    assert!(
+        bed.counter("icmp_translated") > 0,
+        "the router's error was translated"
+    );
+    drop(far);
 }
