@@ -811,6 +811,31 @@ servers = { type = "addresses", addresses = [
     }
 
     #[test]
+    fn every_example_config_is_valid() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+                seen += 1;
+            }
+        }
+        assert!(seen >= 2);
+    }
+
+    #[test]
+    fn dsr_needs_equal_ports() {
+        let text = GOOD.replace(
+            "snat_address = \"198.18.2.1\"",
+            "forwarding = \"dsr\"",
+        );
+        let e = errors(&text);
+        assert_eq!(e.problems[0].1.field, "frontends[0].binds");
+        assert!(e.problems[0].1.message.contains("DSR cannot translate ports"));
+    }
+
+    #[test]
     fn good_config_parses() {
         let c = Config::parse("lb.toml", GOOD).unwrap();
         assert_eq!(c.backends[0].port.get(), Some(8080));
