@@ -826,13 +826,15 @@ servers = { type = "addresses", addresses = [
 
     #[test]
     fn dsr_needs_equal_ports() {
-        let text = GOOD.replace(
-            "snat_address = \"198.18.2.1\"",
-            "forwarding = \"dsr\"",
-        );
+        let text = GOOD.replace("snat_address = \"198.18.2.1\"", "forwarding = \"dsr\"");
         let e = errors(&text);
         assert_eq!(e.problems[0].1.field, "frontends[0].binds");
-        assert!(e.problems[0].1.message.contains("DSR cannot translate ports"));
+        assert!(
+            e.problems[0]
+                .1
+                .message
+                .contains("DSR cannot translate ports")
+        );
     }
 
     #[test]
