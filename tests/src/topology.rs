@@ -109,6 +109,18 @@ impl Topology {
         Ok(())
     }
 
+    /// Start a name server (see [`crate::traffic::start_name_servers`]) on `port` in every
+    /// server namespace, answering `server1`, `server2`, ...
+    pub fn start_name_servers(&self, port: u16) -> Result<crate::traffic::NameServers> {
+        let named: Vec<_> = self
+            .servers
+            .iter()
+            .enumerate()
+            .map(|(i, ns)| (ns, server_name(i)))
+            .collect();
+        crate::traffic::start_name_servers(&named, port)
+    }
+
     /// Run `lb run --config` in the lb namespace and wait until it reports ready. Returns
     /// its pid, for [`NetNs::stop`].
     pub fn start_lb(&self, lb_bin: &Path, config: &Path) -> Result<u32> {

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use lb_tests::{
     require_root,
     topology::{SERVER_PORT, Topology, VIP, VIP_TCP_PORT, VIP_UDP_PORT, lb_binary, server_name},
-    traffic::{Tally, drive_tcp, start_name_servers, udp_request},
+    traffic::{Tally, drive_tcp, udp_request},
 };
 
 #[test]
@@ -18,13 +18,7 @@ fn tcp_and_udp_flows_are_balanced_by_weight_and_stay_on_their_server() {
     let prefix = format!("lbt{}", std::process::id());
     let topo = Topology::new(&prefix, 3).unwrap();
     topo.start_peers(&lb_bin).unwrap();
-    let named: Vec<_> = topo
-        .servers
-        .iter()
-        .enumerate()
-        .map(|(i, ns)| (ns, server_name(i)))
-        .collect();
-    let _servers = start_name_servers(&named, SERVER_PORT).unwrap();
+    let _servers = topo.start_name_servers(SERVER_PORT).unwrap();
     let config = std::env::temp_dir().join(format!("{prefix}.toml"));
     std::fs::write(&config, lb_userspace::DEFAULT_DEMO_CONFIG).unwrap();
     topo.start_lb(&lb_bin, &config).unwrap();

@@ -113,13 +113,7 @@ fn bed(name: &str, server_count: usize, config_text: &str) -> Option<Bed> {
     topo.client
         .exec(&["sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"])
         .unwrap();
-    let named: Vec<_> = topo
-        .servers
-        .iter()
-        .enumerate()
-        .map(|(i, ns)| (ns, server_name(i)))
-        .collect();
-    let servers = start_name_servers(&named, SERVER_PORT).unwrap();
+    let servers = topo.start_name_servers(SERVER_PORT).unwrap();
     // This test thread now lives in the lb namespace: interfaces resolve there.
     let ns = File::open(format!("/run/netns/{}", topo.lb.name)).unwrap();
     nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
@@ -522,14 +516,7 @@ fn dsr_rewrites_only_the_mac_and_replies_bypass_the_balancer() {
     let Some(bed) = bed("dsr", 3, &text) else {
         return;
     };
-    let named: Vec<_> = bed
-        .topo
-        .servers
-        .iter()
-        .enumerate()
-        .map(|(i, ns)| (ns, server_name(i)))
-        .collect();
-    let _on_80 = start_name_servers(&named, 80).unwrap();
+    let _on_80 = bed.topo.start_name_servers(80).unwrap();
     for server in &bed.topo.servers {
         for cmd in [
             format!("ip addr add {VIP}/32 dev lo"),

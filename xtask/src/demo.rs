@@ -13,8 +13,8 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use lb_tests::{
-    topology::{SERVER_PORT, Topology, VIP, VIP_TCP_PORT, lb_binary, server_name},
-    traffic::{Tally, start_name_servers, tcp_session},
+    topology::{SERVER_PORT, Topology, VIP, VIP_TCP_PORT, lb_binary},
+    traffic::{Tally, tcp_session},
 };
 
 const DEMO_CONFIG: &str = include_str!("../../examples/demo.toml");
@@ -32,13 +32,7 @@ pub fn run(duration: u64) -> Result<()> {
     // Dropping the topology removes every namespace, whatever happens below.
     let topo = Topology::new("lbdemo", 3)?;
     topo.start_peers(&lb)?;
-    let named: Vec<_> = topo
-        .servers
-        .iter()
-        .enumerate()
-        .map(|(i, ns)| (ns, server_name(i)))
-        .collect();
-    let _servers = start_name_servers(&named, SERVER_PORT)?;
+    let _servers = topo.start_name_servers(SERVER_PORT)?;
     let config = std::env::temp_dir().join(format!("lbdemo-{}.toml", std::process::id()));
     std::fs::write(&config, DEMO_CONFIG)?;
     let started = topo.start_lb(&lb, &config);

@@ -22,38 +22,6 @@ fn servers(n: usize) -> Vec<MaglevServer> {
         .collect()
 }
 
-fn config(servers: usize) -> String {
-    let list: Vec<String> = (0..servers)
-        .map(|i| {
-            format!(
-                r#"{{ address = "198.18.{}.{}" }}"#,
-                128 + i / 250,
-                1 + i % 250
-            )
-        })
-        .collect();
-    format!(
-        r#"
-[[frontends]]
-name = "f"
-mode = "tcp"
-address = "198.18.100.1"
-binds = [{{ port = 80 }}]
-default_backend = "b"
-interfaces = ["lo"]
-snat_address = "198.18.2.1"
-
-[[backends]]
-name = "b"
-mode = "tcp"
-balancing_method = "maglev"
-port = 8080
-servers = {{ type = "addresses", addresses = [{}] }}
-"#,
-        list.join(", ")
-    )
-}
-
 pub fn run(quick: bool) -> Result<Vec<Row>> {
     let all = servers(N);
     let builds = if quick { 3 } else { 20 };
@@ -74,7 +42,10 @@ pub fn run(quick: bool) -> Result<Vec<Row>> {
 
     // Live maps: write a 500-server backend, then remove one server (only changed slots).
     let mut dataplane = Dataplane::load()?;
-    let parse = |n| Config::parse("bench.toml", &config(n)).map_err(|e| anyhow::anyhow!("{e}"));
+    let parse = |n| {
+        Config::parse("bench.toml", &crate::large_backend_config(n, "\"lo\""))
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    };
     let full = parse(N)?;
     let start = Instant::now();
     dataplane.apply_config(&full)?;

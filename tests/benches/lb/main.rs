@@ -33,6 +33,40 @@ impl Row {
     }
 }
 
+/// A config with one TCP frontend (VIP 198.18.100.1:80, SNAT 198.18.2.1) and one maglev
+/// backend of `servers` servers in 198.18.128.0/17 (behind the fixture's gateway route).
+pub fn large_backend_config(servers: usize, interfaces: &str) -> String {
+    let list: Vec<String> = (0..servers)
+        .map(|i| {
+            format!(
+                r#"{{ address = "198.18.{}.{}" }}"#,
+                128 + i / 250,
+                1 + i % 250
+            )
+        })
+        .collect();
+    format!(
+        r#"
+[[frontends]]
+name = "bench"
+mode = "tcp"
+address = "198.18.100.1"
+binds = [{{ port = 80 }}]
+default_backend = "bench"
+interfaces = [{interfaces}]
+snat_address = "198.18.2.1"
+
+[[backends]]
+name = "bench"
+mode = "tcp"
+balancing_method = "maglev"
+port = 8080
+servers = {{ type = "addresses", addresses = [{}] }}
+"#,
+        list.join(", ")
+    )
+}
+
 /// Workloads where several systems compete, and the peers lb-nat is compared with.
 const SYSTEM_WORKLOADS: &[&str] = &[
     "packet-rate",

@@ -29,39 +29,6 @@ const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 1);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 const SNAT: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 1);
 
-/// A backend of 500 servers behind the fixture's gateway route, as a large deployment has.
-fn config() -> String {
-    let servers: Vec<String> = (0..500)
-        .map(|i| {
-            format!(
-                r#"{{ address = "198.18.{}.{}" }}"#,
-                128 + i / 250,
-                1 + i % 250
-            )
-        })
-        .collect();
-    format!(
-        r#"
-[[frontends]]
-name = "bench"
-mode = "tcp"
-address = "{VIP}"
-binds = [{{ port = 80 }}]
-default_backend = "bench"
-interfaces = ["fxc", "fxs"]
-snat_address = "{SNAT}"
-
-[[backends]]
-name = "bench"
-mode = "tcp"
-balancing_method = "maglev"
-port = 8080
-servers = {{ type = "addresses", addresses = [{}] }}
-"#,
-        servers.join(", ")
-    )
-}
-
 struct Bench {
     dataplane: Dataplane,
     ctx: Vec<u8>,
@@ -133,7 +100,11 @@ pub fn run(quick: bool) -> Result<Vec<Row>> {
         let fxs = nix::net::if_::if_nametoindex("fxs")?;
         dataplane.add_tx_port(fxc)?;
         dataplane.add_tx_port(fxs)?;
-        let config = Config::parse("bench.toml", &config()).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let config = Config::parse(
+            "bench.toml",
+            &crate::large_backend_config(500, "\"fxc\", \"fxs\""),
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
         dataplane.apply_config(&config)?;
         let ctx_for = |ifindex: u32| -> Vec<u8> {
             [0u32, 0, 0, ifindex, 0, 0]

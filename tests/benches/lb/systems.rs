@@ -16,10 +16,8 @@ use anyhow::{Context as _, Result, bail};
 use lb_tests::{
     netns::NetNs,
     packets::{Frame, L4},
-    topology::{
-        CLIENT_ADDR, SERVER_PORT, Topology, VIP, server_addr, server_name, start_and_wait_ready,
-    },
-    traffic::{start_name_servers, tcp_session},
+    topology::{CLIENT_ADDR, SERVER_PORT, Topology, VIP, server_addr, start_and_wait_ready},
+    traffic::tcp_session,
 };
 
 use crate::Row;
@@ -92,13 +90,7 @@ pub fn run(settings: &Settings) -> Result<Vec<Row>> {
         .exec(&["sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"])?;
     topo.client
         .exec(&["sysctl", "-qw", "net.ipv4.ip_local_port_range=10000 65000"])?;
-    let named: Vec<_> = topo
-        .servers
-        .iter()
-        .enumerate()
-        .map(|(i, ns)| (ns, server_name(i)))
-        .collect();
-    let _name_servers = start_name_servers(&named, SERVER_PORT)?;
+    let _name_servers = topo.start_name_servers(SERVER_PORT)?;
     let _sinks = start_discard_sinks(&topo.servers)?;
     topo.servers[0].spawn(
         &["iperf3", "-s", "-p", &IPERF_PORT.to_string()],
