@@ -61,6 +61,23 @@ default_backend = "one-arm-servers"
 interfaces = ["fxc"]
 snat_address = "198.18.2.1"
 
+[[frontends]]
+name = "sticky"
+mode = "tcp"
+address = "198.18.100.3"
+binds = [{ port = 80 }]
+default_backend = "sticky-servers"
+interfaces = ["fxc", "fxs"]
+snat_address = "198.18.2.1"
+
+[[backends]]
+name = "sticky-servers"
+mode = "tcp"
+balancing_method = "roundrobin"
+port = 8080
+servers = { type = "addresses", addresses = [{ address = "198.18.11.2" }, { address = "198.18.11.3" }] }
+options = { sticky_session = { type = "source_ip", ttl = "5m" } }
+
 [[backends]]
 name = "one-arm-servers"
 mode = "tcp"
@@ -872,5 +889,79 @@ fn client_port_unreachable_about_a_reply_is_translated_to_the_server() {
         let before = fx.counter("pass_icmp_no_flow");
         assert_eq!(fx.run(&stray, fx.client_ifindex), (XDP_PASS, stray.clone()));
         assert_eq!(fx.counter("pass_icmp_no_flow"), before + 1);
+    });
+}
+
+#[test]
+fn source_stickiness_ends_when_the_ttl_passes_or_the_server_leaves() {
+    use lb_common::maps::{MAP_STICKY, StickyEntry, StickyKey};
+    with_fixture("sticky_ttl", |fx| {
+        let vip: IpAddr = Ipv4Addr::new(198, 18, 100, 3).into();
+        let syn = |port| {
+            client_frame(CLIENT.into(), vip, port, 80, L4::Tcp { flags: TCP_SYN }).build(b"")
+        };
+        let server_of = |fx: &mut Fixture, port| {
+            fx.tracked(&key(CLIENT.into(), vip, port, 80, 6))
+                .unwrap()
+                .server_id
+        };
+        fx.run(&syn(44000), fx.client_ifindex);
+        let first = server_of(fx, 44000);
+        // Round robin alone would alternate; stickiness keeps the client on one server.
+        for port in 44001..44005 {
+            fx.run(&syn(port), fx.client_ifindex);
+            assert_eq!(server_of(fx, port), first);
+        }
+        assert_eq!(fx.counter("sticky_hit"), 4);
+
+        // Age the client's entry past the 5 minute TTL: the next flow is balanced afresh.
+        let sticky_key = StickyKey {
+            backend_id: 0,
+            addr: addr16(CLIENT.into()),
+        };
+        {
+            let map = fx.dataplane.ebpf_mut().map_mut(MAP_STICKY).unwrap();
+            let mut sticky: BpfHashMap<&mut MapData, StickyKey, StickyEntry> =
+                BpfHashMap::try_from(map).unwrap();
+            let mut entry = sticky
+                .get(&sticky_key, 0)
+                .expect("the client is remembered");
+            entry.last_seen_ns = lb_userspace::dataplane::monotonic_now_ns() - 301_000_000_000;
+            sticky.insert(sticky_key, entry, 0).unwrap();
+        }
+        fx.run(&syn(44010), fx.client_ifindex);
+        assert_eq!(fx.counter("sticky_hit"), 4, "an expired entry is not a hit");
+        let now_on = server_of(fx, 44010);
+        fx.run(&syn(44011), fx.client_ifindex);
+        assert_eq!(server_of(fx, 44011), now_on, "and the new choice sticks");
+
+        // The server leaves the table (weight 0): stickiness yields to balancing.
+        let weights = |a: u32, b: u32| {
+            CONFIG.replace(
+                "addresses = [{ address = \"198.18.11.2\" }, { address = \"198.18.11.3\" }]",
+                &format!("addresses = [{{ address = \"198.18.11.2\", weight = {a} }}, {{ address = \"198.18.11.3\", weight = {b} }}]"),
+            )
+        };
+        let sticky_server = server_of(fx, 44011);
+        // Drain the server the client sticks to (ids follow config order: .2 is 0, .3 is 1).
+        let drain_first = sticky_server == 0;
+        let config = Config::parse(
+            "fixture.toml",
+            &if drain_first {
+                weights(0, 1)
+            } else {
+                weights(1, 0)
+            },
+        )
+        .unwrap();
+        fx.dataplane.apply_config(&config).unwrap();
+        let hits = fx.counter("sticky_hit");
+        fx.run(&syn(44020), fx.client_ifindex);
+        assert_eq!(
+            fx.counter("sticky_hit"),
+            hits,
+            "a drained server is not sticky"
+        );
+        assert_ne!(server_of(fx, 44020), sticky_server);
     });
 }
