@@ -13,7 +13,7 @@ use aya_ebpf::{
 };
 use lb_common::maps::{BENCH_MODE_NEW_FLOW, BENCH_RESTORE_LEN, BenchTemplate};
 
-use crate::{maps::LB_SCRATCH, parse::parse};
+use crate::parse::{Packet, parse};
 
 #[map]
 static BENCH_TEMPLATE: Array<BenchTemplate> = Array::with_max_entries(1, 0);
@@ -34,11 +34,9 @@ pub fn bench_drop(_ctx: XdpContext) -> u32 {
 /// packet generator (XDP live frames transmit what it returns XDP_TX for).
 #[xdp]
 pub fn bench_parse_tx(ctx: XdpContext) -> u32 {
-    let Some(scratch) = LB_SCRATCH.get_ptr_mut(0) else {
-        return xdp_action::XDP_ABORTED;
-    };
-    // SAFETY: per-CPU slot, used by this program run only.
-    match parse(&ctx, unsafe { &mut (*scratch).pkt }) {
+    // On the stack: this program has no deep call chain to make room for.
+    let mut pkt = Packet::default();
+    match parse(&ctx, &mut pkt) {
         Ok(()) => xdp_action::XDP_TX,
         Err(_) => xdp_action::XDP_PASS,
     }

@@ -57,6 +57,7 @@ fn set_v4_mapped(dst: &mut Addr, v4: [u8; 4]) {
 }
 
 #[repr(C)]
+#[derive(Default)]
 pub struct Packet {
     pub l3_offset: usize,
     pub l4_offset: usize,

@@ -215,33 +215,43 @@ impl Dataplane {
         } else {
             1 - (state.info.active & 1)
         };
-        let h = half as usize;
+        // A new backend fills both halves, so every later change writes only a difference.
+        let halves: &[u32] = if is_new {
+            &[0, 1]
+        } else {
+            std::slice::from_ref(&half)
+        };
         let mut written = 0;
-        {
-            let mut ring: Array<&mut MapData, u32> = Array::try_from(self.map(MAP_RING)?)?;
-            let base = BackendInfo::ring_base(plan.id, half);
-            for slot in lb_common::maglev::changed_slots(&state.tables[h], &plan.table) {
-                ring.set(base + slot, plan.table[slot as usize], 0)?;
-                written += 1;
+        for &fill in halves {
+            let f = fill as usize;
+            {
+                let mut ring: Array<&mut MapData, u32> = Array::try_from(self.map(MAP_RING)?)?;
+                let base = BackendInfo::ring_base(plan.id, fill);
+                for slot in lb_common::maglev::changed_slots(&state.tables[f], &plan.table) {
+                    ring.set(base + slot, plan.table[slot as usize], 0)?;
+                    written += 1;
+                }
             }
-        }
-        {
-            let mut list: Array<&mut MapData, u32> =
-                Array::try_from(self.map(MAP_BACKEND_SERVERS)?)?;
-            let base = BackendInfo::list_base(plan.id, half);
-            for slot in lb_common::maglev::changed_slots(&state.lists[h], &plan.servers) {
-                list.set(base + slot, plan.servers[slot as usize], 0)?;
-                written += 1;
+            {
+                let mut list: Array<&mut MapData, u32> =
+                    Array::try_from(self.map(MAP_BACKEND_SERVERS)?)?;
+                let base = BackendInfo::list_base(plan.id, fill);
+                for slot in lb_common::maglev::changed_slots(&state.lists[f], &plan.servers) {
+                    list.set(base + slot, plan.servers[slot as usize], 0)?;
+                    written += 1;
+                }
             }
+            state.tables[f] = plan.table.clone();
+            state.lists[f] = plan.servers.clone();
         }
-        state.tables[h] = plan.table.clone();
-        state.lists[h] = plan.servers.clone();
         let mut backends: Array<&mut MapData, BackendInfo> =
             Array::try_from(self.map(MAP_BACKENDS)?)?;
         // Sizes of the new half first, with the old half still live...
         let mut info = state.info;
-        info.ring_size[h] = plan.table.len() as u32;
-        info.server_count[h] = plan.servers.len() as u32;
+        for &fill in halves {
+            info.ring_size[fill as usize] = plan.table.len() as u32;
+            info.server_count[fill as usize] = plan.servers.len() as u32;
+        }
         if is_new {
             info.method = plan.method;
             info.sticky_ttl_s = plan.sticky_ttl_s;
