@@ -48,6 +48,7 @@ pub struct Dataplane {
     backends: HashMap<u32, BackendState>,
     servers: HashSet<u32>,
     frontends: Vec<FrontendKey>,
+    managed_neighbours: HashSet<std::net::IpAddr>,
 }
 
 /// A reverse entry younger than this is never an orphan: its flow's entry may be about to
@@ -105,6 +106,7 @@ impl Dataplane {
             backends: HashMap::new(),
             servers: HashSet::new(),
             frontends: Vec::new(),
+            managed_neighbours: HashSet::new(),
         })
     }
 
@@ -152,14 +154,18 @@ impl Dataplane {
     pub fn apply_config(&mut self, config: &Config) -> Result<usize> {
         let plan = Plan::from_config(config, &mut self.ids)?;
         let written = self.apply(&plan)?;
-        // XDP's FIB lookups need every server's next hop resolved, and kept resolved.
-        let servers: Vec<std::net::IpAddr> = config
+        // XDP's FIB lookups need every server's next hop resolved, and kept resolved; once
+        // managed, the kernel keeps it so, so only new servers need it.
+        let new: Vec<std::net::IpAddr> = config
             .backends
             .iter()
             .flat_map(|b| b.resolved_servers(&config.computers))
             .map(|s| s.address)
+            .filter(|a| self.managed_neighbours.insert(*a))
             .collect();
-        if let Err(e) = crate::neighbours::manage(&servers) {
+        if !new.is_empty()
+            && let Err(e) = crate::neighbours::manage(&new)
+        {
             warn!(error = %e, "could not manage server neighbours; first packets of new flows may take the slow path");
         }
         Ok(written)
