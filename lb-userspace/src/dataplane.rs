@@ -46,7 +46,8 @@ pub struct Dataplane {
     ebpf: Ebpf,
     ids: Ids,
     backends: HashMap<u32, BackendState>,
-    servers: HashSet<u32>,
+    /// Servers as last written, by id.
+    servers: HashMap<u32, ServerInfo>,
     frontends: Vec<FrontendKey>,
     managed_neighbours: HashSet<std::net::IpAddr>,
 }
@@ -104,7 +105,7 @@ impl Dataplane {
             ebpf,
             ids: Ids::default(),
             backends: HashMap::new(),
-            servers: HashSet::new(),
+            servers: HashMap::new(),
             frontends: Vec::new(),
             managed_neighbours: HashSet::new(),
         })
@@ -180,13 +181,18 @@ impl Dataplane {
             let mut servers: Array<&mut MapData, ServerInfo> =
                 Array::try_from(map_mut(&mut self.ebpf, MAP_SERVERS)?)?;
             for (id, server) in &plan.servers {
-                servers.set(*id, server, 0)?;
+                if self.servers.get(id) != Some(server) {
+                    servers.set(*id, server, 0)?;
+                }
             }
-            let present: HashSet<u32> = plan.servers.iter().map(|(id, _)| *id).collect();
-            for gone in self.servers.difference(&present) {
-                let mut info = servers.get(gone, 0)?;
-                info.flags = 0;
-                servers.set(*gone, info, 0)?;
+            let present: HashMap<u32, ServerInfo> = plan.servers.iter().copied().collect();
+            for (gone, info) in self
+                .servers
+                .iter()
+                .filter(|(id, _)| !present.contains_key(id))
+            {
+                // Absent: no new flows; tracked flows keep their own copy of the address.
+                servers.set(*gone, ServerInfo { flags: 0, ..*info }, 0)?;
             }
             self.servers = present;
         }
@@ -340,7 +346,7 @@ impl Dataplane {
         report.orphans = orphans.len();
         let mut active: Array<&mut MapData, u64> =
             Array::try_from(map_mut(&mut self.ebpf, MAP_SERVER_ACTIVE)?)?;
-        for id in &self.servers {
+        for id in self.servers.keys() {
             active.set(*id, report.active.get(id).copied().unwrap_or(0), 0)?;
         }
         if report.expired > 0 || report.orphans > 0 {
