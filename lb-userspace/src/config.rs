@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 pub const MAX_WEIGHT: i64 = 100;
 
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]

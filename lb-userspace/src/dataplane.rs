@@ -50,6 +50,7 @@ pub struct Dataplane {
     servers: HashMap<u32, ServerInfo>,
     frontends: Vec<FrontendKey>,
     managed_neighbours: HashSet<std::net::IpAddr>,
+    links: HashMap<(String, String), aya::programs::xdp::XdpLinkId>,
 }
 
 /// A reverse entry younger than this is never an orphan: its flow's entry may be about to
@@ -108,6 +109,7 @@ impl Dataplane {
             servers: HashMap::new(),
             frontends: Vec::new(),
             managed_neighbours: HashSet::new(),
+            links: HashMap::new(),
         })
     }
 
@@ -122,16 +124,36 @@ impl Dataplane {
     /// Attach `prog` to `iface` in native mode, falling back to generic mode with a warning.
     pub fn attach(&mut self, prog: &str, iface: &str) -> Result<XdpMode> {
         let xdp = self.program(prog)?;
-        match xdp.attach(iface, XdpMode::Driver) {
-            Ok(_) => Ok(XdpMode::Driver),
+        let (link, mode) = match xdp.attach(iface, XdpMode::Driver) {
+            Ok(link) => (link, XdpMode::Driver),
             Err(native) => {
                 warn!(%iface, error = %native, "native XDP failed; falling back to generic (slower) mode");
-                xdp.attach(iface, XdpMode::Skb).with_context(|| {
+                let link = xdp.attach(iface, XdpMode::Skb).with_context(|| {
                     format!("attaching XDP to {iface}: is the interface name right?")
                 })?;
-                Ok(XdpMode::Skb)
+                (link, XdpMode::Skb)
             }
+        };
+        self.links
+            .insert((prog.to_string(), iface.to_string()), link);
+        Ok(mode)
+    }
+
+    /// Detach `prog` from `iface` (a no-op if it is not attached there).
+    pub fn detach(&mut self, prog: &str, iface: &str) -> Result<()> {
+        if let Some(link) = self.links.remove(&(prog.to_string(), iface.to_string())) {
+            self.program(prog)?.detach(link)?;
         }
+        Ok(())
+    }
+
+    /// Interfaces `prog` is attached to.
+    pub fn attached(&self, prog: &str) -> Vec<String> {
+        self.links
+            .keys()
+            .filter(|(p, _)| p == prog)
+            .map(|(_, iface)| iface.clone())
+            .collect()
     }
 
     /// Allow XDP_REDIRECT out of `ifindex`.

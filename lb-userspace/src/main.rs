@@ -2,9 +2,9 @@
 
 use std::{path::PathBuf, process::ExitCode};
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
-use lb_common::maps::{PROG_LB, PROG_PASS};
+use lb_common::maps::PROG_PASS;
 use lb_userspace::{config::Config, dataplane::Dataplane};
 use tracing::{info, warn};
 
@@ -30,6 +30,8 @@ enum LogFormat {
 #[derive(Subcommand)]
 enum Command {
     /// Attach the data plane to the config's interfaces and balance until SIGINT/SIGTERM.
+    /// SIGHUP, or a change of the file, reloads the config (only the difference is applied;
+    /// an invalid file is rejected and the running config stays).
     Run {
         #[arg(long, short)]
         config: PathBuf,
@@ -72,8 +74,8 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         },
-        Command::Run { config } => match Config::load(&config) {
-            Ok(c) => run(c),
+        Command::Run { config: path } => match Config::load(&path) {
+            Ok(c) => lb_userspace::daemon::Daemon::start(&path, c).and_then(|d| d.run()),
             Err(e) => {
                 eprint!("{e}");
                 return ExitCode::from(2);
@@ -88,45 +90,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn run(config: Config) -> Result<()> {
-    let size = config.dataplane.conntrack_size;
-    let mut dataplane = Dataplane::load_with(size)?;
-    info!(
-        flows = size,
-        mib = (u64::from(size) * lb_userspace::dataplane::BYTES_PER_FLOW) >> 20,
-        "connection table allocated (client-side and server-side entries)"
-    );
-    for iface in config.interfaces() {
-        let ifindex = nix::net::if_::if_nametoindex(iface.as_str()).with_context(|| {
-            format!("interface {iface:?} (frontends[].interfaces) does not exist")
-        })?;
-        let mode = dataplane.attach(PROG_LB, &iface)?;
-        dataplane.add_tx_port(ifindex)?;
-        info!(%iface, ifindex, ?mode, "XDP attached");
-    }
-    let written = dataplane.apply_config(&config)?;
-    info!(
-        frontends = config.frontends.len(),
-        backends = config.backends.len(),
-        slots_written = written,
-        "ready"
-    );
-    let timeouts = config.dataplane.timeouts();
-    run_until_signal(config.dataplane.gc_interval(), || {
-        if let Err(e) = dataplane.gc(lb_userspace::dataplane::monotonic_now_ns(), &timeouts) {
-            warn!(error = %e, "conntrack gc failed");
-        }
-    })?;
-    for (label, value) in dataplane.stats()? {
-        if value > 0 {
-            info!(counter = label, value, "xdp counter");
-        }
-    }
-    drop(dataplane);
-    info!("XDP detached; bye");
-    Ok(())
 }
 
 fn peer(interfaces: &[String]) -> Result<()> {

@@ -12,7 +12,7 @@ use std::{
     net::{Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    sync::mpsc,
+    sync::{Arc, Mutex, mpsc},
     time::Duration,
 };
 
@@ -147,6 +147,14 @@ pub fn veth(a: &NetNs, a_if: &str, b: &NetNs, b_if: &str) -> Result<()> {
 /// Start `lb <args>` in `ns` and wait for its "ready" log line; its output keeps draining to
 /// our stderr so a failure shows the daemon's own words. Returns the pid.
 pub fn start_and_wait_ready(ns: &NetNs, lb_bin: &Path, args: &[&str]) -> Result<u32> {
+    start_logged(ns, lb_bin, args).map(|(pid, _)| pid)
+}
+
+/// Every log line a daemon has written so far.
+pub type Log = Arc<Mutex<Vec<String>>>;
+
+/// As [`start_and_wait_ready`], also keeping every log line for the caller.
+pub fn start_logged(ns: &NetNs, lb_bin: &Path, args: &[&str]) -> Result<(u32, Log)> {
     let mut child = Command::new("ip")
         .args(["netns", "exec", &ns.name])
         .arg(lb_bin)
@@ -165,6 +173,8 @@ pub fn start_and_wait_ready(ns: &NetNs, lb_bin: &Path, args: &[&str]) -> Result<
     let pid = ns.adopt(child);
     let (tx, rx) = mpsc::channel();
     let label = format!("{}: lb {}", ns.name, args[0]);
+    let log: Log = Arc::default();
+    let keep = log.clone();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if line.contains(" ready") {
@@ -173,14 +183,35 @@ pub fn start_and_wait_ready(ns: &NetNs, lb_bin: &Path, args: &[&str]) -> Result<
             if std::env::var_os("LB_TEST_VERBOSE").is_some() || !line.contains(" INFO ") {
                 eprintln!("[{label}] {line}");
             }
+            keep.lock().unwrap().push(line);
         }
     });
     match rx.recv_timeout(Duration::from_secs(30)) {
-        Ok(()) => Ok(pid),
+        Ok(()) => Ok((pid, log)),
         Err(_) => bail!(
             "lb {args:?} in {} did not become ready within 30 s",
             ns.name
         ),
+    }
+}
+
+/// Wait until `log` has at least `count` lines containing `needle` (at most `timeout`).
+pub fn wait_for_log(log: &Log, needle: &str, count: usize, timeout: Duration) -> Result<()> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let seen = log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count();
+        if seen >= count {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("saw {seen} of {count} log lines containing {needle:?} within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -1,0 +1,164 @@
+//! `lb run`: the daemon. It applies its config, then waits for events: SIGHUP or a change
+//! of the config file reloads (applying only the difference), the garbage-collection tick
+//! expires flows, SIGINT/SIGTERM stop it and detach XDP.
+
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, SystemTime},
+};
+
+use anyhow::{Context as _, Result};
+use lb_common::maps::PROG_LB;
+use tracing::{error, info, warn};
+
+use crate::{
+    config::Config,
+    dataplane::{BYTES_PER_FLOW, Dataplane, monotonic_now_ns},
+};
+
+/// How often the config file is checked for changes.
+const WATCH_INTERVAL: Duration = Duration::from_secs(1);
+
+pub struct Daemon {
+    path: PathBuf,
+    config: Config,
+    dataplane: Dataplane,
+    file_stamp: Option<(SystemTime, u64)>,
+}
+
+enum Event {
+    Stop,
+    Reload(&'static str),
+    Gc,
+    Watch,
+}
+
+fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+impl Daemon {
+    /// Load the data plane, attach it and apply `config` (already validated, read from
+    /// `path`).
+    pub fn start(path: &Path, config: Config) -> Result<Daemon> {
+        let size = config.dataplane.conntrack_size;
+        let dataplane = Dataplane::load_with(size)?;
+        info!(
+            flows = size,
+            mib = (u64::from(size) * BYTES_PER_FLOW) >> 20,
+            "connection table allocated (client-side and server-side entries)"
+        );
+        let mut daemon = Daemon {
+            path: path.to_path_buf(),
+            config: Config::default(),
+            dataplane,
+            file_stamp: stamp(path),
+        };
+        daemon.install(config)?;
+        info!(
+            frontends = daemon.config.frontends.len(),
+            backends = daemon.config.backends.len(),
+            "ready"
+        );
+        Ok(daemon)
+    }
+
+    /// Attach to new interfaces, apply the config's difference, detach from interfaces no
+    /// longer named.
+    fn install(&mut self, config: Config) -> Result<()> {
+        let attached = self.dataplane.attached(PROG_LB);
+        for iface in config.interfaces() {
+            if attached.contains(&iface) {
+                continue;
+            }
+            let ifindex = nix::net::if_::if_nametoindex(iface.as_str()).with_context(|| {
+                format!("interface {iface:?} (frontends[].interfaces) does not exist")
+            })?;
+            let mode = self.dataplane.attach(PROG_LB, &iface)?;
+            self.dataplane.add_tx_port(ifindex)?;
+            info!(%iface, ifindex, ?mode, "XDP attached");
+        }
+        let written = self.dataplane.apply_config(&config)?;
+        let wanted = config.interfaces();
+        for iface in attached.iter().filter(|i| !wanted.contains(i)) {
+            self.dataplane.detach(PROG_LB, iface)?;
+            info!(%iface, "XDP detached");
+        }
+        info!(slots_written = written, "config applied");
+        self.config = config;
+        Ok(())
+    }
+
+    /// Re-read the config file. An invalid file is reported and the running config stays.
+    pub fn reload(&mut self, why: &str) {
+        self.file_stamp = stamp(&self.path);
+        match Config::load(&self.path) {
+            Err(e) => error!(
+                reason = why,
+                "config reload rejected; the running config stays:\n{e}"
+            ),
+            Ok(config) if config == self.config => info!(reason = why, "config unchanged"),
+            Ok(config) => match self.install(config) {
+                Ok(()) => info!(reason = why, "config reloaded"),
+                Err(e) => {
+                    error!(reason = why, error = %format!("{e:#}"), "config reload failed part-way")
+                }
+            },
+        }
+    }
+
+    pub fn run(mut self) -> Result<()> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        // Timers and signal streams are created in the runtime's context.
+        let (mut gc, mut watch, mut term, mut hup) = {
+            use tokio::signal::unix::{SignalKind, signal};
+            let _context = rt.enter();
+            (
+                tokio::time::interval(self.config.dataplane.gc_interval()),
+                tokio::time::interval(WATCH_INTERVAL),
+                signal(SignalKind::terminate())?,
+                signal(SignalKind::hangup())?,
+            )
+        };
+        loop {
+            // Wait inside the runtime; act outside it (applying a config uses its own
+            // netlink runtime).
+            let event = rt.block_on(async {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => Event::Stop,
+                    _ = term.recv() => Event::Stop,
+                    _ = hup.recv() => Event::Reload("SIGHUP"),
+                    _ = gc.tick() => Event::Gc,
+                    _ = watch.tick() => Event::Watch,
+                }
+            });
+            match event {
+                Event::Stop => break,
+                Event::Reload(why) => self.reload(why),
+                Event::Watch => {
+                    if stamp(&self.path) != self.file_stamp {
+                        self.reload("config file changed");
+                    }
+                }
+                Event::Gc => {
+                    let timeouts = self.config.dataplane.timeouts();
+                    if let Err(e) = self.dataplane.gc(monotonic_now_ns(), &timeouts) {
+                        warn!(error = %e, "conntrack gc failed");
+                    }
+                }
+            }
+        }
+        warn!("signal received; detaching");
+        for (label, value) in self.dataplane.stats()? {
+            if value > 0 {
+                info!(counter = label, value, "xdp counter");
+            }
+        }
+        drop(self.dataplane);
+        info!("XDP detached; bye");
+        Ok(())
+    }
+}
