@@ -105,6 +105,15 @@ pub fn frontend_event(frontend_id: u32, event: impl FnOnce(&mut TrafficStats)) {
     }
 }
 
+/// Count a new flow on its server.
+#[inline(always)]
+pub fn server_new_flow(server_id: u32) {
+    if let Some(stats) = LB_SRV_STATS.get_ptr_mut(server_id) {
+        // SAFETY: per-CPU slot.
+        unsafe { (*stats).new_flows += 1 };
+    }
+}
+
 /// Adjust a server's open-flow count; shared across CPUs, so atomically.
 #[inline(always)]
 pub fn active_add(server_id: u32, delta: i64) {

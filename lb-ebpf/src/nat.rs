@@ -31,7 +31,7 @@ use crate::{
     egress,
     maps::{
         LB_BACKENDS, LB_CONNTRACK, LB_FRONTENDS, LB_SCRATCH, LB_SERVERS, LB_SNAT, LB_STICKY,
-        account, active_add, count, frontend_event,
+        account, active_add, count, frontend_event, server_new_flow,
     },
     parse::{Packet, Scratch, parse, ptr_at},
     select::choose_server,
@@ -212,6 +212,7 @@ fn open_flow(pkt: &Packet, nat: &mut NatEntry, now: u64) -> Result<(), u32> {
         Ok(()) => {
             count(Stat::FLOW_NEW);
             frontend_event(frontend.frontend_id, |s| s.new_flows += 1);
+            server_new_flow(nat.server_id);
             account(nat.frontend_id, nat.server_id, pkt.len, false);
             Ok(())
         }

@@ -27,6 +27,16 @@ pub struct Config {
     pub computers: BTreeMap<String, IpAddr>,
     #[serde(default)]
     pub dataplane: DataplaneConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// Prometheus metrics.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address and port of `/metrics`, for example "127.0.0.1:9100"; absent = off.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// Connection tracking: capacity and the idle timeouts of each flow state.

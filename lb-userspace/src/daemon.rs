@@ -14,6 +14,7 @@ use tracing::{error, info, warn};
 use crate::{
     config::Config,
     dataplane::{BYTES_PER_FLOW, Dataplane, monotonic_now_ns},
+    metrics,
 };
 
 /// How often the config file is checked for changes.
@@ -24,6 +25,8 @@ pub struct Daemon {
     config: Config,
     dataplane: Dataplane,
     file_stamp: Option<(SystemTime, u64)>,
+    /// The rendered metrics, when `[metrics] listen` is set.
+    metrics: Option<metrics::Shared>,
 }
 
 enum Event {
@@ -54,7 +57,14 @@ impl Daemon {
             config: Config::default(),
             dataplane,
             file_stamp: stamp(path),
+            metrics: None,
         };
+        if let Some(listen) = config.metrics.listen {
+            let shared = metrics::Shared::default();
+            metrics::serve(listen, shared.clone())?;
+            info!(%listen, "metrics at /metrics");
+            daemon.metrics = Some(shared);
+        }
         daemon.install(config)?;
         info!(
             frontends = daemon.config.frontends.len(),
@@ -108,6 +118,28 @@ impl Daemon {
         }
     }
 
+    /// Expire flows, reconcile counts, and refresh the metrics snapshot.
+    fn tick(&mut self) {
+        let timeouts = self.config.dataplane.timeouts();
+        let report = match self.dataplane.gc(monotonic_now_ns(), &timeouts) {
+            Ok(report) => report,
+            Err(e) => {
+                warn!(error = %e, "conntrack gc failed");
+                return;
+            }
+        };
+        if let Some(shared) = &self.metrics {
+            match metrics::render(
+                &self.dataplane,
+                &report,
+                self.config.dataplane.conntrack_size,
+            ) {
+                Ok(text) => *shared.write().expect("metrics lock") = text,
+                Err(e) => warn!(error = %e, "rendering metrics failed"),
+            }
+        }
+    }
+
     pub fn run(mut self) -> Result<()> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -143,12 +175,7 @@ impl Daemon {
                         self.reload("config file changed");
                     }
                 }
-                Event::Gc => {
-                    let timeouts = self.config.dataplane.timeouts();
-                    if let Err(e) = self.dataplane.gc(monotonic_now_ns(), &timeouts) {
-                        warn!(error = %e, "conntrack gc failed");
-                    }
-                }
+                Event::Gc => self.tick(),
             }
         }
         warn!("signal received; detaching");

@@ -57,6 +57,23 @@ pub struct Dataplane {
 /// be inserted.
 const ORPHAN_GRACE_NS: u64 = 2_000_000_000;
 
+/// Frontend and server names behind the ids.
+#[derive(Debug, Default)]
+pub struct Inventory {
+    pub frontends: Vec<(u32, String)>,
+    pub servers: Vec<InventoryServer>,
+}
+
+#[derive(Debug)]
+pub struct InventoryServer {
+    pub id: u32,
+    pub backend: String,
+    pub address: std::net::IpAddr,
+    pub weight: u32,
+    /// Still in its backend (a removed server keeps its id and counters).
+    pub present: bool,
+}
+
 /// What one garbage-collection pass did.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct GcReport {
@@ -421,6 +438,32 @@ impl Dataplane {
     pub fn server_active(&self, server_id: u32) -> Result<u64> {
         let active: Array<&MapData, u64> = Array::try_from(self.map_ref(MAP_SERVER_ACTIVE)?)?;
         Ok(active.get(&server_id, 0)?)
+    }
+
+    /// Names and addresses behind the ids, for metrics and status.
+    pub fn inventory(&self) -> Inventory {
+        let servers = self
+            .ids
+            .servers()
+            .map(|((backend, address, _port), id)| {
+                let info = self.servers.get(&id);
+                InventoryServer {
+                    id,
+                    backend: backend.clone(),
+                    address: *address,
+                    weight: info.map_or(0, |s| s.weight),
+                    present: info.is_some(),
+                }
+            })
+            .collect();
+        Inventory {
+            frontends: self
+                .ids
+                .frontends()
+                .map(|(name, id)| (id, name.clone()))
+                .collect(),
+            servers,
+        }
     }
 
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {

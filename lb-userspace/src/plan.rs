@@ -28,6 +28,16 @@ pub struct Ids {
     next_server: u32,
 }
 
+impl Ids {
+    pub fn frontends(&self) -> impl Iterator<Item = (&String, u32)> {
+        self.frontends.iter().map(|(k, v)| (k, *v))
+    }
+
+    pub fn servers(&self) -> impl Iterator<Item = (&(String, IpAddr, u16), u32)> {
+        self.servers.iter().map(|(k, v)| (k, *v))
+    }
+}
+
 fn id_for<K: std::hash::Hash + Eq>(map: &mut HashMap<K, u32>, next: &mut u32, key: K) -> u32 {
     *map.entry(key).or_insert_with(|| {
         *next += 1;

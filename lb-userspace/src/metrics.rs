@@ -1,0 +1,172 @@
+//! Prometheus metrics at `[metrics] listen`, `/metrics`, with HAProxy's exporter names under
+//! an `lb_` prefix where they fit. The daemon renders a snapshot of the maps on every
+//! garbage-collection tick; a small HTTP server thread serves the latest one.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, RwLock},
+};
+
+use anyhow::{Context as _, Result};
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+use crate::dataplane::{Dataplane, GcReport};
+
+type Labels = Vec<(String, String)>;
+
+/// The latest rendered metrics, shared with the HTTP thread.
+pub type Shared = Arc<RwLock<String>>;
+
+fn counter(registry: &mut Registry, name: &str, help: &str) -> Family<Labels, Counter> {
+    let family = Family::<Labels, Counter>::default();
+    registry.register(name, help, family.clone());
+    family
+}
+
+fn gauge(registry: &mut Registry, name: &str, help: &str) -> Family<Labels, Gauge> {
+    let family = Family::<Labels, Gauge>::default();
+    registry.register(name, help, family.clone());
+    family
+}
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Render every metric from the data plane's maps and the last GC pass.
+pub fn render(dataplane: &Dataplane, gc: &GcReport, conntrack_size: u32) -> Result<String> {
+    let mut r = Registry::default();
+    let fe_in = counter(
+        &mut r,
+        "lb_frontend_bytes_in",
+        "Bytes from clients (frame length)",
+    );
+    let fe_out = counter(
+        &mut r,
+        "lb_frontend_bytes_out",
+        "Bytes to clients (frame length)",
+    );
+    let fe_pkts_in = counter(&mut r, "lb_frontend_packets_in", "Packets from clients");
+    let fe_pkts_out = counter(&mut r, "lb_frontend_packets_out", "Packets to clients");
+    let fe_sessions = counter(&mut r, "lb_frontend_sessions", "Flows opened");
+    let fe_current = gauge(&mut r, "lb_frontend_current_sessions", "Open flows");
+    let fe_denied = counter(
+        &mut r,
+        "lb_frontend_denied_connections",
+        "New flows dropped, by reason",
+    );
+    let srv_status = gauge(
+        &mut r,
+        "lb_server_status",
+        "1 when the server takes new flows",
+    );
+    let srv_weight = gauge(&mut r, "lb_server_weight", "Configured weight");
+    let srv_current = gauge(&mut r, "lb_server_current_sessions", "Open flows");
+    let srv_sessions = counter(&mut r, "lb_server_sessions", "Flows opened");
+    let srv_in = counter(&mut r, "lb_server_bytes_in", "Bytes sent to the server");
+    let srv_out = counter(
+        &mut r,
+        "lb_server_bytes_out",
+        "Bytes received from the server",
+    );
+    let xdp = counter(
+        &mut r,
+        "lb_xdp_packets",
+        "XDP verdicts and the reasons behind them",
+    );
+    let fill = Gauge::<i64>::default();
+    r.register("lb_conntrack_entries", "Tracked flows", fill.clone());
+    let capacity = Gauge::<i64>::default();
+    r.register(
+        "lb_conntrack_capacity",
+        "Flows the table can hold",
+        capacity.clone(),
+    );
+
+    let inventory = dataplane.inventory();
+    for (id, name) in &inventory.frontends {
+        let s = dataplane.frontend_stats(*id)?;
+        let l = labels(&[("frontend", name)]);
+        fe_in.get_or_create(&l).inc_by(s.bytes_in);
+        fe_out.get_or_create(&l).inc_by(s.bytes_out);
+        fe_pkts_in.get_or_create(&l).inc_by(s.packets_in);
+        fe_pkts_out.get_or_create(&l).inc_by(s.packets_out);
+        fe_sessions.get_or_create(&l).inc_by(s.new_flows);
+        fe_current
+            .get_or_create(&l)
+            .set(gc.active_per_frontend.get(id).copied().unwrap_or(0) as i64);
+        for (reason, v) in [
+            ("no_server", s.drop_no_server),
+            ("snat_exhausted", s.drop_snat_exhausted),
+            ("other", s.drop_other),
+        ] {
+            fe_denied
+                .get_or_create(&labels(&[("frontend", name), ("reason", reason)]))
+                .inc_by(v);
+        }
+    }
+    for server in &inventory.servers {
+        let s = dataplane.server_stats(server.id)?;
+        let address = server.address.to_string();
+        let l = labels(&[("backend", &server.backend), ("server", &address)]);
+        srv_status
+            .get_or_create(&l)
+            .set(i64::from(server.present && server.weight > 0));
+        srv_weight.get_or_create(&l).set(i64::from(server.weight));
+        srv_current
+            .get_or_create(&l)
+            .set(gc.active.get(&server.id).copied().unwrap_or(0) as i64);
+        srv_sessions.get_or_create(&l).inc_by(s.new_flows);
+        srv_in.get_or_create(&l).inc_by(s.bytes_in);
+        srv_out.get_or_create(&l).inc_by(s.bytes_out);
+    }
+    for (label, value) in dataplane.stats()? {
+        xdp.get_or_create(&labels(&[("counter", label)]))
+            .inc_by(value);
+    }
+    fill.set(gc.flows as i64);
+    capacity.set(i64::from(conntrack_size));
+    let mut text = String::new();
+    encode(&mut text, &r)?;
+    Ok(text)
+}
+
+/// Serve `GET /metrics` at `listen` from a thread of its own.
+pub fn serve(listen: SocketAddr, shared: Shared) -> Result<()> {
+    let listener = std::net::TcpListener::bind(listen)
+        .with_context(|| format!("metrics: cannot listen on {listen} ([metrics] listen)"))?;
+    listener.set_nonblocking(true)?;
+    std::thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("metrics runtime");
+            rt.block_on(async move {
+                let listener =
+                    tokio::net::TcpListener::from_std(listener).expect("metrics listener");
+                let app = axum::Router::new().route(
+                    "/metrics",
+                    axum::routing::get(move || {
+                        let text = shared.read().map(|t| t.clone()).unwrap_or_default();
+                        async move {
+                            (
+                                [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+                                text,
+                            )
+                        }
+                    }),
+                );
+                let _ = axum::serve(listener, app).await;
+            });
+        })?;
+    Ok(())
+}

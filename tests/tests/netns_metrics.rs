@@ -1,0 +1,107 @@
+//! The daemon's Prometheus endpoint, scraped after known traffic.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    time::Duration,
+};
+
+use lb_tests::{
+    require_root,
+    topology::{SERVER_PORT, Topology, VIP, VIP_TCP_PORT, lb_binary},
+    traffic::drive_tcp,
+};
+
+fn scrape(target: SocketAddr) -> String {
+    let mut conn = TcpStream::connect_timeout(&target, Duration::from_secs(3)).unwrap();
+    conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: lb\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    conn.read_to_string(&mut text).unwrap();
+    text
+}
+
+/// The value of the sample whose line starts with `prefix`.
+fn value(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no sample {prefix} in:\n{text}"))
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn metrics_count_the_traffic_that_was_sent() {
+    if !require_root("netns_metrics") {
+        return;
+    }
+    let lb = lb_binary().unwrap();
+    let topo = Topology::new(&format!("lbm{}", std::process::id()), 3).unwrap();
+    topo.start_peers(&lb).unwrap();
+    let _servers = topo.start_name_servers(SERVER_PORT).unwrap();
+    let config = std::env::temp_dir().join(format!("lbm{}.toml", std::process::id()));
+    let text = format!(
+        "{}\n[metrics]\nlisten = \"198.18.0.1:9100\"\n[dataplane]\ngc_interval = \"200ms\"\n",
+        lb_userspace::DEFAULT_DEMO_CONFIG
+    );
+    std::fs::write(&config, text).unwrap();
+    topo.start_lb(&lb, &config).unwrap();
+    let _ = std::fs::remove_file(&config);
+
+    let tally = drive_tcp(&topo.client, (VIP, VIP_TCP_PORT).into(), 50, 2, 2).unwrap();
+    assert_eq!(tally.failed, 0);
+    std::thread::sleep(Duration::from_millis(600));
+    let text = topo
+        .client
+        .run(|| scrape(([198, 18, 0, 1], 9100).into()))
+        .unwrap()
+        .join()
+        .unwrap();
+    assert!(
+        text.starts_with("HTTP/1.") && text.contains("200"),
+        "{text}"
+    );
+
+    assert_eq!(
+        value(&text, "lb_frontend_sessions_total{frontend=\"demo\"}"),
+        50.0
+    );
+    // Per connection: SYN, ACK, 2 requests, FIN/ACK handshake... at least 5 packets in.
+    assert!(value(&text, "lb_frontend_packets_in_total{frontend=\"demo\"}") >= 250.0);
+    assert!(value(&text, "lb_frontend_bytes_out_total{frontend=\"demo\"}") > 0.0);
+    let per_server: f64 = (11..14)
+        .map(|n| {
+            value(
+                &text,
+                &format!(
+                    "lb_server_sessions_total{{backend=\"demo-servers\",server=\"198.18.{n}.2\"}}"
+                ),
+            )
+        })
+        .sum();
+    assert_eq!(per_server, 50.0);
+    assert_eq!(
+        value(
+            &text,
+            "lb_server_weight{backend=\"demo-servers\",server=\"198.18.13.2\"}"
+        ),
+        2.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            "lb_server_status{backend=\"demo-servers\",server=\"198.18.11.2\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(&text, "lb_xdp_packets_total{counter=\"flow_new\"}"),
+        50.0
+    );
+    assert!(value(&text, "lb_xdp_packets_total{counter=\"verdict_redirect\"}") > 0.0);
+    assert!(value(&text, "lb_conntrack_entries ") >= 50.0);
+    assert_eq!(value(&text, "lb_conntrack_capacity "), 1_048_576.0);
+}
