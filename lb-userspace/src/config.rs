@@ -164,7 +164,7 @@ pub struct BackendOptions {
     pub tls_verify: Option<bool>,
     pub forward_for: Option<bool>,
     pub proxy_protocol: Option<String>,
-    pub health_check: Option<toml::Value>,
+    pub health_check: Option<crate::health::HealthCheck>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -721,7 +721,52 @@ impl Config {
         later("tls_verify", o.tls_verify == Some(true), &mut p);
         later("forward_for", o.forward_for == Some(true), &mut p);
         later("proxy_protocol", o.proxy_protocol.is_some(), &mut p);
-        later("health_check", o.health_check.is_some(), &mut p);
+        drop(p);
+        if let Some(check) = &o.health_check {
+            let at = format!("{at}.options.health_check");
+            let kind = check.kind.as_str();
+            if crate::health::LATER_KINDS.contains(&kind) {
+                problem(
+                    format!("{at}.type"),
+                    format!("health check type {kind:?} is not supported by this version of lb yet"),
+                    "use type = \"tcp\", \"http\" or \"redis\" for now",
+                );
+            } else if !crate::health::KINDS.contains(&kind) {
+                problem(
+                    format!("{at}.type"),
+                    format!("unknown health check type {kind:?}"),
+                    "use one of: tcp, http, redis (mysql, postgres and tls come later)",
+                );
+            }
+            for (field, value) in [("interval", &check.interval), ("timeout", &check.timeout)] {
+                if let Some(v) = value
+                    && duration(v).is_none_or(|d| d.is_zero())
+                {
+                    problem(
+                        format!("{at}.{field}"),
+                        format!("{v:?} is not a positive duration"),
+                        "write a duration such as \"500ms\" or \"2s\"",
+                    );
+                }
+            }
+            for (field, value) in [("rise", check.rise), ("fall", check.fall)] {
+                if value == Some(0) {
+                    problem(format!("{at}.{field}"), format!("{field} must be at least 1"), "use 1 or more");
+                }
+            }
+            if let Err(e) = check.expected() {
+                problem(format!("{at}.expected_code"), e, "write a code, a list such as \"200,204\", or a range such as \"200-399\"");
+            }
+            if kind != "http"
+                && (check.path.is_some() || check.method.is_some() || check.host_header.is_some() || check.expected_code.is_some())
+            {
+                problem(
+                    at.clone(),
+                    "path, method, host_header and expected_code apply to http checks only".into(),
+                    "remove them, or use type = \"http\"",
+                );
+            }
+        }
     }
 }
 
@@ -920,7 +965,7 @@ servers = { type = "addresses", addresses = [
 
         let with_options = GOOD.replace(
             "port = \"8080\"",
-            "port = \"8080\"\noptions = { table_size = 65536, sticky_session = { type = \"cookie\" }, health_check = { type = \"tcp\" } }",
+            "port = \"8080\"\noptions = { table_size = 65536, sticky_session = { type = \"cookie\" }, health_check = { type = \"mysql\" } }",
         );
         let e = errors(&with_options);
         let fields: Vec<&str> = e.problems.iter().map(|(_, p)| p.field.as_str()).collect();
@@ -933,7 +978,7 @@ servers = { type = "addresses", addresses = [
             "{fields:?}"
         );
         assert!(
-            fields.contains(&"backends[0].options.health_check"),
+            fields.contains(&"backends[0].options.health_check.type"),
             "{fields:?}"
         );
 

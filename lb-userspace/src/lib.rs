@@ -2,6 +2,7 @@
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
+pub mod health;
 pub mod metrics;
 pub mod neighbours;
 pub mod plan;

@@ -86,7 +86,13 @@ pub fn method_id(name: &str) -> u32 {
 }
 
 impl Plan {
-    pub fn from_config(config: &Config, ids: &mut Ids) -> anyhow::Result<Plan> {
+    /// `up(backend, address)` says whether a server passes its health check; a server that
+    /// does not is planned with weight 0 (no new flows; its tracked flows continue).
+    pub fn from_config(
+        config: &Config,
+        ids: &mut Ids,
+        up: &dyn Fn(&str, IpAddr) -> bool,
+    ) -> anyhow::Result<Plan> {
         let mut plan = Plan::default();
         for backend in &config.backends {
             let backend_id = id_for(
@@ -101,7 +107,10 @@ impl Plan {
             let port = backend.port.get().unwrap_or_default();
             let mut members = Vec::new();
             let mut list = Vec::new();
-            for s in backend.resolved_servers(&config.computers) {
+            for mut s in backend.resolved_servers(&config.computers) {
+                if !up(&backend.name, s.address) {
+                    s.weight = 0;
+                }
                 let id = id_for(
                     &mut ids.servers,
                     &mut ids.next_server,
@@ -192,7 +201,7 @@ mod tests {
     use super::*;
 
     fn plan(text: &str, ids: &mut Ids) -> Plan {
-        Plan::from_config(&Config::parse("t.toml", text).unwrap(), ids).unwrap()
+        Plan::from_config(&Config::parse("t.toml", text).unwrap(), ids, &|_, _| true).unwrap()
     }
 
     #[test]
@@ -235,6 +244,15 @@ mod tests {
             "a new server gets a new id, not the freed 0"
         );
         assert_eq!(id_of(&second, 11), None);
+    }
+
+    #[test]
+    fn unhealthy_servers_get_no_new_flows() {
+        let config = Config::parse("t.toml", crate::DEFAULT_DEMO_CONFIG).unwrap();
+        let down: IpAddr = "198.18.13.2".parse().unwrap();
+        let p = Plan::from_config(&config, &mut Ids::default(), &|_, a| a != down).unwrap();
+        assert!(!p.backends[0].table.contains(&2));
+        assert_eq!(p.servers[2].1.weight, 0);
     }
 
     #[test]

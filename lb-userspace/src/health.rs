@@ -1,0 +1,214 @@
+//! Health checks: the rise/fall state machine, expected HTTP codes, and the probes.
+//!
+//! A server with a check starts DOWN and takes traffic only after `rise` consecutive
+//! successes; `fall` consecutive failures take it out of the selection table. Probes of
+//! different servers run concurrently and are spread in time, so none waits for another.
+
+use std::{net::SocketAddr, time::Duration};
+
+use serde::{Deserialize, Serialize};
+
+/// `options.health_check` of a backend, as written in the config.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Defaults to the server's port.
+    pub port: Option<u16>,
+    pub interval: Option<String>,
+    pub timeout: Option<String>,
+    pub rise: Option<u32>,
+    pub fall: Option<u32>,
+    /// http: request line and Host header.
+    pub method: Option<String>,
+    pub path: Option<String>,
+    pub host_header: Option<String>,
+    /// http: "200", "200,204" or "200-399"; default any 2xx or 3xx.
+    pub expected_code: Option<String>,
+}
+
+/// Check types the prober implements.
+pub const KINDS: &[&str] = &["tcp", "http", "redis"];
+/// Check types of the product that a later version implements.
+pub const LATER_KINDS: &[&str] = &["mysql", "postgres", "tls"];
+
+impl HealthCheck {
+    pub fn interval(&self) -> Duration {
+        self.interval.as_deref().and_then(crate::config::duration).unwrap_or(Duration::from_secs(2))
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout.as_deref().and_then(crate::config::duration).unwrap_or(Duration::from_secs(1))
+    }
+
+    pub fn rise(&self) -> u32 {
+        self.rise.unwrap_or(2)
+    }
+
+    pub fn fall(&self) -> u32 {
+        self.fall.unwrap_or(3)
+    }
+
+    pub fn expected(&self) -> Result<ExpectedCodes, String> {
+        ExpectedCodes::parse(self.expected_code.as_deref())
+    }
+}
+
+/// Which HTTP status codes count as healthy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExpectedCodes(Vec<(u16, u16)>);
+
+impl ExpectedCodes {
+    /// `None`: any 2xx or 3xx. Otherwise codes and ranges separated by commas.
+    pub fn parse(text: Option<&str>) -> Result<Self, String> {
+        let Some(text) = text else {
+            return Ok(ExpectedCodes(vec![(200, 399)]));
+        };
+        let mut ranges = Vec::new();
+        for part in text.split(',').map(str::trim) {
+            let (lo, hi) = match part.split_once('-') {
+                Some((lo, hi)) => (lo.trim(), hi.trim()),
+                None => (part, part),
+            };
+            let code = |s: &str| {
+                s.parse::<u16>()
+                    .ok()
+                    .filter(|c| (100..=599).contains(c))
+                    .ok_or_else(|| format!("{s:?} is not an HTTP status code (100-599)"))
+            };
+            let (lo, hi) = (code(lo)?, code(hi)?);
+            if lo > hi {
+                return Err(format!("range {part:?} is backwards"));
+            }
+            ranges.push((lo, hi));
+        }
+        Ok(ExpectedCodes(ranges))
+    }
+
+    pub fn accepts(&self, code: u16) -> bool {
+        self.0.iter().any(|(lo, hi)| (*lo..=*hi).contains(&code))
+    }
+}
+
+/// A server's health as the rise/fall rules see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Health {
+    pub up: bool,
+    streak: u32,
+}
+
+impl Health {
+    /// Checked servers start DOWN; unchecked ones are UP and stay so.
+    pub fn new(checked: bool) -> Self {
+        Health { up: !checked, streak: 0 }
+    }
+
+    /// Record a probe result; returns the new state when it changes.
+    pub fn record(&mut self, ok: bool, rise: u32, fall: u32) -> Option<bool> {
+        if ok == self.up {
+            self.streak = 0;
+            return None;
+        }
+        self.streak += 1;
+        let needed = if ok { rise } else { fall };
+        if self.streak >= needed.max(1) {
+            self.up = ok;
+            self.streak = 0;
+            return Some(ok);
+        }
+        None
+    }
+}
+
+/// What a probe found: healthy, or why not.
+pub type ProbeResult = Result<(), String>;
+
+/// Run one probe of `check` against `target`, within the check's timeout.
+pub async fn probe(check: &HealthCheck, target: SocketAddr) -> ProbeResult {
+    match tokio::time::timeout(check.timeout(), probe_inner(check, target)).await {
+        Ok(result) => result,
+        Err(_) => Err(format!("timeout after {:?}", check.timeout())),
+    }
+}
+
+async fn probe_inner(check: &HealthCheck, target: SocketAddr) -> ProbeResult {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut conn = tokio::net::TcpStream::connect(target).await.map_err(|e| match e.kind() {
+        std::io::ErrorKind::ConnectionRefused => "connection refused".to_string(),
+        _ => format!("connect: {e}"),
+    })?;
+    match check.kind.as_str() {
+        "tcp" => Ok(()),
+        "redis" => {
+            conn.write_all(b"PING\r\n").await.map_err(|e| format!("write: {e}"))?;
+            let mut buf = [0u8; 64];
+            let n = conn.read(&mut buf).await.map_err(|e| format!("read: {e}"))?;
+            let reply = String::from_utf8_lossy(&buf[..n]);
+            if reply.starts_with("+PONG") {
+                Ok(())
+            } else {
+                Err(format!("redis answered {:?}", reply.trim()))
+            }
+        }
+        "http" => {
+            let method = check.method.as_deref().unwrap_or("GET");
+            let path = check.path.as_deref().unwrap_or("/");
+            let host = check.host_header.clone().unwrap_or_else(|| target.ip().to_string());
+            let request = format!(
+                "{method} {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: lb-health-check\r\nConnection: close\r\n\r\n"
+            );
+            conn.write_all(request.as_bytes()).await.map_err(|e| format!("write: {e}"))?;
+            let mut buf = vec![0u8; 1024];
+            let mut read = 0;
+            // The status line is all that matters; read until it is complete.
+            while !buf[..read].contains(&b'\n') && read < buf.len() {
+                let n = conn.read(&mut buf[read..]).await.map_err(|e| format!("read: {e}"))?;
+                if n == 0 {
+                    break;
+                }
+                read += n;
+            }
+            let line = String::from_utf8_lossy(&buf[..read]);
+            let code = line
+                .split_whitespace()
+                .nth(1)
+                .and_then(|c| c.parse::<u16>().ok())
+                .ok_or_else(|| format!("not an HTTP response: {:?}", line.lines().next().unwrap_or("")))?;
+            let expected = check.expected().map_err(|e| e.to_string())?;
+            if expected.accepts(code) { Ok(()) } else { Err(format!("code {code}")) }
+        }
+        other => Err(format!("check type {other:?} is not implemented")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rise_and_fall() {
+        let mut h = Health::new(true);
+        assert!(!h.up, "a checked server starts down");
+        assert_eq!(h.record(true, 2, 3), None);
+        assert_eq!(h.record(true, 2, 3), Some(true), "up after rise successes");
+        assert_eq!(h.record(false, 2, 3), None);
+        assert_eq!(h.record(true, 2, 3), None, "a success resets the failure streak");
+        assert_eq!(h.record(false, 2, 3), None);
+        assert_eq!(h.record(false, 2, 3), None);
+        assert_eq!(h.record(false, 2, 3), Some(false), "down after fall failures in a row");
+        assert!(Health::new(false).up, "unchecked servers are up");
+    }
+
+    #[test]
+    fn expected_codes() {
+        let default = ExpectedCodes::parse(None).unwrap();
+        assert!(default.accepts(200) && default.accepts(302) && !default.accepts(404) && !default.accepts(503));
+        let list = ExpectedCodes::parse(Some("200, 204")).unwrap();
+        assert!(list.accepts(204) && !list.accepts(201));
+        let range = ExpectedCodes::parse(Some("200-399")).unwrap();
+        assert!(range.accepts(399) && !range.accepts(400));
+        assert!(ExpectedCodes::parse(Some("2xx")).is_err());
+        assert!(ExpectedCodes::parse(Some("399-200")).is_err());
+    }
+}
