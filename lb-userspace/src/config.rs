@@ -728,7 +728,9 @@ impl Config {
             if crate::health::LATER_KINDS.contains(&kind) {
                 problem(
                     format!("{at}.type"),
-                    format!("health check type {kind:?} is not supported by this version of lb yet"),
+                    format!(
+                        "health check type {kind:?} is not supported by this version of lb yet"
+                    ),
                     "use type = \"tcp\", \"http\" or \"redis\" for now",
                 );
             } else if !crate::health::KINDS.contains(&kind) {
@@ -751,14 +753,25 @@ impl Config {
             }
             for (field, value) in [("rise", check.rise), ("fall", check.fall)] {
                 if value == Some(0) {
-                    problem(format!("{at}.{field}"), format!("{field} must be at least 1"), "use 1 or more");
+                    problem(
+                        format!("{at}.{field}"),
+                        format!("{field} must be at least 1"),
+                        "use 1 or more",
+                    );
                 }
             }
             if let Err(e) = check.expected() {
-                problem(format!("{at}.expected_code"), e, "write a code, a list such as \"200,204\", or a range such as \"200-399\"");
+                problem(
+                    format!("{at}.expected_code"),
+                    e,
+                    "write a code, a list such as \"200,204\", or a range such as \"200-399\"",
+                );
             }
             if kind != "http"
-                && (check.path.is_some() || check.method.is_some() || check.host_header.is_some() || check.expected_code.is_some())
+                && (check.path.is_some()
+                    || check.method.is_some()
+                    || check.host_header.is_some()
+                    || check.expected_code.is_some())
             {
                 problem(
                     at.clone(),

@@ -3,17 +3,21 @@
 //! expires flows, SIGINT/SIGTERM stop it and detach XDP.
 
 use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     time::{Duration, SystemTime},
 };
 
 use anyhow::{Context as _, Result};
 use lb_common::maps::PROG_LB;
+use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
 use crate::{
     config::Config,
     dataplane::{BYTES_PER_FLOW, Dataplane, monotonic_now_ns},
+    health::{self, Health},
     metrics,
 };
 
@@ -27,6 +31,83 @@ pub struct Daemon {
     file_stamp: Option<(SystemTime, u64)>,
     /// The rendered metrics, when `[metrics] listen` is set.
     metrics: Option<metrics::Shared>,
+    /// Health of every checked server, by (backend, address); unchecked servers are absent
+    /// and count as up.
+    health: HashMap<(String, IpAddr), Health>,
+    prober: Prober,
+}
+
+/// Probe tasks, on a runtime of their own so a slow probe never delays the daemon.
+struct Prober {
+    rt: tokio::runtime::Runtime,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    tx: mpsc::UnboundedSender<ProbeReport>,
+    rx: mpsc::UnboundedReceiver<ProbeReport>,
+}
+
+struct ProbeReport {
+    backend: String,
+    address: IpAddr,
+    result: health::ProbeResult,
+}
+
+impl Prober {
+    fn new() -> Result<Self> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("health")
+            .enable_all()
+            .build()?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        Ok(Prober {
+            rt,
+            tasks: Vec::new(),
+            tx,
+            rx,
+        })
+    }
+
+    /// Replace every probe task with one per checked server of `config`, each starting at
+    /// an offset within its interval (derived from its address) so probes spread in time.
+    fn restart(&mut self, config: &Config) {
+        for task in self.tasks.drain(..) {
+            task.abort();
+        }
+        for backend in &config.backends {
+            let Some(check) = backend.options.health_check.clone() else {
+                continue;
+            };
+            let server_port = backend.port.get().unwrap_or_default();
+            for server in backend.resolved_servers(&config.computers) {
+                let target = SocketAddr::new(server.address, check.port.unwrap_or(server_port));
+                let interval = check.interval();
+                let offset = interval.mul_f64(
+                    f64::from(
+                        lb_common::hash::hash_bytes(server.address.to_string().as_bytes(), 7)
+                            % 1000,
+                    ) / 1000.0,
+                );
+                let (check, tx) = (check.clone(), self.tx.clone());
+                let (backend, address) = (backend.name.clone(), server.address);
+                self.tasks.push(self.rt.spawn(async move {
+                    tokio::time::sleep(offset).await;
+                    let mut ticks = tokio::time::interval(interval);
+                    loop {
+                        ticks.tick().await;
+                        let result = health::probe(&check, target).await;
+                        let report = ProbeReport {
+                            backend: backend.clone(),
+                            address,
+                            result,
+                        };
+                        if tx.send(report).is_err() {
+                            return;
+                        }
+                    }
+                }));
+            }
+        }
+    }
 }
 
 enum Event {
@@ -34,6 +115,7 @@ enum Event {
     Reload(&'static str),
     Gc,
     Watch,
+    Probe(ProbeReport),
 }
 
 fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
@@ -58,6 +140,8 @@ impl Daemon {
             dataplane,
             file_stamp: stamp(path),
             metrics: None,
+            health: HashMap::new(),
+            prober: Prober::new()?,
         };
         if let Some(listen) = config.metrics.listen {
             let shared = metrics::Shared::default();
@@ -89,7 +173,22 @@ impl Daemon {
             self.dataplane.add_tx_port(ifindex)?;
             info!(%iface, ifindex, ?mode, "XDP attached");
         }
-        let written = self.dataplane.apply_config(&config)?;
+        // Keep the health of servers that stay; new checked servers start down.
+        let mut health = HashMap::new();
+        for backend in config
+            .backends
+            .iter()
+            .filter(|b| b.options.health_check.is_some())
+        {
+            for server in backend.resolved_servers(&config.computers) {
+                let key = (backend.name.clone(), server.address);
+                let state = self.health.get(&key).copied().unwrap_or(Health::new(true));
+                health.insert(key, state);
+            }
+        }
+        self.health = health;
+        let written = self.apply(&config)?;
+        self.prober.restart(&config);
         let wanted = config.interfaces();
         for iface in attached.iter().filter(|i| !wanted.contains(i)) {
             self.dataplane.detach(PROG_LB, iface)?;
@@ -98,6 +197,48 @@ impl Daemon {
         info!(slots_written = written, "config applied");
         self.config = config;
         Ok(())
+    }
+
+    /// Apply `config` with unhealthy servers given weight 0.
+    fn apply(&mut self, config: &Config) -> Result<usize> {
+        let health = &self.health;
+        self.dataplane
+            .apply_config_with_health(config, &|backend, address| {
+                health
+                    .get(&(backend.to_string(), address))
+                    .is_none_or(|h| h.up)
+            })
+    }
+
+    /// Record a probe result; a change of state is logged with its reason and takes the
+    /// server in or out of the selection table at once.
+    fn on_probe(&mut self, report: ProbeReport) {
+        let key = (report.backend, report.address);
+        let Some(check) = self
+            .config
+            .backends
+            .iter()
+            .find(|b| b.name == key.0)
+            .and_then(|b| b.options.health_check.clone())
+        else {
+            return;
+        };
+        let Some(state) = self.health.get_mut(&key) else {
+            return;
+        };
+        let Some(up) = state.record(report.result.is_ok(), check.rise(), check.fall()) else {
+            return;
+        };
+        match &report.result {
+            Ok(()) => info!(backend = %key.0, server = %key.1, check = %check.kind, "server UP"),
+            Err(reason) => {
+                warn!(backend = %key.0, server = %key.1, check = %check.kind, %reason, "server DOWN")
+            }
+        }
+        let config = self.config.clone();
+        if let Err(e) = self.apply(&config) {
+            error!(error = %format!("{e:#}"), up, "applying a health change failed");
+        }
     }
 
     /// Re-read the config file. An invalid file is reported and the running config stays.
@@ -165,6 +306,7 @@ impl Daemon {
                     _ = hup.recv() => Event::Reload("SIGHUP"),
                     _ = gc.tick() => Event::Gc,
                     _ = watch.tick() => Event::Watch,
+                    Some(report) = self.prober.rx.recv() => Event::Probe(report),
                 }
             });
             match event {
@@ -176,6 +318,7 @@ impl Daemon {
                     }
                 }
                 Event::Gc => self.tick(),
+                Event::Probe(report) => self.on_probe(report),
             }
         }
         warn!("signal received; detaching");

@@ -35,11 +35,17 @@ pub const LATER_KINDS: &[&str] = &["mysql", "postgres", "tls"];
 
 impl HealthCheck {
     pub fn interval(&self) -> Duration {
-        self.interval.as_deref().and_then(crate::config::duration).unwrap_or(Duration::from_secs(2))
+        self.interval
+            .as_deref()
+            .and_then(crate::config::duration)
+            .unwrap_or(Duration::from_secs(2))
     }
 
     pub fn timeout(&self) -> Duration {
-        self.timeout.as_deref().and_then(crate::config::duration).unwrap_or(Duration::from_secs(1))
+        self.timeout
+            .as_deref()
+            .and_then(crate::config::duration)
+            .unwrap_or(Duration::from_secs(1))
     }
 
     pub fn rise(&self) -> u32 {
@@ -101,7 +107,10 @@ pub struct Health {
 impl Health {
     /// Checked servers start DOWN; unchecked ones are UP and stay so.
     pub fn new(checked: bool) -> Self {
-        Health { up: !checked, streak: 0 }
+        Health {
+            up: !checked,
+            streak: 0,
+        }
     }
 
     /// Record a probe result; returns the new state when it changes.
@@ -134,16 +143,23 @@ pub async fn probe(check: &HealthCheck, target: SocketAddr) -> ProbeResult {
 
 async fn probe_inner(check: &HealthCheck, target: SocketAddr) -> ProbeResult {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut conn = tokio::net::TcpStream::connect(target).await.map_err(|e| match e.kind() {
-        std::io::ErrorKind::ConnectionRefused => "connection refused".to_string(),
-        _ => format!("connect: {e}"),
-    })?;
+    let mut conn = tokio::net::TcpStream::connect(target)
+        .await
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::ConnectionRefused => "connection refused".to_string(),
+            _ => format!("connect: {e}"),
+        })?;
     match check.kind.as_str() {
         "tcp" => Ok(()),
         "redis" => {
-            conn.write_all(b"PING\r\n").await.map_err(|e| format!("write: {e}"))?;
+            conn.write_all(b"PING\r\n")
+                .await
+                .map_err(|e| format!("write: {e}"))?;
             let mut buf = [0u8; 64];
-            let n = conn.read(&mut buf).await.map_err(|e| format!("read: {e}"))?;
+            let n = conn
+                .read(&mut buf)
+                .await
+                .map_err(|e| format!("read: {e}"))?;
             let reply = String::from_utf8_lossy(&buf[..n]);
             if reply.starts_with("+PONG") {
                 Ok(())
@@ -154,16 +170,24 @@ async fn probe_inner(check: &HealthCheck, target: SocketAddr) -> ProbeResult {
         "http" => {
             let method = check.method.as_deref().unwrap_or("GET");
             let path = check.path.as_deref().unwrap_or("/");
-            let host = check.host_header.clone().unwrap_or_else(|| target.ip().to_string());
+            let host = check
+                .host_header
+                .clone()
+                .unwrap_or_else(|| target.ip().to_string());
             let request = format!(
                 "{method} {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: lb-health-check\r\nConnection: close\r\n\r\n"
             );
-            conn.write_all(request.as_bytes()).await.map_err(|e| format!("write: {e}"))?;
+            conn.write_all(request.as_bytes())
+                .await
+                .map_err(|e| format!("write: {e}"))?;
             let mut buf = vec![0u8; 1024];
             let mut read = 0;
             // The status line is all that matters; read until it is complete.
             while !buf[..read].contains(&b'\n') && read < buf.len() {
-                let n = conn.read(&mut buf[read..]).await.map_err(|e| format!("read: {e}"))?;
+                let n = conn
+                    .read(&mut buf[read..])
+                    .await
+                    .map_err(|e| format!("read: {e}"))?;
                 if n == 0 {
                     break;
                 }
@@ -174,9 +198,18 @@ async fn probe_inner(check: &HealthCheck, target: SocketAddr) -> ProbeResult {
                 .split_whitespace()
                 .nth(1)
                 .and_then(|c| c.parse::<u16>().ok())
-                .ok_or_else(|| format!("not an HTTP response: {:?}", line.lines().next().unwrap_or("")))?;
+                .ok_or_else(|| {
+                    format!(
+                        "not an HTTP response: {:?}",
+                        line.lines().next().unwrap_or("")
+                    )
+                })?;
             let expected = check.expected().map_err(|e| e.to_string())?;
-            if expected.accepts(code) { Ok(()) } else { Err(format!("code {code}")) }
+            if expected.accepts(code) {
+                Ok(())
+            } else {
+                Err(format!("code {code}"))
+            }
         }
         other => Err(format!("check type {other:?} is not implemented")),
     }
@@ -193,17 +226,30 @@ mod tests {
         assert_eq!(h.record(true, 2, 3), None);
         assert_eq!(h.record(true, 2, 3), Some(true), "up after rise successes");
         assert_eq!(h.record(false, 2, 3), None);
-        assert_eq!(h.record(true, 2, 3), None, "a success resets the failure streak");
+        assert_eq!(
+            h.record(true, 2, 3),
+            None,
+            "a success resets the failure streak"
+        );
         assert_eq!(h.record(false, 2, 3), None);
         assert_eq!(h.record(false, 2, 3), None);
-        assert_eq!(h.record(false, 2, 3), Some(false), "down after fall failures in a row");
+        assert_eq!(
+            h.record(false, 2, 3),
+            Some(false),
+            "down after fall failures in a row"
+        );
         assert!(Health::new(false).up, "unchecked servers are up");
     }
 
     #[test]
     fn expected_codes() {
         let default = ExpectedCodes::parse(None).unwrap();
-        assert!(default.accepts(200) && default.accepts(302) && !default.accepts(404) && !default.accepts(503));
+        assert!(
+            default.accepts(200)
+                && default.accepts(302)
+                && !default.accepts(404)
+                && !default.accepts(503)
+        );
         let list = ExpectedCodes::parse(Some("200, 204")).unwrap();
         assert!(list.accepts(204) && !list.accepts(201));
         let range = ExpectedCodes::parse(Some("200-399")).unwrap();
