@@ -716,12 +716,13 @@ impl Config {
                 );
             }
         };
-        let mut p = |a: String, b: String, c: &str| problem(a, b, c);
-        later("tls", o.tls == Some(true), &mut p);
-        later("tls_verify", o.tls_verify == Some(true), &mut p);
-        later("forward_for", o.forward_for == Some(true), &mut p);
-        later("proxy_protocol", o.proxy_protocol.is_some(), &mut p);
-        drop(p);
+        {
+            let mut p = |a: String, b: String, c: &str| problem(a, b, c);
+            later("tls", o.tls == Some(true), &mut p);
+            later("tls_verify", o.tls_verify == Some(true), &mut p);
+            later("forward_for", o.forward_for == Some(true), &mut p);
+            later("proxy_protocol", o.proxy_protocol.is_some(), &mut p);
+        }
         if let Some(check) = &o.health_check {
             let at = format!("{at}.options.health_check");
             let kind = check.kind.as_str();
