@@ -22,6 +22,12 @@ struct Cli {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum LogFormat {
     Text,
     Json,
@@ -40,6 +46,15 @@ enum Command {
     Check {
         #[arg(long, short)]
         config: PathBuf,
+    },
+    /// Frontends and servers of the running daemon (health, weight, open flows, rates), read
+    /// from its metrics endpoint (`[metrics] listen` in the config).
+    Status {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Output format.
+        #[arg(long, short, value_enum, default_value_t = Output::Table)]
+        output: Output,
     },
     /// Attach the pass-only XDP program to an interface (for the far end of a veth, so that
     /// frames lb redirects into the veth are delivered) and wait until SIGINT/SIGTERM.
@@ -82,6 +97,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Peer { interfaces } => peer(&interfaces),
+        Command::Status { config, output } => status(&config, output),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -90,6 +106,22 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn status(path: &std::path::Path, output: Output) -> Result<()> {
+    let config = Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let listen = config.metrics.listen.ok_or_else(|| {
+        anyhow::anyhow!(
+            "{}: lb status reads the daemon's metrics; set [metrics] listen = \"127.0.0.1:9100\" and reload",
+            path.display()
+        )
+    })?;
+    let status = lb_userspace::status::collect(listen)?;
+    match output {
+        Output::Table => print!("{}", lb_userspace::status::table(&status)),
+        Output::Json => println!("{}", serde_json::to_string_pretty(&status)?),
+    }
+    Ok(())
 }
 
 fn peer(interfaces: &[String]) -> Result<()> {

@@ -49,7 +49,6 @@ fn metrics_count_the_traffic_that_was_sent() {
     );
     std::fs::write(&config, text).unwrap();
     topo.start_lb(&lb, &config).unwrap();
-    let _ = std::fs::remove_file(&config);
 
     let tally = drive_tcp(&topo.client, (VIP, VIP_TCP_PORT).into(), 50, 2, 2).unwrap();
     assert_eq!(tally.failed, 0);
@@ -104,4 +103,31 @@ fn metrics_count_the_traffic_that_was_sent() {
     assert!(value(&text, "lb_xdp_packets_total{counter=\"verdict_redirect\"}") > 0.0);
     assert!(value(&text, "lb_conntrack_entries ") >= 50.0);
     assert_eq!(value(&text, "lb_conntrack_capacity "), 1_048_576.0);
+
+    // `lb status` reads the same endpoint.
+    let json = topo
+        .client
+        .exec(&[
+            lb.to_str().unwrap(),
+            "status",
+            "--config",
+            config.to_str().unwrap(),
+            "-o",
+            "json",
+        ])
+        .unwrap();
+    let _ = std::fs::remove_file(&config);
+    let status: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(status["frontends"][0]["name"], "demo");
+    assert_eq!(status["frontends"][0]["flows_total"], 50);
+    let servers = status["servers"].as_array().unwrap();
+    assert_eq!(servers.len(), 3);
+    assert!(servers.iter().all(|s| s["up"] == true));
+    assert_eq!(
+        servers
+            .iter()
+            .map(|s| s["flows_total"].as_u64().unwrap())
+            .sum::<u64>(),
+        50
+    );
 }
