@@ -2,6 +2,28 @@
 //! so the kernel and userspace agree byte for byte. Ports are kept in network byte order and
 //! addresses as 16 bytes (IPv4 as `::ffff:a.b.c.d`), exactly as they sit in packets.
 
+/// Version of the map layouts. A daemon re-attaches only to a pinned data plane of its own
+/// version (pins live under `<pin_path>/v<VERSION>`); bump it whenever a map changes.
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// Maps that hold state across a daemon restart (pinned when a pin path is set).
+pub const PINNED_MAPS: &[&str] = &[
+    MAP_FRONTENDS,
+    MAP_BACKENDS,
+    MAP_RING,
+    MAP_SERVERS,
+    MAP_CONNTRACK,
+    MAP_SNAT,
+    MAP_TX_PORTS,
+    MAP_STATS,
+    MAP_BACKEND_SERVERS,
+    MAP_SERVER_ACTIVE,
+    MAP_RR,
+    MAP_STICKY,
+    MAP_SERVER_STATS,
+    MAP_FRONTEND_STATS,
+];
+
 /// Frontend lookup: [`FrontendKey`] -> [`FrontendInfo`].
 pub const MAP_FRONTENDS: &str = "LB_FRONTENDS";
 /// Per-backend metadata, indexed by backend id: [`BackendInfo`].

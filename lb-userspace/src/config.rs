@@ -51,6 +51,9 @@ pub struct DataplaneConfig {
     pub udp_timeout: String,
     /// How often expired flows are removed and open-flow counts reconciled.
     pub gc_interval: String,
+    /// Where maps and XDP links are pinned (a BPF filesystem), so a restarted daemon takes
+    /// over the running data plane and every tracked flow.
+    pub pin_path: std::path::PathBuf,
 }
 
 impl Default for DataplaneConfig {
@@ -62,6 +65,7 @@ impl Default for DataplaneConfig {
             tcp_closing_timeout: "10s".into(),
             udp_timeout: "30s".into(),
             gc_interval: "1s".into(),
+            pin_path: "/sys/fs/bpf/lb".into(),
         }
     }
 }

@@ -16,7 +16,7 @@ use tracing::{error, info, warn};
 
 use crate::{
     config::Config,
-    dataplane::{BYTES_PER_FLOW, Dataplane, monotonic_now_ns},
+    dataplane::{BYTES_PER_FLOW, Dataplane, monotonic_now_ns, on_bpffs, pin_dir, remove_pins},
     health::{self, Health},
     metrics,
 };
@@ -35,6 +35,17 @@ pub struct Daemon {
     /// and count as up.
     health: HashMap<(String, IpAddr), Health>,
     prober: Prober,
+    detach_on_exit: bool,
+}
+
+/// How `lb run` starts and ends.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RunOptions {
+    /// Remove a pinned data plane first instead of taking it over.
+    pub fresh: bool,
+    /// On SIGINT/SIGTERM remove the pins, detaching XDP, instead of leaving the data plane
+    /// running for the next daemon.
+    pub detach_on_exit: bool,
 }
 
 /// Probe tasks, on a runtime of their own so a slow probe never delays the daemon.
@@ -126,9 +137,26 @@ fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
 impl Daemon {
     /// Load the data plane, attach it and apply `config` (already validated, read from
     /// `path`).
-    pub fn start(path: &Path, config: Config) -> Result<Daemon> {
+    pub fn start(path: &Path, config: Config, options: RunOptions) -> Result<Daemon> {
         let size = config.dataplane.conntrack_size;
-        let dataplane = Dataplane::load_with(size)?;
+        let base = &config.dataplane.pin_path;
+        let pins = if on_bpffs(base) {
+            let dir = pin_dir(base);
+            if options.fresh {
+                remove_pins(&dir)?;
+                info!(pins = %dir.display(), "--fresh: removed the pinned data plane");
+            } else if dir.exists() {
+                info!(pins = %dir.display(), "re-attaching to the pinned data plane");
+            }
+            Some(dir)
+        } else {
+            warn!(
+                pin_path = %base.display(),
+                "not a BPF filesystem: the data plane is not pinned, so a restart loses every tracked flow (mount bpffs there, or set [dataplane] pin_path)"
+            );
+            None
+        };
+        let dataplane = Dataplane::load_pinned(size, pins.as_deref())?;
         info!(
             flows = size,
             mib = (u64::from(size) * BYTES_PER_FLOW) >> 20,
@@ -142,6 +170,7 @@ impl Daemon {
             metrics: None,
             health: HashMap::new(),
             prober: Prober::new()?,
+            detach_on_exit: options.detach_on_exit,
         };
         if let Some(listen) = config.metrics.listen {
             let shared = metrics::Shared::default();
@@ -327,8 +356,14 @@ impl Daemon {
                 info!(counter = label, value, "xdp counter");
             }
         }
-        drop(self.dataplane);
-        info!("XDP detached; bye");
+        if self.detach_on_exit {
+            self.dataplane.unpin_all()?;
+            drop(self.dataplane);
+            info!("XDP detached and pins removed; bye");
+        } else {
+            drop(self.dataplane);
+            info!("bye; a pinned data plane keeps forwarding until the next lb run or lb stop");
+        }
         Ok(())
     }
 }

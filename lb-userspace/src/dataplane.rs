@@ -2,7 +2,10 @@
 //! writing plans into its maps (double-buffered tables, only changed slots), and the
 //! connection-tracking garbage collector.
 
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet},
+    path::Path,
+};
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
@@ -51,6 +54,23 @@ pub struct Dataplane {
     frontends: Vec<FrontendKey>,
     managed_neighbours: HashSet<std::net::IpAddr>,
     links: HashMap<(String, String), aya::programs::xdp::XdpLinkId>,
+    /// Where maps and links are pinned, if anywhere.
+    pins: Option<std::path::PathBuf>,
+}
+
+/// The pin directory for a base path: one subdirectory per map layout version, so a daemon
+/// never re-attaches to maps of another layout.
+pub fn pin_dir(base: &Path) -> std::path::PathBuf {
+    base.join(format!("v{}", lb_common::maps::LAYOUT_VERSION))
+}
+
+/// Is `path` (or its nearest existing ancestor) on a BPF filesystem?
+pub fn on_bpffs(path: &Path) -> bool {
+    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+    let existing = path.ancestors().find(|p| p.exists());
+    existing
+        .and_then(|p| nix::sys::statfs::statfs(p).ok())
+        .is_some_and(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
 }
 
 /// A reverse entry younger than this is never an orphan: its flow's entry may be about to
@@ -91,6 +111,16 @@ fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map>
         .ok_or_else(|| anyhow!("map {name} is missing from the XDP object"))
 }
 
+/// Delete a pin directory (links and maps); the kernel objects go away once no process or
+/// attachment holds them.
+pub fn remove_pins(dir: &Path) -> Result<()> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir)
+            .with_context(|| format!("removing pins in {}", dir.display()))?;
+    }
+    Ok(())
+}
+
 /// `bpf_ktime_get_ns`'s clock, for comparing with entry timestamps.
 pub fn monotonic_now_ns() -> u64 {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
@@ -106,9 +136,25 @@ impl Dataplane {
 
     /// Load with room for `conntrack_size` tracked flows.
     pub fn load_with(conntrack_size: u32) -> Result<Self> {
-        let mut ebpf = EbpfLoader::new()
+        Self::load_pinned(conntrack_size, None)
+    }
+
+    /// Load with maps pinned under `pins` (see [`pin_dir`]): maps already pinned there
+    /// (by an earlier daemon of the same layout version) are reused with their contents,
+    /// others are created and pinned, and links pinned there are taken over by `attach`.
+    pub fn load_pinned(conntrack_size: u32, pins: Option<&Path>) -> Result<Self> {
+        let mut loader = EbpfLoader::new();
+        loader
             .map_max_entries(MAP_CONNTRACK, conntrack_size)
-            .map_max_entries(MAP_SNAT, conntrack_size)
+            .map_max_entries(MAP_SNAT, conntrack_size);
+        if let Some(dir) = pins {
+            std::fs::create_dir_all(dir.join("links"))
+                .with_context(|| format!("creating the pin directory {}", dir.display()))?;
+            for name in lb_common::maps::PINNED_MAPS {
+                loader.map_pin_path(name, dir.join(name));
+            }
+        }
+        let mut ebpf = loader
             .load(EBPF_OBJECT)
             .context("loading the embedded XDP object")?;
         for name in [PROG_LB, PROG_PASS] {
@@ -127,6 +173,7 @@ impl Dataplane {
             frontends: Vec::new(),
             managed_neighbours: HashSet::new(),
             links: HashMap::new(),
+            pins: pins.map(Path::to_path_buf),
         })
     }
 
@@ -139,7 +186,20 @@ impl Dataplane {
     }
 
     /// Attach `prog` to `iface` in native mode, falling back to generic mode with a warning.
+    /// With pinning, a link an earlier daemon pinned for `iface` is taken over (its program
+    /// replaced atomically, so no packet misses XDP), and a new link is pinned.
     pub fn attach(&mut self, prog: &str, iface: &str) -> Result<XdpMode> {
+        let link_pin = self.pins.as_ref().map(|d| d.join("links").join(iface));
+        if let Some(pin) = link_pin.as_ref().filter(|p| p.exists()) {
+            let pinned = aya::programs::links::PinnedLink::from_pin(pin)
+                .with_context(|| format!("opening the pinned link {}", pin.display()))?;
+            let link =
+                aya::programs::xdp::XdpLink::try_from(aya::programs::links::FdLink::from(pinned))?;
+            let id = self.program(prog)?.attach_to_link(link)?;
+            self.links.insert((prog.to_string(), iface.to_string()), id);
+            info!(%iface, "took over the pinned XDP link");
+            return Ok(XdpMode::Driver);
+        }
         let xdp = self.program(prog)?;
         let (link, mode) = match xdp.attach(iface, XdpMode::Driver) {
             Ok(link) => (link, XdpMode::Driver),
@@ -151,9 +211,30 @@ impl Dataplane {
                 (link, XdpMode::Skb)
             }
         };
+        let link = match link_pin {
+            // Pinned, the link (and XDP) outlives this process.
+            Some(pin) => {
+                let xdp = self.program(prog)?;
+                let owned = xdp.take_link(link)?;
+                let fd_link = aya::programs::links::FdLink::try_from(owned)?;
+                let pinned = fd_link.pin(&pin)?;
+                xdp.attach_to_link(aya::programs::xdp::XdpLink::try_from(
+                    aya::programs::links::FdLink::from(pinned),
+                )?)?
+            }
+            None => link,
+        };
         self.links
             .insert((prog.to_string(), iface.to_string()), link);
         Ok(mode)
+    }
+
+    /// Remove every pin: links (detaching XDP once this process lets go) and maps.
+    pub fn unpin_all(&self) -> Result<()> {
+        if let Some(dir) = &self.pins {
+            remove_pins(dir)?;
+        }
+        Ok(())
     }
 
     /// Detach `prog` from `iface` (a no-op if it is not attached there).

@@ -41,6 +41,18 @@ enum Command {
     Run {
         #[arg(long, short)]
         config: PathBuf,
+        /// Remove a pinned data plane first instead of taking it over.
+        #[arg(long)]
+        fresh: bool,
+        /// On SIGINT/SIGTERM detach XDP and remove the pins (by default the pinned data
+        /// plane keeps forwarding for the next `lb run`).
+        #[arg(long)]
+        detach_on_exit: bool,
+    },
+    /// Detach a pinned data plane and remove its pins (`[dataplane] pin_path`).
+    Stop {
+        #[arg(long, short)]
+        config: PathBuf,
     },
     /// Validate a config file and exit (non-zero when it is invalid).
     Check {
@@ -89,8 +101,18 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         },
-        Command::Run { config: path } => match Config::load(&path) {
-            Ok(c) => lb_userspace::daemon::Daemon::start(&path, c).and_then(|d| d.run()),
+        Command::Run {
+            config: path,
+            fresh,
+            detach_on_exit,
+        } => match Config::load(&path) {
+            Ok(c) => {
+                let options = lb_userspace::daemon::RunOptions {
+                    fresh,
+                    detach_on_exit,
+                };
+                lb_userspace::daemon::Daemon::start(&path, c, options).and_then(|d| d.run())
+            }
             Err(e) => {
                 eprint!("{e}");
                 return ExitCode::from(2);
@@ -98,6 +120,21 @@ fn main() -> ExitCode {
         },
         Command::Peer { interfaces } => peer(&interfaces),
         Command::Status { config, output } => status(&config, output),
+        Command::Stop { config } => match Config::load(&config) {
+            Ok(c) => {
+                let dir = lb_userspace::dataplane::pin_dir(&c.dataplane.pin_path);
+                lb_userspace::dataplane::remove_pins(&dir).map(|()| {
+                    println!(
+                        "removed {}: the pinned data plane is detached",
+                        dir.display()
+                    )
+                })
+            }
+            Err(e) => {
+                eprint!("{e}");
+                return ExitCode::from(2);
+            }
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

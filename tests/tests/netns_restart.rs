@@ -1,0 +1,118 @@
+//! Restart without loss: with the data plane pinned on a BPF filesystem, the daemon can stop
+//! and start again (or be upgraded) while tracked flows keep flowing; `lb stop` removes it.
+
+use std::{net::SocketAddr, time::Duration};
+
+use lb_tests::{
+    netns::sh,
+    require_root,
+    topology::{SERVER_PORT, Topology, VIP, lb_binary, start_logged, wait_for_log},
+    traffic::LongConn,
+};
+
+#[test]
+fn connections_survive_a_daemon_restart_and_lb_stop_detaches() {
+    if !require_root("netns_restart") {
+        return;
+    }
+    let lb = lb_binary().unwrap();
+    let id = std::process::id();
+    let topo = Topology::new(&format!("lbp{id}"), 3).unwrap();
+    topo.start_peers(&lb).unwrap();
+    let _servers = topo.start_name_servers(SERVER_PORT).unwrap();
+    // A BPF filesystem of this test's own, so nothing else's pins are touched.
+    let bpffs = std::env::temp_dir().join(format!("lbp{id}-bpffs"));
+    std::fs::create_dir_all(&bpffs).unwrap();
+    sh(&["mount", "-t", "bpf", "bpf", bpffs.to_str().unwrap()]).unwrap();
+    let unmount = Unmount(bpffs.clone());
+    let path = std::env::temp_dir().join(format!("lbp{id}.toml"));
+    let config = format!(
+        "{}\n[dataplane]\npin_path = \"{}\"\n",
+        lb_userspace::DEFAULT_DEMO_CONFIG,
+        bpffs.join("lb").display()
+    );
+    std::fs::write(&path, config).unwrap();
+    let run = ["run", "--config", path.to_str().unwrap()];
+
+    let (pid, _) = start_logged(&topo.lb, &lb, &run).unwrap();
+    let target: SocketAddr = (VIP, 80).into();
+    let mut conns = topo
+        .client
+        .run(move || {
+            (0..30)
+                .map(|_| LongConn::open(None, target).unwrap())
+                .collect::<Vec<_>>()
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    let exchange_all = |topo: &Topology, mut conns: Vec<LongConn>| {
+        topo.client
+            .run(move || {
+                for c in conns.iter_mut() {
+                    assert_eq!(
+                        c.exchange().unwrap(),
+                        c.server,
+                        "a connection moved or broke"
+                    );
+                }
+                conns
+            })
+            .unwrap()
+            .join()
+            .unwrap()
+    };
+
+    // The daemon stops (SIGTERM, no --detach-on-exit): the pinned data plane keeps
+    // forwarding with nobody running.
+    topo.lb.stop(pid);
+    conns = exchange_all(&topo, conns);
+    let fresh = topo
+        .client
+        .run(move || LongConn::open(None, target).map(|c| c.server))
+        .unwrap()
+        .join()
+        .unwrap();
+    assert!(
+        fresh.is_ok(),
+        "new connections are served meanwhile: {fresh:?}"
+    );
+
+    // A new daemon takes over the pinned maps and links.
+    let (pid, log) = start_logged(&topo.lb, &lb, &run).unwrap();
+    wait_for_log(
+        &log,
+        "took over the pinned XDP link",
+        1,
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    conns = exchange_all(&topo, conns);
+    topo.lb.stop(pid);
+
+    // `lb stop` removes the pins: XDP is gone from the interfaces.
+    topo.lb
+        .exec(&[
+            lb.to_str().unwrap(),
+            "stop",
+            "--config",
+            path.to_str().unwrap(),
+        ])
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let link = topo.lb.exec(&["ip", "link", "show", "eth-c"]).unwrap();
+    assert!(!link.contains("xdp"), "{link}");
+    drop(conns);
+    let _ = std::fs::remove_file(&path);
+    drop(unmount);
+}
+
+/// Unmounts the test's BPF filesystem when dropped, even on failure.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = sh(&["umount", self.0.to_str().unwrap()]);
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
