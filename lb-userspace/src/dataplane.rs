@@ -70,7 +70,7 @@ pub fn on_bpffs(path: &Path) -> bool {
     let existing = path.ancestors().find(|p| p.exists());
     existing
         .and_then(|p| nix::sys::statfs::statfs(p).ok())
-        .is_some_and(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+        .is_some_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
 }
 
 /// A reverse entry younger than this is never an orphan: its flow's entry may be about to
