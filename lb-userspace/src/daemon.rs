@@ -34,6 +34,8 @@ pub struct Daemon {
     /// Health of every checked server, by (backend, address); unchecked servers are absent
     /// and count as up.
     health: HashMap<(String, IpAddr), Health>,
+    /// Probe history per checked server, for metrics.
+    checks: HashMap<(String, IpAddr), health::CheckStats>,
     prober: Prober,
     detach_on_exit: bool,
 }
@@ -60,6 +62,7 @@ struct ProbeReport {
     backend: String,
     address: IpAddr,
     result: health::ProbeResult,
+    took: Duration,
 }
 
 impl Prober {
@@ -105,11 +108,13 @@ impl Prober {
                     let mut ticks = tokio::time::interval(interval);
                     loop {
                         ticks.tick().await;
+                        let started = std::time::Instant::now();
                         let result = health::probe(&check, target).await;
                         let report = ProbeReport {
                             backend: backend.clone(),
                             address,
                             result,
+                            took: started.elapsed(),
                         };
                         if tx.send(report).is_err() {
                             return;
@@ -169,6 +174,7 @@ impl Daemon {
             file_stamp: stamp(path),
             metrics: None,
             health: HashMap::new(),
+            checks: HashMap::new(),
             prober: Prober::new()?,
             detach_on_exit: options.detach_on_exit,
         };
@@ -255,9 +261,14 @@ impl Daemon {
         let Some(state) = self.health.get_mut(&key) else {
             return;
         };
+        let stats = self.checks.entry(key.clone()).or_default();
+        stats.last_ok = report.result.is_ok();
+        stats.last_duration = report.took;
+        stats.failures += u64::from(report.result.is_err());
         let Some(up) = state.record(report.result.is_ok(), check.rise(), check.fall()) else {
             return;
         };
+        stats.transitions += 1;
         match &report.result {
             Ok(()) => info!(backend = %key.0, server = %key.1, check = %check.kind, "server UP"),
             Err(reason) => {
@@ -303,6 +314,7 @@ impl Daemon {
                 &self.dataplane,
                 &report,
                 self.config.dataplane.conntrack_size,
+                &self.checks,
             ) {
                 Ok(text) => *shared.write().expect("metrics lock") = text,
                 Err(e) => warn!(error = %e, "rendering metrics failed"),

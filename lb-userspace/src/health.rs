@@ -130,6 +130,16 @@ impl Health {
     }
 }
 
+/// A server's probe history, for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct CheckStats {
+    pub last_ok: bool,
+    pub last_duration: Duration,
+    pub failures: u64,
+    /// UP/DOWN transitions.
+    pub transitions: u64,
+}
+
 /// What a probe found: healthy, or why not.
 pub type ProbeResult = Result<(), String>;
 

@@ -14,7 +14,12 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::dataplane::{Dataplane, GcReport};
+use std::{collections::HashMap, net::IpAddr, sync::atomic::AtomicU64};
+
+use crate::{
+    dataplane::{Dataplane, GcReport},
+    health::CheckStats,
+};
 
 type Labels = Vec<(String, String)>;
 
@@ -41,7 +46,12 @@ fn labels(pairs: &[(&str, &str)]) -> Labels {
 }
 
 /// Render every metric from the data plane's maps and the last GC pass.
-pub fn render(dataplane: &Dataplane, gc: &GcReport, conntrack_size: u32) -> Result<String> {
+pub fn render(
+    dataplane: &Dataplane,
+    gc: &GcReport,
+    conntrack_size: u32,
+    checks: &HashMap<(String, IpAddr), CheckStats>,
+) -> Result<String> {
     let mut r = Registry::default();
     let fe_in = counter(
         &mut r,
@@ -76,6 +86,29 @@ pub fn render(dataplane: &Dataplane, gc: &GcReport, conntrack_size: u32) -> Resu
         "lb_server_bytes_out",
         "Bytes received from the server",
     );
+    let check_status = gauge(
+        &mut r,
+        "lb_server_check_status",
+        "1 when the last health probe passed",
+    );
+    let check_duration = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+    r.register(
+        "lb_server_check_duration_seconds",
+        "Duration of the last health probe",
+        check_duration.clone(),
+    );
+    let check_failures = counter(&mut r, "lb_server_check_failures", "Failed health probes");
+    let check_up_down = counter(&mut r, "lb_server_check_up_down", "UP/DOWN transitions");
+    for ((backend, address), stats) in checks {
+        let address = address.to_string();
+        let l = labels(&[("backend", backend), ("server", &address)]);
+        check_status.get_or_create(&l).set(i64::from(stats.last_ok));
+        check_duration
+            .get_or_create(&l)
+            .set(stats.last_duration.as_secs_f64());
+        check_failures.get_or_create(&l).inc_by(stats.failures);
+        check_up_down.get_or_create(&l).inc_by(stats.transitions);
+    }
     let xdp = counter(
         &mut r,
         "lb_xdp_packets",

@@ -263,3 +263,24 @@ impl LongConn {
         Ok(line.trim().to_string())
     }
 }
+
+/// `GET /metrics` over HTTP/1.0; returns the whole response, headers included.
+pub fn scrape_metrics(target: SocketAddr) -> Result<String> {
+    use std::io::Read as _;
+    let mut conn = TcpStream::connect_timeout(&target, IO_TIMEOUT).context("connect")?;
+    conn.set_read_timeout(Some(IO_TIMEOUT))?;
+    conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: lb\r\n\r\n")?;
+    let mut text = String::new();
+    conn.read_to_string(&mut text)?;
+    Ok(text)
+}
+
+/// The value of the Prometheus sample whose line starts with `prefix`.
+pub fn metric(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(prefix))?
+        .rsplit(' ')
+        .next()?
+        .parse()
+        .ok()
+}

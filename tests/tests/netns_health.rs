@@ -8,7 +8,7 @@ use std::{net::SocketAddr, time::Duration};
 use lb_tests::{
     require_root,
     topology::{SERVER_PORT, Topology, VIP, lb_binary, server_name, start_logged, wait_for_log},
-    traffic::drive_tcp,
+    traffic::{drive_tcp, metric, scrape_metrics},
 };
 
 const INTERVAL_MS: u64 = 200;
@@ -45,6 +45,12 @@ servers = {{ type = "addresses", addresses = [
   {{ address = "198.18.13.2" }}, {{ address = "198.18.14.2" }},
 ] }}
 options = {{ health_check = {{ type = "tcp", interval = "{INTERVAL_MS}ms", timeout = "150ms", rise = 2, fall = {FALL} }} }}
+
+[metrics]
+listen = "198.18.0.1:9100"
+
+[dataplane]
+gc_interval = "200ms"
 "#
     );
     let path = std::env::temp_dir().join(format!("lbh{}.toml", std::process::id()));
@@ -94,5 +100,36 @@ options = {{ health_check = {{ type = "tcp", interval = "{INTERVAL_MS}ms", timeo
         tally.per_server.contains_key(&server_name(2)),
         "{}",
         tally.summary()
+    );
+
+    // The check metrics tell the same story.
+    std::thread::sleep(Duration::from_millis(500));
+    let text = topo
+        .client
+        .run(|| scrape_metrics(([198, 18, 0, 1], 9100).into()).unwrap())
+        .unwrap()
+        .join()
+        .unwrap();
+    let sample = |name: &str, server: &str| {
+        metric(
+            &text,
+            &format!("{name}{{backend=\"web\",server=\"{server}\"}}"),
+        )
+        .unwrap_or_else(|| panic!("no {name} for {server} in:\n{text}"))
+    };
+    assert_eq!(
+        sample("lb_server_check_up_down_total", "198.18.13.2"),
+        3.0,
+        "UP, DOWN, UP"
+    );
+    assert!(sample("lb_server_check_failures_total", "198.18.13.2") >= FALL as f64);
+    assert_eq!(sample("lb_server_check_status", "198.18.13.2"), 1.0);
+    assert_eq!(sample("lb_server_check_status", "198.18.14.2"), 0.0);
+    assert_eq!(sample("lb_server_check_up_down_total", "198.18.14.2"), 0.0);
+    assert!(sample("lb_server_check_duration_seconds", "198.18.11.2") < 1.0);
+    assert_eq!(
+        sample("lb_server_status", "198.18.14.2"),
+        0.0,
+        "never up, never selected"
     );
 }

@@ -1,36 +1,20 @@
 //! The daemon's Prometheus endpoint, scraped after known traffic.
 
-use std::{
-    io::{Read as _, Write as _},
-    net::{SocketAddr, TcpStream},
-    time::Duration,
-};
+use std::{net::SocketAddr, time::Duration};
 
 use lb_tests::{
     require_root,
     topology::{SERVER_PORT, Topology, VIP, VIP_TCP_PORT, lb_binary},
-    traffic::drive_tcp,
+    traffic::{drive_tcp, metric, scrape_metrics},
 };
 
 fn scrape(target: SocketAddr) -> String {
-    let mut conn = TcpStream::connect_timeout(&target, Duration::from_secs(3)).unwrap();
-    conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: lb\r\n\r\n")
-        .unwrap();
-    let mut text = String::new();
-    conn.read_to_string(&mut text).unwrap();
-    text
+    scrape_metrics(target).unwrap()
 }
 
 /// The value of the sample whose line starts with `prefix`.
 fn value(text: &str, prefix: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .unwrap_or_else(|| panic!("no sample {prefix} in:\n{text}"))
-        .rsplit(' ')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
+    metric(text, prefix).unwrap_or_else(|| panic!("no sample {prefix} in:\n{text}"))
 }
 
 #[test]
