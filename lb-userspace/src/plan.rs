@@ -61,8 +61,6 @@ pub struct BackendPlan {
 #[derive(Debug, Default)]
 pub struct Plan {
     pub frontends: Vec<(FrontendKey, FrontendInfo)>,
-    /// Frontend names by id, for counters.
-    pub frontend_names: Vec<(u32, String)>,
     /// Server id -> server.
     pub servers: Vec<(u32, ServerInfo)>,
     pub backends: Vec<BackendPlan>,
@@ -164,7 +162,6 @@ impl Plan {
                 frontend_id < MAX_FRONTENDS,
                 "more than {MAX_FRONTENDS} frontends in this daemon's lifetime; restart lb"
             );
-            plan.frontend_names.push((frontend_id, f.name.clone()));
             let Some(&backend_id) = ids.backends.get(&f.default_backend) else {
                 continue;
             };

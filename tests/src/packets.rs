@@ -2,7 +2,7 @@
 //! benchmarks. Expected outputs are built with the same functions from the expected header
 //! values, so a test compares whole frames.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use lb_common::checksum::{checksum, pseudo_header_sum};
 
@@ -45,14 +45,7 @@ impl Frame {
         match (self.src, self.dst) {
             (IpAddr::V4(s), IpAddr::V4(d)) => {
                 frame.extend_from_slice(&0x0800u16.to_be_bytes());
-                let mut ip = vec![0x45, 0];
-                ip.extend_from_slice(&((20 + segment.len()) as u16).to_be_bytes());
-                ip.extend_from_slice(&[0x12, 0x34, 0x40, 0x00, 64, proto, 0, 0]);
-                ip.extend_from_slice(&s.octets());
-                ip.extend_from_slice(&d.octets());
-                let c = checksum(0, &ip);
-                ip[10..12].copy_from_slice(&c);
-                frame.extend_from_slice(&ip);
+                frame.extend_from_slice(&ipv4_header(s, d, proto, 0x40, segment.len()));
             }
             (IpAddr::V6(s), IpAddr::V6(d)) => {
                 frame.extend_from_slice(&0x86ddu16.to_be_bytes());
@@ -114,6 +107,19 @@ impl Frame {
         seg[6..8].copy_from_slice(&c);
         seg
     }
+}
+
+/// A 20-byte IPv4 header (ID 0x1234, TTL 64) with its checksum; `flags` is the first
+/// fragment byte (0x40: don't fragment).
+fn ipv4_header(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, flags: u8, payload_len: usize) -> Vec<u8> {
+    let mut ip = vec![0x45, 0];
+    ip.extend_from_slice(&((20 + payload_len) as u16).to_be_bytes());
+    ip.extend_from_slice(&[0x12, 0x34, flags, 0x00, 64, proto, 0, 0]);
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.octets());
+    let c = checksum(0, &ip);
+    ip[10..12].copy_from_slice(&c);
+    ip
 }
 
 /// Verify the IPv4 header checksum and the TCP/UDP checksum of a built or rewritten frame.
@@ -183,14 +189,7 @@ pub fn icmp_error(
             let c = checksum(0, &icmp);
             icmp[2..4].copy_from_slice(&c);
             frame.extend_from_slice(&0x0800u16.to_be_bytes());
-            let mut ip = vec![0x45, 0];
-            ip.extend_from_slice(&((20 + icmp.len()) as u16).to_be_bytes());
-            ip.extend_from_slice(&[0x12, 0x34, 0x00, 0x00, 64, 1, 0, 0]);
-            ip.extend_from_slice(&s.octets());
-            ip.extend_from_slice(&d.octets());
-            let c = checksum(0, &ip);
-            ip[10..12].copy_from_slice(&c);
-            frame.extend_from_slice(&ip);
+            frame.extend_from_slice(&ipv4_header(s, d, 1, 0, icmp.len()));
         }
         (IpAddr::V6(s), IpAddr::V6(d)) => {
             let c = checksum(

@@ -284,3 +284,20 @@ pub fn metric(text: &str, prefix: &str) -> Option<f64> {
         .parse()
         .ok()
 }
+
+/// Make one exchange on every connection, from `client`; each must still be answered by the
+/// server that answered it first. Returns the connections for later rounds.
+pub fn exchange_all(client: &NetNs, mut conns: Vec<LongConn>) -> Result<Vec<LongConn>> {
+    client
+        .run(move || {
+            for c in conns.iter_mut() {
+                let answer = c.exchange()?;
+                if answer != c.server {
+                    bail!("a connection moved from {} to {answer}", c.server);
+                }
+            }
+            Ok(conns)
+        })?
+        .join()
+        .map_err(|_| anyhow::anyhow!("client thread panicked"))?
+}

@@ -7,7 +7,7 @@ use std::{net::SocketAddr, time::Duration};
 use lb_tests::{
     require_root,
     topology::{SERVER_PORT, Topology, VIP, lb_binary, server_name, start_logged, wait_for_log},
-    traffic::LongConn,
+    traffic::{LongConn, exchange_all},
 };
 
 fn config(servers: &[(usize, u32)]) -> String {
@@ -88,21 +88,7 @@ fn a_hundred_connections_survive_twenty_reloads_and_a_rejected_one() {
             .unwrap();
         }
         wait_for_log(&log, "config reloaded", round + 1, Duration::from_secs(10)).unwrap();
-        conns = topo
-            .client
-            .run(move || {
-                for c in conns.iter_mut() {
-                    assert_eq!(
-                        c.exchange().unwrap(),
-                        c.server,
-                        "a connection moved or broke"
-                    );
-                }
-                conns
-            })
-            .unwrap()
-            .join()
-            .unwrap();
+        conns = exchange_all(&topo.client, conns).unwrap();
     }
 
     // A broken file is rejected with its line, and nothing changes.

@@ -7,7 +7,7 @@ use lb_tests::{
     netns::sh,
     require_root,
     topology::{SERVER_PORT, Topology, VIP, lb_binary, start_logged, wait_for_log},
-    traffic::LongConn,
+    traffic::{LongConn, exchange_all},
 };
 
 #[test]
@@ -46,27 +46,11 @@ fn connections_survive_a_daemon_restart_and_lb_stop_detaches() {
         .unwrap()
         .join()
         .unwrap();
-    let exchange_all = |topo: &Topology, mut conns: Vec<LongConn>| {
-        topo.client
-            .run(move || {
-                for c in conns.iter_mut() {
-                    assert_eq!(
-                        c.exchange().unwrap(),
-                        c.server,
-                        "a connection moved or broke"
-                    );
-                }
-                conns
-            })
-            .unwrap()
-            .join()
-            .unwrap()
-    };
 
     // The daemon stops (SIGTERM, no --detach-on-exit): the pinned data plane keeps
     // forwarding with nobody running.
     topo.lb.stop(pid);
-    conns = exchange_all(&topo, conns);
+    conns = exchange_all(&topo.client, conns).unwrap();
     let fresh = topo
         .client
         .run(move || LongConn::open(None, target).map(|c| c.server))
@@ -87,7 +71,7 @@ fn connections_survive_a_daemon_restart_and_lb_stop_detaches() {
         Duration::from_secs(5),
     )
     .unwrap();
-    conns = exchange_all(&topo, conns);
+    conns = exchange_all(&topo.client, conns).unwrap();
     topo.lb.stop(pid);
 
     // `lb stop` removes the pins: XDP is gone from the interfaces.
