@@ -730,19 +730,27 @@ impl Config {
         if let Some(check) = &o.health_check {
             let at = format!("{at}.options.health_check");
             let kind = check.kind.as_str();
-            if crate::health::LATER_KINDS.contains(&kind) {
-                problem(
-                    format!("{at}.type"),
-                    format!(
-                        "health check type {kind:?} is not supported by this version of lb yet"
-                    ),
-                    "use type = \"tcp\", \"http\" or \"redis\" for now",
-                );
-            } else if !crate::health::KINDS.contains(&kind) {
+            if !crate::health::KINDS.contains(&kind) {
                 problem(
                     format!("{at}.type"),
                     format!("unknown health check type {kind:?}"),
-                    "use one of: tcp, http, redis (mysql, postgres and tls come later)",
+                    "use one of: tcp, http, mysql, postgres, redis, tls",
+                );
+            }
+            if let Some(on_down) = &check.on_down
+                && !crate::health::ON_DOWN.contains(&on_down.as_str())
+            {
+                problem(
+                    format!("{at}.on_down"),
+                    format!("unknown on_down {on_down:?}"),
+                    "use \"keep\" (established flows continue) or \"reset\" (they are reset)",
+                );
+            }
+            if check.user.is_some() && kind != "mysql" && kind != "postgres" {
+                problem(
+                    format!("{at}.user"),
+                    format!("user means nothing to a {kind:?} check"),
+                    "remove it, or use type = \"mysql\" or \"postgres\"",
                 );
             }
             for (field, value) in [("interval", &check.interval), ("timeout", &check.timeout)] {
@@ -983,7 +991,7 @@ servers = { type = "addresses", addresses = [
 
         let with_options = GOOD.replace(
             "port = \"8080\"",
-            "port = \"8080\"\noptions = { table_size = 65536, sticky_session = { type = \"cookie\" }, health_check = { type = \"mysql\" } }",
+            "port = \"8080\"\noptions = { table_size = 65536, sticky_session = { type = \"cookie\" }, health_check = { type = \"smtp\", on_down = \"close\", user = \"x\" } }",
         );
         let e = errors(&with_options);
         let fields: Vec<&str> = e.problems.iter().map(|(_, p)| p.field.as_str()).collect();
@@ -995,10 +1003,13 @@ servers = { type = "addresses", addresses = [
             fields.contains(&"backends[0].options.sticky_session.type"),
             "{fields:?}"
         );
-        assert!(
-            fields.contains(&"backends[0].options.health_check.type"),
-            "{fields:?}"
-        );
+        for field in ["type", "on_down", "user"] {
+            let field = format!("backends[0].options.health_check.{field}");
+            assert!(
+                fields.contains(&field.as_str()),
+                "{field} not in {fields:?}"
+            );
+        }
 
         let small = GOOD.replace(
             "port = \"8080\"",

@@ -109,7 +109,7 @@ impl Prober {
                     loop {
                         ticks.tick().await;
                         let started = std::time::Instant::now();
-                        let result = health::probe(&check, target).await;
+                        let result = crate::probe::probe(&check, target).await;
                         let report = ProbeReport {
                             backend: backend.clone(),
                             address,
@@ -265,6 +265,16 @@ impl Daemon {
         stats.last_ok = report.result.is_ok();
         stats.last_duration = report.took;
         stats.failures += u64::from(report.result.is_err());
+        let new_error = report.result.as_ref().err();
+        if let Some(reason) = new_error
+            && !state.up
+            && stats.last_error.as_ref() != Some(reason)
+        {
+            // A DOWN server's failures are logged when their reason changes, so an operator
+            // learns why a server never comes up without a line per probe.
+            warn!(backend = %key.0, server = %key.1, check = %check.kind, %reason, "health check failing");
+        }
+        stats.last_error = new_error.cloned();
         let Some(up) = state.record(report.result.is_ok(), check.rise(), check.fall()) else {
             return;
         };

@@ -1,10 +1,10 @@
-//! Health checks: the rise/fall state machine, expected HTTP codes, and the probes.
+//! Health checks: the rise/fall state machine and expected HTTP codes (probes: `probe.rs`).
 //!
 //! A server with a check starts DOWN and takes traffic only after `rise` consecutive
 //! successes; `fall` consecutive failures take it out of the selection table. Probes of
 //! different servers run concurrently and are spread in time, so none waits for another.
 
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -26,12 +26,18 @@ pub struct HealthCheck {
     pub host_header: Option<String>,
     /// http: "200", "200,204" or "200-399"; default any 2xx or 3xx.
     pub expected_code: Option<String>,
+    /// mysql: log in as this user (no password) and quit; postgres: the startup user.
+    pub user: Option<String>,
+    /// A DOWN server's established flows: "keep" (default) lets them run on, "reset"
+    /// answers the client's next packet of each with a TCP RST (HAProxy's
+    /// `on-marked-down shutdown-sessions`).
+    pub on_down: Option<String>,
 }
 
 /// Check types the prober implements.
-pub const KINDS: &[&str] = &["tcp", "http", "redis"];
-/// Check types of the product that a later version implements.
-pub const LATER_KINDS: &[&str] = &["mysql", "postgres", "tls"];
+pub const KINDS: &[&str] = &["tcp", "http", "mysql", "postgres", "redis", "tls"];
+/// What `on_down` may say happens to a DOWN server's established flows.
+pub const ON_DOWN: &[&str] = &["keep", "reset"];
 
 impl HealthCheck {
     pub fn interval(&self) -> Duration {
@@ -54,6 +60,10 @@ impl HealthCheck {
 
     pub fn fall(&self) -> u32 {
         self.fall.unwrap_or(3)
+    }
+
+    pub fn resets_flows(&self) -> bool {
+        self.on_down.as_deref() == Some("reset")
     }
 
     pub fn expected(&self) -> Result<ExpectedCodes, String> {
@@ -131,9 +141,11 @@ impl Health {
 }
 
 /// A server's probe history, for metrics.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct CheckStats {
     pub last_ok: bool,
+    /// Why the last probe failed, if it did.
+    pub last_error: Option<String>,
     pub last_duration: Duration,
     pub failures: u64,
     /// UP/DOWN transitions.
@@ -142,88 +154,6 @@ pub struct CheckStats {
 
 /// What a probe found: healthy, or why not.
 pub type ProbeResult = Result<(), String>;
-
-/// Run one probe of `check` against `target`, within the check's timeout.
-pub async fn probe(check: &HealthCheck, target: SocketAddr) -> ProbeResult {
-    match tokio::time::timeout(check.timeout(), probe_inner(check, target)).await {
-        Ok(result) => result,
-        Err(_) => Err(format!("timeout after {:?}", check.timeout())),
-    }
-}
-
-async fn probe_inner(check: &HealthCheck, target: SocketAddr) -> ProbeResult {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut conn = tokio::net::TcpStream::connect(target)
-        .await
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::ConnectionRefused => "connection refused".to_string(),
-            _ => format!("connect: {e}"),
-        })?;
-    match check.kind.as_str() {
-        "tcp" => Ok(()),
-        "redis" => {
-            conn.write_all(b"PING\r\n")
-                .await
-                .map_err(|e| format!("write: {e}"))?;
-            let mut buf = [0u8; 64];
-            let n = conn
-                .read(&mut buf)
-                .await
-                .map_err(|e| format!("read: {e}"))?;
-            let reply = String::from_utf8_lossy(&buf[..n]);
-            if reply.starts_with("+PONG") {
-                Ok(())
-            } else {
-                Err(format!("redis answered {:?}", reply.trim()))
-            }
-        }
-        "http" => {
-            let method = check.method.as_deref().unwrap_or("GET");
-            let path = check.path.as_deref().unwrap_or("/");
-            let host = check
-                .host_header
-                .clone()
-                .unwrap_or_else(|| target.ip().to_string());
-            let request = format!(
-                "{method} {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: lb-health-check\r\nConnection: close\r\n\r\n"
-            );
-            conn.write_all(request.as_bytes())
-                .await
-                .map_err(|e| format!("write: {e}"))?;
-            let mut buf = vec![0u8; 1024];
-            let mut read = 0;
-            // The status line is all that matters; read until it is complete.
-            while !buf[..read].contains(&b'\n') && read < buf.len() {
-                let n = conn
-                    .read(&mut buf[read..])
-                    .await
-                    .map_err(|e| format!("read: {e}"))?;
-                if n == 0 {
-                    break;
-                }
-                read += n;
-            }
-            let line = String::from_utf8_lossy(&buf[..read]);
-            let code = line
-                .split_whitespace()
-                .nth(1)
-                .and_then(|c| c.parse::<u16>().ok())
-                .ok_or_else(|| {
-                    format!(
-                        "not an HTTP response: {:?}",
-                        line.lines().next().unwrap_or("")
-                    )
-                })?;
-            let expected = check.expected().map_err(|e| e.to_string())?;
-            if expected.accepts(code) {
-                Ok(())
-            } else {
-                Err(format!("code {code}"))
-            }
-        }
-        other => Err(format!("check type {other:?} is not implemented")),
-    }
-}
 
 #[cfg(test)]
 mod tests {

@@ -7,6 +7,7 @@
 pub mod fixture;
 pub mod netns;
 pub mod packets;
+pub mod services;
 pub mod topology;
 pub mod traffic;
 

@@ -13,9 +13,24 @@ pub struct Tools {
 }
 
 const BPF_LINKER_VERSION: &str = "0.13";
-/// Debian packages the tests and the demo use: `ip` (iproute2) for namespaces and veths,
-/// ethtool to turn off checksum offload on veths.
-const DEBIAN_PACKAGES: &[&str] = &["iproute2", "ethtool"];
+/// Debian packages the tests, the demo and the benchmarks use: `ip` (iproute2) for
+/// namespaces and veths, ethtool to turn off veth checksum offload, nft, haproxy, nginx,
+/// iperf3 and wrk as systems to compare with and load generators, and real PostgreSQL,
+/// MariaDB, Redis and openssl servers for health-check tests; curl as a real HTTP client.
+const DEBIAN_PACKAGES: &[&str] = &[
+    "iproute2",
+    "ethtool",
+    "nftables",
+    "haproxy",
+    "nginx",
+    "iperf3",
+    "wrk",
+    "curl",
+    "openssl",
+    "postgresql",
+    "mariadb-server",
+    "redis-server",
+];
 
 pub fn setup(root: &Path) -> Result<Tools> {
     let tools_dir = root.join(".tools");
