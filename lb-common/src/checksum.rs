@@ -40,6 +40,18 @@ impl CsumDelta {
         }
     }
 
+    /// Add a 32-bit word (memory order) to a checksum computed from scratch.
+    #[inline(always)]
+    pub fn add32(&mut self, word: u32) {
+        self.0 += u64::from(word);
+    }
+
+    /// The checksum field of data whose words were all [`CsumDelta::add32`]ed.
+    #[inline(always)]
+    pub fn finish(self) -> [u8; 2] {
+        (!fold(self.0)).to_ne_bytes()
+    }
+
     /// The combined change of two deltas.
     #[inline(always)]
     pub const fn plus(self, other: CsumDelta) -> CsumDelta {
@@ -116,6 +128,15 @@ mod tests {
     #[test]
     fn full_checksum_matches_known_header() {
         assert_eq!(checksum(0, &IPV4), [0xb8, 0x61]);
+    }
+
+    #[test]
+    fn word_sum_from_scratch_matches_full_checksum() {
+        let mut sum = CsumDelta::new();
+        for w in IPV4.chunks(4) {
+            sum.add32(u32::from_ne_bytes(w.try_into().unwrap()));
+        }
+        assert_eq!(sum.finish(), checksum(0, &IPV4));
     }
 
     #[test]

@@ -129,6 +129,9 @@ pub const ENTRY_STICKY: u8 = 8;
 
 /// `ServerInfo::flags`: the server is in its backend (cleared when it is removed).
 pub const SERVER_PRESENT: u16 = 1;
+/// `ServerInfo::flags`: the server is DOWN and its backend resets established flows: the
+/// next client packet of each is answered with a TCP RST (UDP flows are re-balanced).
+pub const SERVER_RESET_FLOWS: u16 = 2;
 
 pub type Addr = [u8; 16];
 

@@ -48,6 +48,9 @@ stats! {
     FLOW_REOPENED = 24, "flow_reopened";
     ICMP_TRANSLATED = 25, "icmp_translated";
     PASS_ICMP_NO_FLOW = 26, "pass_icmp_no_flow";
+    // A flow to a DOWN server whose backend says on_down = "reset".
+    FLOW_RESET_SENT = 27, "flow_reset_sent";
+    FLOW_RESET_REBALANCED = 28, "flow_reset_rebalanced";
 }
 
 #[cfg(test)]

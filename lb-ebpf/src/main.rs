@@ -14,6 +14,7 @@ mod icmp;
 mod maps;
 mod nat;
 mod parse;
+mod reset;
 mod select;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};

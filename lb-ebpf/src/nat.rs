@@ -17,7 +17,8 @@ use lb_common::{
     maps::{
         ENTRY_COUNTED, ENTRY_DSR, ENTRY_STICKY, FLOW_CLOSING, FLOW_SYN_SEEN, FLOW_UDP,
         FRONTEND_FLAG_DSR, FRONTEND_FLAG_USERSPACE, FrontendInfo, FrontendKey, NatEntry, PROTO_TCP,
-        SNAT_PORT_MAX, SNAT_PORT_MIN, SNAT_PORT_RETRIES, StickyEntry, StickyKey,
+        SERVER_RESET_FLOWS, SNAT_PORT_MAX, SNAT_PORT_MIN, SNAT_PORT_RETRIES, StickyEntry,
+        StickyKey,
     },
     stats::Stat,
 };
@@ -40,6 +41,8 @@ use crate::{
 /// Refresh a tracked entry's timestamp at most this often, to keep the hot path read-mostly.
 const TOUCH_INTERVAL_NS: u64 = 1_000_000_000;
 const SNAT_HASH_SEED: u32 = 0x5a7;
+/// Not an XDP action: `choose_rewrite` asks `process` to answer the packet with a RST.
+const ACTION_SEND_RST: u32 = u32::MAX;
 
 #[inline(always)]
 fn pass(stat: Stat) -> u32 {
@@ -72,6 +75,9 @@ pub fn process(ctx: &XdpContext) -> u32 {
     // rewrite and FIB code in one place.
     *nat = NatEntry::default();
     if let Err(action) = choose_rewrite(pkt, nat) {
+        if action == ACTION_SEND_RST {
+            return crate::reset::send_rst(ctx, pkt);
+        }
         return action;
     }
     if nat.flags & ENTRY_DSR != 0 {
@@ -146,6 +152,9 @@ fn choose_rewrite(pkt: &Packet, nat: &mut NatEntry) -> Result<(), u32> {
     if let Some(entry) = LB_CONNTRACK.get_ptr_mut(&pkt.key) {
         // SAFETY: map value pointer from a successful lookup.
         let entry = unsafe { &mut *entry };
+        if server_resets_flows(entry.server_id) {
+            return end_flow_of_down_server(pkt, entry, nat, now);
+        }
         if is_tcp {
             track_tcp(entry, pkt, false);
         }
@@ -167,6 +176,39 @@ fn choose_rewrite(pkt: &Packet, nat: &mut NatEntry) -> Result<(), u32> {
         count(Stat::NAT_REPLY);
         return Ok(());
     }
+    open_flow(pkt, nat, now)
+}
+
+/// Whether the server is DOWN in a backend that resets its flows. One array lookup: the
+/// flag lives with the server, so marking a server needs no walk over the flow table.
+#[inline(always)]
+fn server_resets_flows(server_id: u32) -> bool {
+    LB_SERVERS
+        .get(server_id)
+        .is_some_and(|s| s.flags & SERVER_RESET_FLOWS != 0)
+}
+
+/// Forget a flow whose server went DOWN with `on_down = "reset"`: TCP gets a RST back to
+/// the client; UDP (no connection to reset) is balanced afresh onto a healthy server.
+#[inline(never)]
+fn end_flow_of_down_server(
+    pkt: &Packet,
+    entry: &mut NatEntry,
+    nat: &mut NatEntry,
+    now: u64,
+) -> Result<(), u32> {
+    if entry.flags & ENTRY_COUNTED != 0 {
+        active_add(entry.server_id, -1);
+    }
+    if entry.flags & ENTRY_DSR == 0 {
+        let _ = LB_SNAT.remove(&entry.reply_key(pkt.key.proto));
+    }
+    let _ = LB_CONNTRACK.remove(&pkt.key);
+    count(Stat::FLOW_CLOSED);
+    if pkt.key.proto == PROTO_TCP {
+        return Err(ACTION_SEND_RST);
+    }
+    count(Stat::FLOW_RESET_REBALANCED);
     open_flow(pkt, nat, now)
 }
 

@@ -9,7 +9,7 @@ use lb_common::{
     maps::{
         Addr, FRONTEND_FLAG_DSR, FrontendInfo, FrontendKey, MAX_BACKENDS, MAX_FRONTENDS,
         MAX_SERVERS, METHOD_FIRST, METHOD_LEASTCONN, METHOD_MAGLEV, METHOD_ROUNDROBIN,
-        METHOD_SOURCE, PROTO_TCP, PROTO_UDP, SERVER_PRESENT, ServerInfo,
+        METHOD_SOURCE, PROTO_TCP, PROTO_UDP, SERVER_PRESENT, SERVER_RESET_FLOWS, ServerInfo,
     },
 };
 
@@ -85,7 +85,8 @@ pub fn method_id(name: &str) -> u32 {
 
 impl Plan {
     /// `up(backend, address)` says whether a server passes its health check; a server that
-    /// does not is planned with weight 0 (no new flows; its tracked flows continue).
+    /// does not is planned with weight 0 (no new flows). Its tracked flows continue, unless
+    /// the backend's check says `on_down = "reset"`.
     pub fn from_config(
         config: &Config,
         ids: &mut Ids,
@@ -105,9 +106,18 @@ impl Plan {
             let port = backend.port.get().unwrap_or_default();
             let mut members = Vec::new();
             let mut list = Vec::new();
+            let resets = backend
+                .options
+                .health_check
+                .as_ref()
+                .is_some_and(|c| c.resets_flows());
             for mut s in backend.resolved_servers(&config.computers) {
+                let mut flags = SERVER_PRESENT;
                 if !up(&backend.name, s.address) {
                     s.weight = 0;
+                    if resets {
+                        flags |= SERVER_RESET_FLOWS;
+                    }
                 }
                 let id = id_for(
                     &mut ids.servers,
@@ -124,7 +134,7 @@ impl Plan {
                     ServerInfo {
                         addr,
                         port: port.to_be(),
-                        flags: SERVER_PRESENT,
+                        flags,
                         weight: s.weight,
                         max_conn: s.max_conn,
                         _pad: 0,

@@ -9,6 +9,10 @@ use lb_common::checksum::{checksum, pseudo_header_sum};
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_ACK: u8 = 0x10;
 pub const TCP_SYN_ACK: u8 = TCP_SYN | TCP_ACK;
+pub const TCP_RST: u8 = 0x04;
+/// Sequence and acknowledgement numbers of every TCP frame `Frame::build` makes.
+pub const TEST_SEQ: u32 = 0x0102_0304;
+pub const TEST_ACK: u32 = 0x0a0b_0c0d;
 
 #[derive(Clone, Copy, Debug)]
 pub enum L4 {
@@ -74,18 +78,31 @@ impl Frame {
     }
 
     fn tcp(&self, flags: u8, payload: &[u8]) -> Vec<u8> {
+        let ack = if flags & TCP_ACK != 0 { TEST_ACK } else { 0 };
+        self.tcp_segment(flags, TEST_SEQ, ack, 64240, payload)
+    }
+
+    /// A frame whose TCP header has the given sequence and acknowledgement numbers and
+    /// window (`build` uses [`TEST_SEQ`], [`TEST_ACK`] and 64240).
+    pub fn build_tcp(&self, seq: u32, ack: u32, window: u16, payload: &[u8]) -> Vec<u8> {
+        let L4::Tcp { flags } = self.l4 else {
+            panic!("build_tcp on a UDP frame")
+        };
+        let mut frame = self.build(payload);
+        let segment = self.tcp_segment(flags, seq, ack, window, payload);
+        let start = frame.len() - segment.len();
+        frame[start..].copy_from_slice(&segment);
+        frame
+    }
+
+    fn tcp_segment(&self, flags: u8, seq: u32, ack: u32, window: u16, payload: &[u8]) -> Vec<u8> {
         let mut seg = Vec::new();
         seg.extend_from_slice(&self.sport.to_be_bytes());
         seg.extend_from_slice(&self.dport.to_be_bytes());
-        seg.extend_from_slice(&0x0102_0304u32.to_be_bytes()); // seq
-        let ack = if flags & TCP_ACK != 0 {
-            0x0a0b_0c0du32
-        } else {
-            0
-        };
+        seg.extend_from_slice(&seq.to_be_bytes());
         seg.extend_from_slice(&ack.to_be_bytes());
         seg.extend_from_slice(&[0x50, flags]);
-        seg.extend_from_slice(&64240u16.to_be_bytes()); // window
+        seg.extend_from_slice(&window.to_be_bytes());
         seg.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent pointer
         seg.extend_from_slice(payload);
         let c = checksum(self.pseudo(6, seg.len()), &seg);

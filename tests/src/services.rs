@@ -246,9 +246,10 @@ pub fn start_tls_server(ns: &NetNs, addr: IpAddr, port: u16) -> Result<(u32, Scr
     Ok((pid, dir))
 }
 
-/// An HTTP server answering every request with the status the test sets, recording each
-/// answer it gave (in order).
+/// An HTTP server answering each request with the next status of its script, then with
+/// `status` once the script is used up, recording each answer it gave (in order).
 pub struct ScriptedHttp {
+    pub script: Arc<Mutex<std::collections::VecDeque<u16>>>,
     pub status: Arc<AtomicU16>,
     pub answers: Arc<Mutex<Vec<u16>>>,
     stop: Arc<AtomicBool>,
@@ -263,11 +264,13 @@ impl Drop for ScriptedHttp {
 impl ScriptedHttp {
     pub fn start(ns: &NetNs, port: u16, status: u16) -> Result<ScriptedHttp> {
         let server = ScriptedHttp {
+            script: Arc::default(),
             status: Arc::new(AtomicU16::new(status)),
             answers: Arc::new(Mutex::new(Vec::new())),
             stop: Arc::new(AtomicBool::new(false)),
         };
-        let (status, answers, stop) = (
+        let (script, status, answers, stop) = (
+            server.script.clone(),
             server.status.clone(),
             server.answers.clone(),
             server.stop.clone(),
@@ -298,7 +301,8 @@ impl ScriptedHttp {
                         Ok(n) => read += n,
                     }
                 }
-                let code = status.load(Ordering::SeqCst);
+                let scripted = script.lock().unwrap().pop_front();
+                let code = scripted.unwrap_or_else(|| status.load(Ordering::SeqCst));
                 let reply = format!(
                     "HTTP/1.1 {code} Scripted\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
                 );

@@ -133,3 +133,199 @@ gc_interval = "200ms"
         "never up, never selected"
     );
 }
+
+/// A server whose HTTP check flaps obeys rise/fall exactly: the lb's UP/DOWN transitions
+/// equal what the rules give for the answers the server actually sent, in order.
+#[test]
+fn a_flapping_server_obeys_rise_and_fall() {
+    use lb_tests::services::ScriptedHttp;
+    if !require_root("netns_health_flapping") {
+        return;
+    }
+    const RISE: usize = 3;
+    const FALL: usize = 2;
+    let lb = lb_binary().unwrap();
+    let topo = Topology::new(&format!("lbf{}", std::process::id()), 1).unwrap();
+    topo.start_peers(&lb).unwrap();
+    let health = ScriptedHttp::start(&topo.servers[0], 8081, 200).unwrap();
+    // Short of rise, then up; short of fall, then down; then up for good.
+    let script = [
+        200, 200, 503, 200, 200, 503, 200, 503, // never RISE in a row: stays DOWN
+        200, 200, 200, // UP
+        503, 200, 503, 200, 503, 200, // never FALL in a row: stays UP
+        503, 503, // DOWN
+        200, 200, 200, // UP, and 200 from here on
+    ];
+    health.script.lock().unwrap().extend(script);
+    let config = format!(
+        r#"
+[[backends]]
+name = "flappy"
+mode = "tcp"
+balancing_method = "roundrobin"
+port = 8080
+servers = {{ type = "addresses", addresses = [{{ address = "198.18.11.2" }}] }}
+options = {{ health_check = {{ type = "http", port = 8081, path = "/health", interval = "100ms", timeout = "500ms", rise = {RISE}, fall = {FALL} }} }}
+
+[metrics]
+listen = "198.18.0.1:9100"
+
+[dataplane]
+gc_interval = "100ms"
+"#
+    );
+    let path = std::env::temp_dir().join(format!("lbf{}.toml", std::process::id()));
+    std::fs::write(&path, config).unwrap();
+    let (_pid, log) =
+        start_logged(&topo.lb, &lb, &["run", "--config", path.to_str().unwrap()]).unwrap();
+    let _ = std::fs::remove_file(&path);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while health.answer_count() < script.len() + 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "probes stopped coming"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    wait_for_log(&log, "server UP", 2, Duration::from_secs(5)).unwrap();
+    // Metrics are a snapshot taken every gc_interval.
+    std::thread::sleep(Duration::from_millis(500));
+
+    // The rules, applied to what was answered.
+    let (mut up, mut streak, mut transitions) = (false, 0, 0);
+    for code in health.answers.lock().unwrap().iter() {
+        let ok = *code == 200;
+        if ok == up {
+            streak = 0;
+            continue;
+        }
+        streak += 1;
+        if streak == if ok { RISE } else { FALL } {
+            (up, streak, transitions) = (ok, 0, transitions + 1);
+        }
+    }
+    assert_eq!(
+        (up, transitions),
+        (true, 3),
+        "the script itself: UP, DOWN, UP"
+    );
+
+    let text = topo
+        .client
+        .run(|| scrape_metrics(([198, 18, 0, 1], 9100).into()).unwrap())
+        .unwrap()
+        .join()
+        .unwrap();
+    let sample = |name: &str| {
+        metric(
+            &text,
+            &format!("{name}{{backend=\"flappy\",server=\"198.18.11.2\"}}"),
+        )
+        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+    };
+    assert_eq!(sample("lb_server_check_up_down_total"), transitions as f64);
+    assert_eq!(sample("lb_server_check_status"), 1.0);
+    let changes: Vec<String> = log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains("server UP") || l.contains("server DOWN"))
+        .cloned()
+        .collect();
+    assert_eq!(changes.len(), 3, "{changes:#?}");
+    assert!(
+        changes[1].contains("code 503"),
+        "the reason is logged: {}",
+        changes[1]
+    );
+}
+
+/// With `on_down = "reset"`, established connections to a server that goes DOWN are reset
+/// at their next packet (the client sees a reset at once, not a timeout); connections to
+/// healthy servers carry on.
+#[test]
+fn established_flows_of_a_down_server_are_reset_when_configured() {
+    use lb_tests::traffic::LongConn;
+    if !require_root("netns_health_reset") {
+        return;
+    }
+    let lb = lb_binary().unwrap();
+    let topo = Topology::new(&format!("lbr{}", std::process::id()), 3).unwrap();
+    topo.start_peers(&lb).unwrap();
+    let _servers = topo.start_name_servers(SERVER_PORT).unwrap();
+    let config = format!(
+        r#"
+[[frontends]]
+name = "web"
+mode = "tcp"
+address = "{VIP}"
+binds = [{{ port = 80 }}]
+default_backend = "web"
+interfaces = ["eth-c", "s1", "s2", "s3"]
+snat_address = "198.18.2.1"
+
+[[backends]]
+name = "web"
+mode = "tcp"
+balancing_method = "roundrobin"
+port = {SERVER_PORT}
+servers = {{ type = "addresses", addresses = [
+  {{ address = "198.18.11.2" }}, {{ address = "198.18.12.2" }}, {{ address = "198.18.13.2" }},
+] }}
+options = {{ health_check = {{ type = "tcp", interval = "200ms", timeout = "150ms", rise = 1, fall = 2, on_down = "reset" }} }}
+"#
+    );
+    let path = std::env::temp_dir().join(format!("lbr{}.toml", std::process::id()));
+    std::fs::write(&path, config).unwrap();
+    let (_pid, log) =
+        start_logged(&topo.lb, &lb, &["run", "--config", path.to_str().unwrap()]).unwrap();
+    let _ = std::fs::remove_file(&path);
+    wait_for_log(&log, "server UP", 3, Duration::from_secs(10)).unwrap();
+
+    let target: SocketAddr = (VIP, 80).into();
+    let conns = topo
+        .client
+        .run(move || {
+            (0..30)
+                .map(|_| LongConn::open(None, target))
+                .collect::<anyhow::Result<Vec<_>>>()
+        })
+        .unwrap()
+        .join()
+        .unwrap()
+        .unwrap();
+    let dying = server_name(2);
+    let on_dying = conns.iter().filter(|c| c.server == dying).count();
+    assert!(on_dying > 0, "round robin put some connections on {dying}");
+
+    topo.servers[2]
+        .exec(&["ip", "link", "set", "eth0", "down"])
+        .unwrap();
+    wait_for_log(&log, "server DOWN", 1, Duration::from_secs(10)).unwrap();
+
+    let outcomes = topo
+        .client
+        .run(move || {
+            conns
+                .into_iter()
+                .map(|mut c| {
+                    let started = std::time::Instant::now();
+                    let result = c.exchange().map_err(|e| format!("{e:#}"));
+                    (c.server.clone(), result, started.elapsed())
+                })
+                .collect::<Vec<_>>()
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    for (server, result, _took) in &outcomes {
+        if *server == dying {
+            let err = result
+                .as_ref()
+                .expect_err("a flow of the DOWN server carried on");
+            assert!(err.contains("reset"), "expected a reset, got {err}");
+        } else {
+            assert_eq!(result.as_deref(), Ok(server.as_str()));
+        }
+    }
+}

@@ -965,3 +965,93 @@ fn source_stickiness_ends_when_the_ttl_passes_or_the_server_leaves() {
         assert_ne!(server_of(fx, 44020), sticky_server);
     });
 }
+
+#[test]
+fn flows_of_a_down_server_are_reset_when_its_backend_says_so() {
+    use lb_tests::packets::{TCP_RST, TEST_ACK, TEST_SEQ};
+    with_fixture("reset_down", |fx| {
+        let syn = tcp(TCP_SYN, 42000);
+        assert_eq!(fx.run(&syn, fx.client_ifindex).0, XDP_REDIRECT);
+        let k = key(CLIENT.into(), VIP.into(), 42000, 80, 6);
+        let tracked = fx.tracked(&k).expect("the flow is tracked");
+        let udp = client_frame(CLIENT.into(), VIP.into(), 42001, 53, L4::Udp).build(b"q");
+        assert_eq!(fx.run(&udp, fx.client_ifindex).0, XDP_REDIRECT);
+
+        // The server fails its check, and its backend resets flows of DOWN servers.
+        let config = CONFIG.replace(
+            "servers = { type = \"addresses\", addresses = [{ address = \"198.18.11.2\" }] }",
+            "servers = { type = \"addresses\", addresses = [{ address = \"198.18.11.2\" }] }\noptions = { health_check = { type = \"tcp\", on_down = \"reset\" } }",
+        );
+        let config = Config::parse("fixture.toml", &config).unwrap();
+        fx.dataplane
+            .apply_config_with_health(&config, &|backend, _| backend != "v4-servers")
+            .unwrap();
+
+        let active = fx.dataplane.server_active(tracked.server_id).unwrap();
+        // A data segment (with ACK): RST from the VIP, seq = its ack, back where it came from.
+        let data = client_frame(
+            CLIENT.into(),
+            VIP.into(),
+            42000,
+            80,
+            L4::Tcp { flags: 0x18 },
+        );
+        let (verdict, out) = fx.run(&data.build(b"hello"), fx.client_ifindex);
+        assert_eq!(
+            verdict, XDP_TX,
+            "the RST goes back out of the client's interface"
+        );
+        let rst = Frame {
+            dst_mac: CLIENT_MAC,
+            src_mac: CLIENT_SIDE_MAC,
+            src: VIP.into(),
+            dst: CLIENT.into(),
+            sport: 80,
+            dport: 42000,
+            l4: L4::Tcp { flags: TCP_RST },
+            ..data
+        };
+        assert_eq!(out, rst.build_tcp(TEST_ACK, 0, 0, b""));
+        assert!(checksums_valid(&out));
+        assert_eq!(fx.counter("flow_reset_sent"), 1);
+        assert!(fx.tracked(&k).is_none(), "the flow is forgotten");
+        assert_eq!(
+            fx.dataplane.server_active(tracked.server_id).unwrap(),
+            active - 1,
+            "it no longer counts as open"
+        );
+
+        // A segment without ACK (a retransmitted SYN of another tracked flow) gets RST|ACK
+        // acknowledging its sequence number + 1.
+        fx.dataplane
+            .apply_config(&Config::parse("fixture.toml", CONFIG).unwrap())
+            .unwrap();
+        assert_eq!(
+            fx.run(&tcp(TCP_SYN, 42002), fx.client_ifindex).0,
+            XDP_REDIRECT
+        );
+        fx.dataplane
+            .apply_config_with_health(&config, &|backend, _| backend != "v4-servers")
+            .unwrap();
+        let (verdict, out) = fx.run(&tcp(TCP_SYN, 42002), fx.client_ifindex);
+        assert_eq!(verdict, XDP_TX);
+        let rst_ack = Frame {
+            sport: 80,
+            dport: 42002,
+            l4: L4::Tcp {
+                flags: TCP_RST | ACK,
+            },
+            ..rst
+        };
+        assert_eq!(out, rst_ack.build_tcp(0, TEST_SEQ + 1, 0, b""));
+
+        // A later segment of the reset flow has no state: dropped as mid-stream.
+        assert_eq!(fx.run(&data.build(b"again"), fx.client_ifindex).0, XDP_DROP);
+
+        // UDP has no connection to reset: the flow is re-balanced, and with the only server
+        // down there is none to take it.
+        assert_eq!(fx.run(&udp, fx.client_ifindex).0, XDP_DROP);
+        assert_eq!(fx.counter("flow_reset_rebalanced"), 1);
+        assert_eq!(fx.counter("drop_no_server"), 1);
+    });
+}
