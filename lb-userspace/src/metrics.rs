@@ -72,6 +72,29 @@ pub fn render(
         "lb_frontend_denied_connections",
         "New flows dropped, by reason",
     );
+    let be_status = gauge(
+        &mut r,
+        "lb_backend_status",
+        "1 when at least one server takes new flows",
+    );
+    let be_active = gauge(
+        &mut r,
+        "lb_backend_active_servers",
+        "Servers that take new flows",
+    );
+    let be_weight = gauge(
+        &mut r,
+        "lb_backend_weight",
+        "Total weight of the servers that take new flows",
+    );
+    let be_current = gauge(&mut r, "lb_backend_current_sessions", "Open flows");
+    let be_sessions = counter(&mut r, "lb_backend_sessions", "Flows opened");
+    let be_in = counter(&mut r, "lb_backend_bytes_in", "Bytes sent to servers");
+    let be_out = counter(
+        &mut r,
+        "lb_backend_bytes_out",
+        "Bytes received from servers",
+    );
     let srv_status = gauge(
         &mut r,
         "lb_server_status",
@@ -145,8 +168,26 @@ pub fn render(
                 .inc_by(v);
         }
     }
+    let mut backends: std::collections::BTreeMap<&str, [u64; 6]> = Default::default();
     for server in &inventory.servers {
         let s = dataplane.server_stats(server.id)?;
+        let takes_flows = server.present && server.weight > 0;
+        let open = gc.active.get(&server.id).copied().unwrap_or(0) as u64;
+        let b = backends.entry(&server.backend).or_default();
+        for (total, add) in b.iter_mut().zip([
+            u64::from(takes_flows),
+            if takes_flows {
+                u64::from(server.weight)
+            } else {
+                0
+            },
+            open,
+            s.new_flows,
+            s.bytes_in,
+            s.bytes_out,
+        ]) {
+            *total += add;
+        }
         let address = server.address.to_string();
         let l = labels(&[("backend", &server.backend), ("server", &address)]);
         srv_status
@@ -159,6 +200,16 @@ pub fn render(
         srv_sessions.get_or_create(&l).inc_by(s.new_flows);
         srv_in.get_or_create(&l).inc_by(s.bytes_in);
         srv_out.get_or_create(&l).inc_by(s.bytes_out);
+    }
+    for (backend, [active, weight, open, sessions, bytes_in, bytes_out]) in backends {
+        let l = labels(&[("backend", backend)]);
+        be_status.get_or_create(&l).set(i64::from(active > 0));
+        be_active.get_or_create(&l).set(active as i64);
+        be_weight.get_or_create(&l).set(weight as i64);
+        be_current.get_or_create(&l).set(open as i64);
+        be_sessions.get_or_create(&l).inc_by(sessions);
+        be_in.get_or_create(&l).inc_by(bytes_in);
+        be_out.get_or_create(&l).inc_by(bytes_out);
     }
     for (label, value) in dataplane.stats()? {
         xdp.get_or_create(&labels(&[("counter", label)]))

@@ -172,15 +172,18 @@ pub fn start_logged(ns: &NetNs, lb_bin: &Path, args: &[&str]) -> Result<(u32, Lo
     let stderr = child.stderr.take().expect("piped stderr");
     let pid = ns.adopt(child);
     let (tx, rx) = mpsc::channel();
-    let label = format!("{}: lb {}", ns.name, args[0]);
+    let command = args.iter().find(|a| !a.starts_with('-')).unwrap_or(&"");
+    let label = format!("{}: lb {command}", ns.name);
     let log: Log = Arc::default();
     let keep = log.clone();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains(" ready") {
+            // Text and JSON log formats.
+            if line.contains(" ready") || line.contains("\"message\":\"ready\"") {
                 let _ = tx.send(());
             }
-            if std::env::var_os("LB_TEST_VERBOSE").is_some() || !line.contains(" INFO ") {
+            let info = line.contains(" INFO ") || line.contains("\"level\":\"INFO\"");
+            if std::env::var_os("LB_TEST_VERBOSE").is_some() || !info {
                 eprintln!("[{label}] {line}");
             }
             keep.lock().unwrap().push(line);

@@ -277,8 +277,19 @@ options = {{ health_check = {{ type = "tcp", interval = "200ms", timeout = "150m
     );
     let path = std::env::temp_dir().join(format!("lbr{}.toml", std::process::id()));
     std::fs::write(&path, config).unwrap();
-    let (_pid, log) =
-        start_logged(&topo.lb, &lb, &["run", "--config", path.to_str().unwrap()]).unwrap();
+    // Structured logs: every line is a JSON object.
+    let (_pid, log) = start_logged(
+        &topo.lb,
+        &lb,
+        &[
+            "--log-format",
+            "json",
+            "run",
+            "--config",
+            path.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
     let _ = std::fs::remove_file(&path);
     wait_for_log(&log, "server UP", 3, Duration::from_secs(10)).unwrap();
 
@@ -302,6 +313,17 @@ options = {{ health_check = {{ type = "tcp", interval = "200ms", timeout = "150m
         .exec(&["ip", "link", "set", "eth0", "down"])
         .unwrap();
     wait_for_log(&log, "server DOWN", 1, Duration::from_secs(10)).unwrap();
+    let down: serde_json::Value = log
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|l| l.contains("server DOWN"))
+        .map(|l| serde_json::from_str(l).expect("a JSON log line"))
+        .unwrap();
+    assert_eq!(down["level"], "WARN");
+    assert_eq!(down["fields"]["server"], "198.18.13.2");
+    assert_eq!(down["fields"]["backend"], "web");
+    assert!(down["fields"]["reason"].is_string(), "{down}");
 
     let outcomes = topo
         .client

@@ -66,6 +66,12 @@ fn metrics_count_the_traffic_that_was_sent() {
         })
         .sum();
     assert_eq!(per_server, 50.0);
+    let backend = |name: &str| value(&text, &format!("{name}{{backend=\"demo-servers\"}}"));
+    assert_eq!(backend("lb_backend_sessions_total"), 50.0);
+    assert_eq!(backend("lb_backend_status"), 1.0);
+    assert_eq!(backend("lb_backend_active_servers"), 3.0);
+    assert_eq!(backend("lb_backend_weight"), 4.0, "1 + 1 + 2");
+    assert!(backend("lb_backend_bytes_out_total") > 0.0);
     assert_eq!(
         value(
             &text,
