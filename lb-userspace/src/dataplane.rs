@@ -335,11 +335,14 @@ impl Dataplane {
         for (key, value) in &plan.frontends {
             frontends.insert(key, value, 0)?;
         }
-        for key in self
-            .frontends
-            .iter()
-            .filter(|k| !plan.frontends.iter().any(|(n, _)| n == *k))
-        {
+        // The map's own keys, not just what this process wrote: a frontend removed from
+        // the config while the daemon was stopped is still in a pinned map.
+        let stale: Vec<FrontendKey> = frontends
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !plan.frontends.iter().any(|(n, _)| n == k))
+            .collect();
+        for key in &stale {
             frontends.remove(key)?;
         }
         self.frontends = plan.frontends.iter().map(|(k, _)| *k).collect();

@@ -172,7 +172,7 @@ pub fn render(
     for server in &inventory.servers {
         let s = dataplane.server_stats(server.id)?;
         let takes_flows = server.present && server.weight > 0;
-        let open = gc.active.get(&server.id).copied().unwrap_or(0) as u64;
+        let open = gc.active.get(&server.id).copied().unwrap_or(0);
         let b = backends.entry(&server.backend).or_default();
         for (total, add) in b.iter_mut().zip([
             u64::from(takes_flows),

@@ -7,7 +7,7 @@ use lb_tests::{
     netns::sh,
     require_root,
     topology::{SERVER_PORT, Topology, VIP, lb_binary, start_logged, wait_for_log},
-    traffic::{LongConn, exchange_all},
+    traffic::{LongConn, exchange_all, udp_request},
 };
 
 #[test]
@@ -62,6 +62,24 @@ fn connections_survive_a_daemon_restart_and_lb_stop_detaches() {
         "new connections are served meanwhile: {fresh:?}"
     );
 
+    let dns: SocketAddr = (VIP, 53).into();
+    let answered = |topo: &Topology| {
+        topo.client
+            .run(move || udp_request(dns).is_ok())
+            .unwrap()
+            .join()
+            .unwrap()
+    };
+    assert!(
+        answered(&topo),
+        "the UDP bind forwards while no daemon runs"
+    );
+    // Meanwhile the operator removes the UDP bind from the config.
+    let config = std::fs::read_to_string(&path).unwrap();
+    let without_udp = config.replace(", { port = 53, protocol = \"udp\" }", "");
+    assert_ne!(config, without_udp);
+    std::fs::write(&path, without_udp).unwrap();
+
     // A new daemon takes over the pinned maps and links.
     let (pid, log) = start_logged(&topo.lb, &lb, &run).unwrap();
     wait_for_log(
@@ -72,6 +90,10 @@ fn connections_survive_a_daemon_restart_and_lb_stop_detaches() {
     )
     .unwrap();
     conns = exchange_all(&topo.client, conns).unwrap();
+    assert!(
+        !answered(&topo),
+        "a bind removed while the daemon was stopped is gone from the pinned map"
+    );
     topo.lb.stop(pid);
 
     // `lb stop` removes the pins: XDP is gone from the interfaces.
