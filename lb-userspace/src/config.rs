@@ -29,6 +29,65 @@ pub struct Config {
     pub dataplane: DataplaneConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub http: HttpConfig,
+}
+
+/// Limits and timeouts of the userspace proxy (http frontends, and tcp frontends whose
+/// backend sends a PROXY header).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Establishing a connection to a server (then the next server is tried).
+    pub connect_timeout: String,
+    /// Waiting for a server's response headers (then 504).
+    pub server_timeout: String,
+    /// A client's whole request head must arrive within this, and an idle keep-alive
+    /// connection is closed after it: slow clients (slowloris) cannot hold connections.
+    pub request_timeout: String,
+    /// A request body must arrive within this after its head.
+    pub body_timeout: String,
+    /// Largest request head, in bytes (at least 8192).
+    pub max_header_bytes: usize,
+    /// Most request headers.
+    pub max_headers: usize,
+    /// Idle pooled connections kept per server.
+    pub pool_idle_per_server: usize,
+    /// Proxy worker threads.
+    pub workers: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            connect_timeout: "3s".into(),
+            server_timeout: "30s".into(),
+            request_timeout: "10s".into(),
+            body_timeout: "60s".into(),
+            max_header_bytes: 16384,
+            max_headers: 100,
+            pool_idle_per_server: 64,
+            workers: 2,
+        }
+    }
+}
+
+impl HttpConfig {
+    fn get(text: &str, default: u64) -> std::time::Duration {
+        duration(text).unwrap_or(std::time::Duration::from_secs(default))
+    }
+    pub fn connect_timeout(&self) -> std::time::Duration {
+        Self::get(&self.connect_timeout, 3)
+    }
+    pub fn server_timeout(&self) -> std::time::Duration {
+        Self::get(&self.server_timeout, 30)
+    }
+    pub fn request_timeout(&self) -> std::time::Duration {
+        Self::get(&self.request_timeout, 10)
+    }
+    pub fn body_timeout(&self) -> std::time::Duration {
+        Self::get(&self.body_timeout, 60)
+    }
 }
 
 /// Prometheus metrics.
@@ -87,6 +146,38 @@ impl DataplaneConfig {
     }
 }
 
+/// An address or prefix: "198.18.0.0/24", "2001:2::/48", "198.18.0.1".
+pub fn parse_cidr(text: &str) -> Option<(IpAddr, u8)> {
+    let (addr, len) = match text.trim().split_once('/') {
+        Some((a, l)) => (a.parse::<IpAddr>().ok()?, l.parse::<u8>().ok()?),
+        None => {
+            let a = text.trim().parse::<IpAddr>().ok()?;
+            (a, if a.is_ipv4() { 32 } else { 128 })
+        }
+    };
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    (len <= max).then_some((addr, len))
+}
+
+/// Whether `addr` is inside the prefix `net`/`len` (IPv4-mapped addresses count as IPv4).
+pub fn cidr_contains((net, len): (IpAddr, u8), addr: IpAddr) -> bool {
+    let addr = match addr {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
+        v4 => v4,
+    };
+    match (net, addr) {
+        (IpAddr::V4(n), IpAddr::V4(a)) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+            u32::from(n) & mask == u32::from(a) & mask
+        }
+        (IpAddr::V6(n), IpAddr::V6(a)) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+            u128::from(n) & mask == u128::from(a) & mask
+        }
+        _ => false,
+    }
+}
+
 /// A duration such as "500ms", "10s", "5m" or "1h".
 pub fn duration(text: &str) -> Option<std::time::Duration> {
     humantime::parse_duration(text.trim()).ok()
@@ -124,6 +215,47 @@ pub struct Frontend {
     pub snat_address: Option<IpAddr>,
     #[serde(default)]
     pub forwarding: Forwarding,
+    /// http: named conditions for `backends` rules.
+    #[serde(default)]
+    pub acls: Vec<Acl>,
+    /// http: routing rules, evaluated in order; the first whose ACL matches wins, else
+    /// `default_backend`.
+    #[serde(default)]
+    pub backends: Vec<RouteRule>,
+    #[serde(default)]
+    pub options: FrontendOptions,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Acl {
+    pub name: String,
+    /// `path_beg` (path begins with) or `hdr_host` (Host equals, port ignored).
+    pub criterion: String,
+    pub value: String,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteRule {
+    pub backend: String,
+    /// Only "if".
+    pub cond: String,
+    /// The name of an ACL of this frontend.
+    pub test: String,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FrontendOptions {
+    /// Answer plain-HTTP requests with a 301 to https.
+    pub redirect_ssl: Option<bool>,
+    /// Add X-Forwarded-For/-Port/-Proto (default on for http); a backend may turn it off.
+    pub forward_for: Option<bool>,
+    /// Clients (CIDRs) whose X-Forwarded-* headers are kept and appended to; everyone
+    /// else's are replaced.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -142,6 +274,12 @@ pub struct Bind {
     pub port: u16,
     #[serde(default)]
     pub protocol: Protocol,
+    /// http: terminate TLS on this bind with `ssl_certificate`.
+    pub ssl: Option<bool>,
+    /// PEM file with the certificate chain and its private key (as HAProxy's `crt`).
+    pub ssl_certificate: Option<String>,
+    /// Not supported; refused when true.
+    pub use_http3: Option<bool>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -166,6 +304,8 @@ pub struct BackendOptions {
     pub table_size: Option<u32>,
     pub tls: Option<bool>,
     pub tls_verify: Option<bool>,
+    /// PEM file of CA certificates that `tls_verify` trusts instead of the system roots.
+    pub tls_ca: Option<String>,
     pub forward_for: Option<bool>,
     pub proxy_protocol: Option<String>,
     pub health_check: Option<crate::health::HealthCheck>,
@@ -222,6 +362,8 @@ fn default_weight() -> i64 {
 
 /// The balancing methods the XDP data plane implements.
 pub const XDP_METHODS: &[&str] = &["roundrobin", "leastconn", "first", "source", "maglev"];
+/// The balancing methods of the userspace proxy (http backends).
+pub const HTTP_METHODS: &[&str] = &["roundrobin", "leastconn", "first", "source"];
 /// Methods that enforce `max_conn` (they scan servers per new flow).
 pub const MAX_CONN_METHODS: &[&str] = &["first", "leastconn"];
 /// Methods that use a Maglev table (and so `table_size`).
@@ -527,13 +669,7 @@ impl Config {
                     "give each frontend a unique name",
                 );
             }
-            if f.mode == Mode::Http {
-                problem(
-                    format!("{at}.mode"),
-                    "mode \"http\" needs the userspace HTTP proxy, which this version does not have yet".into(),
-                    "use mode = \"tcp\" (and a tcp backend)",
-                );
-            }
+            self.validate_http_frontend(f, &at, &mut problem);
             match self.backends.iter().find(|b| b.name == f.default_backend) {
                 None => problem(
                     format!("{at}.default_backend"),
@@ -601,7 +737,8 @@ impl Config {
                     );
                 }
             }
-            if f.mode == Mode::Tcp && f.interfaces.is_empty() {
+            let in_xdp = !self.in_userspace(f);
+            if in_xdp && f.interfaces.is_empty() {
                 problem(
                     format!("{at}.interfaces"),
                     "a tcp frontend needs the interfaces to attach XDP to".into(),
@@ -609,7 +746,7 @@ impl Config {
                 );
             }
             match f.snat_address {
-                None if f.mode == Mode::Tcp && f.forwarding == Forwarding::Nat => problem(
+                None if in_xdp && f.forwarding == Forwarding::Nat => problem(
                     format!("{at}.snat_address"),
                     "a tcp frontend needs an SNAT address for full NAT".into(),
                     "set snat_address to an address of this host that servers route back to",
@@ -641,6 +778,161 @@ impl Config {
 }
 
 impl Config {
+    /// Whether the userspace proxy serves this frontend (XDP passes its packets): http mode,
+    /// or a tcp backend that sends a PROXY header (bytes XDP cannot insert).
+    pub fn in_userspace(&self, f: &Frontend) -> bool {
+        f.mode == Mode::Http
+            || self
+                .backends
+                .iter()
+                .find(|b| b.name == f.default_backend)
+                .is_some_and(|b| b.options.proxy_protocol.is_some())
+    }
+
+    fn validate_http_frontend(
+        &self,
+        f: &Frontend,
+        at: &str,
+        problem: &mut impl FnMut(String, String, &str),
+    ) {
+        let http = f.mode == Mode::Http;
+        for (j, bind) in f.binds.iter().enumerate() {
+            let at = format!("{at}.binds[{j}]");
+            if bind.use_http3 == Some(true) {
+                problem(
+                    format!("{at}.use_http3"),
+                    "HTTP/3 is not supported".into(),
+                    "remove use_http3 (HTTP/1.1 and HTTP/2 are served)",
+                );
+            }
+            if bind.ssl == Some(true) || bind.ssl_certificate.is_some() {
+                if !http {
+                    problem(
+                        format!("{at}.ssl"),
+                        "TLS termination needs mode \"http\"".into(),
+                        "remove ssl and ssl_certificate, or use mode = \"http\"",
+                    );
+                }
+                match &bind.ssl_certificate {
+                    None => problem(
+                        format!("{at}.ssl_certificate"),
+                        "ssl = true needs a certificate".into(),
+                        "set ssl_certificate to a PEM file with the certificate chain and key",
+                    ),
+                    Some(path) if bind.ssl != Some(true) => problem(
+                        format!("{at}.ssl"),
+                        format!("ssl_certificate {path:?} is set but ssl is not true"),
+                        "set ssl = true, or remove ssl_certificate",
+                    ),
+                    Some(path) => {
+                        if let Err(e) = std::fs::metadata(path) {
+                            problem(
+                                format!("{at}.ssl_certificate"),
+                                format!("cannot read {path:?}: {e}"),
+                                "give the path of a PEM file with the certificate chain and key",
+                            );
+                        }
+                    }
+                }
+            }
+            if http && bind.protocol == Protocol::Udp {
+                problem(
+                    format!("{at}.protocol"),
+                    "an http frontend cannot bind UDP".into(),
+                    "remove protocol = \"udp\"",
+                );
+            }
+        }
+        if http && f.forwarding == Forwarding::Dsr {
+            problem(
+                format!("{at}.forwarding"),
+                "an http frontend is a proxy; it cannot use direct server return".into(),
+                "remove forwarding = \"dsr\"",
+            );
+        }
+        let mut acl_names = HashSet::new();
+        for (j, acl) in f.acls.iter().enumerate() {
+            if !http {
+                problem(
+                    format!("{at}.acls"),
+                    "ACLs need mode \"http\"".into(),
+                    "remove acls, or use mode = \"http\"",
+                );
+                break;
+            }
+            if !acl_names.insert(acl.name.as_str()) {
+                problem(
+                    format!("{at}.acls[{j}].name"),
+                    format!("ACL name {:?} is used twice", acl.name),
+                    "give each ACL of a frontend a unique name",
+                );
+            }
+            if acl.criterion != "path_beg" && acl.criterion != "hdr_host" {
+                problem(
+                    format!("{at}.acls[{j}].criterion"),
+                    format!("unknown ACL criterion {:?}", acl.criterion),
+                    "use \"path_beg\" (path begins with) or \"hdr_host\" (Host equals)",
+                );
+            }
+        }
+        for (j, rule) in f.backends.iter().enumerate() {
+            let at = format!("{at}.backends[{j}]");
+            if rule.cond != "if" {
+                problem(
+                    format!("{at}.cond"),
+                    format!("unknown condition {:?}", rule.cond),
+                    "use cond = \"if\"",
+                );
+            }
+            if !f.acls.iter().any(|a| a.name == rule.test) {
+                problem(
+                    format!("{at}.test"),
+                    format!("no ACL of this frontend is named {:?}", rule.test),
+                    "name one of the frontend's acls",
+                );
+            }
+            match self.backends.iter().find(|b| b.name == rule.backend) {
+                None => problem(
+                    format!("{at}.backend"),
+                    format!("no backend is named {:?}", rule.backend),
+                    "name one of the [[backends]] entries",
+                ),
+                Some(b) if b.mode != f.mode => problem(
+                    format!("{at}.backend"),
+                    format!(
+                        "backend {:?} has mode {:?}, the frontend {:?}",
+                        b.name, b.mode, f.mode
+                    ),
+                    "a frontend and its backends must have the same mode",
+                ),
+                Some(_) => {}
+            }
+        }
+        if f.options.redirect_ssl == Some(true) && !f.binds.iter().any(|b| b.ssl == Some(true)) {
+            problem(
+                format!("{at}.options.redirect_ssl"),
+                "redirect_ssl sends clients to https, but no bind has ssl = true".into(),
+                "add a bind with ssl = true and ssl_certificate",
+            );
+        }
+        if !http && (f.options.redirect_ssl.is_some() || f.options.forward_for.is_some()) {
+            problem(
+                format!("{at}.options"),
+                "redirect_ssl and forward_for need mode \"http\"".into(),
+                "remove them, or use mode = \"http\"",
+            );
+        }
+        for (j, cidr) in f.options.trusted_proxies.iter().enumerate() {
+            if parse_cidr(cidr).is_none() {
+                problem(
+                    format!("{at}.options.trusted_proxies[{j}]"),
+                    format!("{cidr:?} is not an address or CIDR"),
+                    "write an address or a prefix such as \"198.18.0.0/24\"",
+                );
+            }
+        }
+    }
+
     fn validate_options(
         &self,
         b: &Backend,
@@ -711,21 +1003,58 @@ impl Config {
                 );
             }
         }
-        let later = |field: &str, set: bool, problem: &mut dyn FnMut(String, String, &str)| {
-            if set {
+        let http_only = |field: &str, set: bool, problem: &mut dyn FnMut(String, String, &str)| {
+            if set && b.mode == Mode::Tcp {
                 problem(
                     format!("{at}.options.{field}"),
-                    format!("{field} is not supported by this version of lb yet"),
-                    "remove it for now; it arrives with health checks and the HTTP proxy",
+                    format!("{field} needs mode \"http\""),
+                    "remove it, or make the backend (and its frontends) mode = \"http\"",
                 );
             }
         };
         {
             let mut p = |a: String, b: String, c: &str| problem(a, b, c);
-            later("tls", o.tls == Some(true), &mut p);
-            later("tls_verify", o.tls_verify == Some(true), &mut p);
-            later("forward_for", o.forward_for == Some(true), &mut p);
-            later("proxy_protocol", o.proxy_protocol.is_some(), &mut p);
+            http_only("tls", o.tls == Some(true), &mut p);
+            http_only("forward_for", o.forward_for == Some(true), &mut p);
+        }
+        if o.tls_verify == Some(true) && o.tls != Some(true) {
+            problem(
+                format!("{at}.options.tls_verify"),
+                "tls_verify checks the certificates of TLS connections, but tls is off".into(),
+                "set tls = true, or remove tls_verify",
+            );
+        }
+        if let Some(ca) = &o.tls_ca {
+            if o.tls_verify != Some(true) {
+                problem(
+                    format!("{at}.options.tls_ca"),
+                    "tls_ca is only used with tls_verify = true".into(),
+                    "set tls_verify = true, or remove tls_ca",
+                );
+            } else if let Err(e) = std::fs::metadata(ca) {
+                problem(
+                    format!("{at}.options.tls_ca"),
+                    format!("cannot read {ca:?}: {e}"),
+                    "give the path of a PEM file of CA certificates",
+                );
+            }
+        }
+        if let Some(v) = &o.proxy_protocol
+            && v != "v1"
+            && v != "v2"
+        {
+            problem(
+                format!("{at}.options.proxy_protocol"),
+                format!("unknown PROXY protocol version {v:?}"),
+                "use \"v1\" (text) or \"v2\" (binary)",
+            );
+        }
+        if b.mode == Mode::Http && !HTTP_METHODS.contains(&b.balancing_method.as_str()) {
+            problem(
+                format!("{at}.balancing_method"),
+                format!("{:?} is not a method of http backends", b.balancing_method),
+                "use one of: roundrobin, leastconn, first, source",
+            );
         }
         if let Some(check) = &o.health_check {
             let at = format!("{at}.options.health_check");

@@ -37,6 +37,8 @@ pub struct Daemon {
     /// Probe history per checked server, for metrics.
     checks: HashMap<(String, IpAddr), health::CheckStats>,
     prober: Prober,
+    /// The userspace proxy, started when a frontend needs it.
+    proxy: Option<crate::proxy::Proxy>,
     detach_on_exit: bool,
 }
 
@@ -176,6 +178,7 @@ impl Daemon {
             health: HashMap::new(),
             checks: HashMap::new(),
             prober: Prober::new()?,
+            proxy: None,
             detach_on_exit: options.detach_on_exit,
         };
         if let Some(listen) = config.metrics.listen {
@@ -237,12 +240,19 @@ impl Daemon {
     /// Apply `config` with unhealthy servers given weight 0.
     fn apply(&mut self, config: &Config) -> Result<usize> {
         let health = &self.health;
-        self.dataplane
-            .apply_config_with_health(config, &|backend, address| {
-                health
-                    .get(&(backend.to_string(), address))
-                    .is_none_or(|h| h.up)
-            })
+        let up = |backend: &str, address: IpAddr| {
+            health
+                .get(&(backend.to_string(), address))
+                .is_none_or(|h| h.up)
+        };
+        let written = self.dataplane.apply_config_with_health(config, &up)?;
+        if self.proxy.is_none() && config.frontends.iter().any(|f| config.in_userspace(f)) {
+            self.proxy = Some(crate::proxy::Proxy::new(config.http.workers)?);
+        }
+        if let Some(proxy) = &mut self.proxy {
+            proxy.update(config, &up)?;
+        }
+        Ok(written)
     }
 
     /// Record a probe result; a change of state is logged with its reason and takes the

@@ -7,6 +7,7 @@ pub mod metrics;
 pub mod neighbours;
 pub mod plan;
 pub mod probe;
+pub mod proxy;
 pub mod status;
 
 /// The config of `cargo xtask run`'s demo topology (see `lb_tests::topology`): one VIP with a

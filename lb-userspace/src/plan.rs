@@ -7,9 +7,10 @@ use std::{collections::HashMap, net::IpAddr};
 use lb_common::{
     maglev::{MaglevServer, build_table, round_robin_sequence},
     maps::{
-        Addr, FRONTEND_FLAG_DSR, FrontendInfo, FrontendKey, MAX_BACKENDS, MAX_FRONTENDS,
-        MAX_SERVERS, METHOD_FIRST, METHOD_LEASTCONN, METHOD_MAGLEV, METHOD_ROUNDROBIN,
-        METHOD_SOURCE, PROTO_TCP, PROTO_UDP, SERVER_PRESENT, SERVER_RESET_FLOWS, ServerInfo,
+        Addr, FRONTEND_FLAG_DSR, FRONTEND_FLAG_USERSPACE, FrontendInfo, FrontendKey, MAX_BACKENDS,
+        MAX_FRONTENDS, MAX_SERVERS, METHOD_FIRST, METHOD_LEASTCONN, METHOD_MAGLEV,
+        METHOD_ROUNDROBIN, METHOD_SOURCE, PROTO_TCP, PROTO_UDP, SERVER_PRESENT, SERVER_RESET_FLOWS,
+        ServerInfo,
     },
 };
 
@@ -187,7 +188,9 @@ impl Plan {
                 };
                 let info = FrontendInfo {
                     backend_id,
-                    flags: if f.forwarding == Forwarding::Dsr {
+                    flags: if config.in_userspace(f) {
+                        FRONTEND_FLAG_USERSPACE
+                    } else if f.forwarding == Forwarding::Dsr {
                         FRONTEND_FLAG_DSR
                     } else {
                         0

@@ -322,3 +322,100 @@ impl ScriptedHttp {
         self.answers.lock().unwrap().len()
     }
 }
+
+/// A self-signed certificate and key (PEM, in one file as HAProxy's `crt` and lb's
+/// `ssl_certificate` take them, and apart) valid for `ip`.
+pub fn self_signed(dir: &Path, name: &str, ip: IpAddr) -> Result<(PathBuf, PathBuf, PathBuf)> {
+    let (cert, key, both) = (
+        dir.join(format!("{name}.crt")),
+        dir.join(format!("{name}.key")),
+        dir.join(format!("{name}.pem")),
+    );
+    sh(&[
+        "openssl",
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-subj",
+        &format!("/CN={name}"),
+        "-addext",
+        &format!("subjectAltName=IP:{ip}"),
+        "-days",
+        "1",
+        "-keyout",
+        key.to_str().unwrap(),
+        "-out",
+        cert.to_str().unwrap(),
+    ])
+    .context("making a self-signed certificate")?;
+    let pem = std::fs::read_to_string(&cert)? + &std::fs::read_to_string(&key)?;
+    std::fs::write(&both, pem)?;
+    Ok((cert, key, both))
+}
+
+/// nginx in `ns` as an HTTP server named `name` on `addr`: port 8080 echoes what it was told
+/// (X-Forwarded-*, Host, URI) and `/setcookie` sets a SERVERID cookie of its own; 8081
+/// expects a PROXY header and echoes the address in it; 8443 is TLS with a self-signed
+/// certificate.
+pub fn start_nginx(ns: &NetNs, name: &str, addr: IpAddr, dir: &Path) -> Result<u32> {
+    let (cert, key, _) = self_signed(dir, name, addr)?;
+    let a = match addr {
+        IpAddr::V6(v6) => format!("[{v6}]"),
+        v4 => v4.to_string(),
+    };
+    let conf = dir.join(format!("{name}.conf"));
+    std::fs::write(
+        &conf,
+        format!(
+            r#"
+worker_processes 1;
+daemon off;
+pid {dir}/{name}.pid;
+error_log stderr error;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  client_body_temp_path {dir}/{name}-body;
+  keepalive_requests 100000;
+  server {{
+    listen {a}:8080;
+    location /setcookie {{
+      add_header Set-Cookie "SERVERID=from-{name}";
+      add_header Set-Cookie "other=1";
+      return 200 "{name}\n";
+    }}
+    location / {{
+      return 200 "{name} xff=$http_x_forwarded_for port=$http_x_forwarded_port proto=$http_x_forwarded_proto host=$host uri=$request_uri\n";
+    }}
+  }}
+  server {{
+    listen {a}:8081 proxy_protocol;
+    location / {{ return 200 "{name} pp=$proxy_protocol_addr:$proxy_protocol_port\n"; }}
+  }}
+  server {{
+    listen {a}:8443 ssl;
+    ssl_certificate {cert};
+    ssl_certificate_key {key};
+    location / {{ return 200 "{name} tls\n"; }}
+  }}
+}}
+"#,
+            dir = dir.display(),
+            cert = cert.display(),
+            key = key.display(),
+        ),
+    )?;
+    let pid = ns.spawn(
+        &["nginx", "-c", conf.to_str().unwrap(), "-e", "stderr"],
+        Stdio::null(),
+        Stdio::inherit(),
+    )?;
+    for port in [8080, 8081, 8443] {
+        wait_listening(ns, (addr, port).into(), Duration::from_secs(10)).context("nginx")?;
+    }
+    Ok(pid)
+}

@@ -1,0 +1,522 @@
+//! One HTTP request through the proxy: redirect to https, ACL routing, server choice
+//! (sticky cookie, sticky source, balancing), X-Forwarded-*, the upstream exchange with
+//! retries, and the sticky cookie on the way back.
+
+use std::{
+    net::SocketAddr,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt as _, Empty, Full, combinators::BoxBody};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper_util::rt::TokioIo;
+use tracing::{debug, warn};
+
+use super::{
+    BackendRoute, FrontendRoute, Shared,
+    balance::ActiveGuard,
+    upstream::{Pool, Sender},
+};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type ProxyBody = BoxBody<Bytes, BoxError>;
+
+/// What the proxy knows of a client connection.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnInfo {
+    pub client: SocketAddr,
+    pub local: SocketAddr,
+    pub tls: bool,
+}
+
+/// Headers that describe one hop's connection, never forwarded (RFC 9110 7.6.1).
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+pub fn full(text: impl Into<Bytes>) -> ProxyBody {
+    Full::new(text.into()).map_err(|e| match e {}).boxed()
+}
+
+fn empty() -> ProxyBody {
+    Empty::new().map_err(|e| match e {}).boxed()
+}
+
+/// A short plain-text error response, closing the connection when asked.
+pub fn error(status: StatusCode, detail: &str, close: bool) -> Response<ProxyBody> {
+    let mut r = Response::new(full(format!(
+        "{} {}: {detail}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    )));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if close {
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    r
+}
+
+/// A body that fails when its deadline passes: a client sending its body slowly cannot hold
+/// a server connection for ever.
+pub struct DeadlineBody<B> {
+    inner: B,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<B> DeadlineBody<B> {
+    pub fn new(inner: B, within: Duration) -> Self {
+        DeadlineBody {
+            inner,
+            deadline: Box::pin(tokio::time::sleep(within)),
+        }
+    }
+}
+
+impl<B> Body for DeadlineBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        match self.deadline.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err("request body deadline passed".into()))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A response body that keeps its server's connection counted until it is done.
+struct CountedBody {
+    inner: Incoming,
+    _guard: ActiveGuard,
+}
+
+impl Body for CountedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.inner)
+            .poll_frame(cx)
+            .map(|f| f.map(|f| f.map_err(Into::into)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+use std::future::Future as _;
+
+/// Serve one request of a client connection of frontend `frontend`. `private` holds the
+/// connection's own upstream connections (PROXY protocol makes them per client).
+pub async fn handle(
+    shared: Arc<Shared>,
+    frontend: Arc<FrontendRoute>,
+    conn: ConnInfo,
+    private: Arc<Pool>,
+    req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let h = req.headers();
+    // RFC 9112 6.1: both framing headers is a smuggling attempt; reject and close. (hyper's
+    // HTTP/1 parser already drops Content-Length when chunked and closes after the response;
+    // this also covers what reaches here by other paths.)
+    if h.contains_key(header::TRANSFER_ENCODING) && h.contains_key(header::CONTENT_LENGTH) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "both Transfer-Encoding and Content-Length",
+            true,
+        );
+    }
+    if let Some(te) = h.get(header::TRANSFER_ENCODING)
+        && !te.to_str().is_ok_and(|v| {
+            v.rsplit(',')
+                .next()
+                .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"))
+        })
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "Transfer-Encoding must end in chunked",
+            true,
+        );
+    }
+    if frontend.redirect_ssl && !conn.tls {
+        return redirect_to_https(&req, frontend.https_port);
+    }
+    let host = request_host(&req);
+    let backend_name = frontend.route(req.uri().path(), host.as_deref());
+    let Some(backend) = shared.backend(backend_name) else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "no such backend", false);
+    };
+    forward(&shared, &frontend, &backend, conn, &private, req).await
+}
+
+fn request_host(req: &Request<Incoming>) -> Option<String> {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()))?;
+    // Drop a port; keep IPv6 brackets whole.
+    Some(match host.rsplit_once(':') {
+        Some((name, port)) if !name.ends_with(']') && port.parse::<u16>().is_ok() => {
+            name.to_string()
+        }
+        Some((name, port)) if name.ends_with(']') && port.parse::<u16>().is_ok() => {
+            name.to_string()
+        }
+        _ => host,
+    })
+}
+
+fn redirect_to_https(req: &Request<Incoming>, port: u16) -> Response<ProxyBody> {
+    let host = request_host(req).unwrap_or_default();
+    let authority = if port == 443 {
+        host
+    } else {
+        format!("{host}:{port}")
+    };
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    let mut r = Response::new(empty());
+    *r.status_mut() = StatusCode::MOVED_PERMANENTLY;
+    if let Ok(v) = HeaderValue::from_str(&format!("https://{authority}{path}")) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r
+}
+
+/// The sticky cookie's value in the request, if any.
+fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim().to_string())
+}
+
+fn is_upgrade(req: &Request<Incoming>) -> bool {
+    req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get(header::CONNECTION)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.to_ascii_lowercase().contains("upgrade"))
+}
+
+/// Set X-Forwarded-For/-Port/-Proto. Values from the client are kept (and appended to) only
+/// when it is a trusted proxy; anyone else's are removed first.
+fn forwarded_headers(
+    headers: &mut HeaderMap,
+    frontend: &FrontendRoute,
+    backend: &BackendRoute,
+    conn: ConnInfo,
+) {
+    let trusted = frontend.trusts(conn.client.ip());
+    if !trusted {
+        for name in [
+            "x-forwarded-for",
+            "x-forwarded-port",
+            "x-forwarded-proto",
+            "forwarded",
+        ] {
+            headers.remove(name);
+        }
+    }
+    if !backend.forward_for.unwrap_or(frontend.forward_for) {
+        return;
+    }
+    let client = conn.client.ip().to_canonical().to_string();
+    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prior) => format!("{prior}, {client}"),
+        None => client,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert("x-forwarded-for", v);
+    }
+    if !headers.contains_key("x-forwarded-port") {
+        headers.insert("x-forwarded-port", HeaderValue::from(conn.local.port()));
+    }
+    if !headers.contains_key("x-forwarded-proto") {
+        headers.insert(
+            "x-forwarded-proto",
+            HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
+        );
+    }
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Headers named in Connection are hop-by-hop too.
+    let named: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_ascii_lowercase())
+        .filter(|s| !s.is_empty())
+        .collect();
+    for name in HOP_BY_HOP
+        .iter()
+        .copied()
+        .chain(named.iter().map(String::as_str))
+    {
+        headers.remove(name);
+    }
+}
+
+async fn forward(
+    shared: &Arc<Shared>,
+    frontend: &FrontendRoute,
+    backend: &Arc<BackendRoute>,
+    conn: ConnInfo,
+    private: &Arc<Pool>,
+    mut req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let http = shared.http();
+    let upgrade = is_upgrade(&req);
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let sticky_cookie = backend.cookie.as_ref().and_then(|c| {
+        cookie_value(req.headers(), &c.name).and_then(|v| backend.balancer.by_cookie(&v))
+    });
+    let (mut parts, body) = req.into_parts();
+    let upgrade_headers = upgrade.then(|| {
+        (
+            parts.headers.get(header::UPGRADE).cloned(),
+            parts.headers.get(header::CONNECTION).cloned(),
+        )
+    });
+    strip_hop_by_hop(&mut parts.headers);
+    if let Some((Some(up), _)) = &upgrade_headers {
+        parts.headers.insert(header::UPGRADE, up.clone());
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    forwarded_headers(&mut parts.headers, frontend, backend, conn);
+    // Servers get origin-form targets; HTTP/2 clients' :authority becomes Host.
+    if !parts.headers.contains_key(header::HOST)
+        && let Some(a) = parts.uri.authority()
+        && let Ok(v) = HeaderValue::from_str(a.as_str())
+    {
+        parts.headers.insert(header::HOST, v);
+    }
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    parts.uri = path.parse().unwrap_or_default();
+    parts.version = http::Version::HTTP_11;
+    let body_empty = body.is_end_stream();
+    // Without a body, a request can be rebuilt for a retry after it was sent.
+    let retry_after_send = body_empty && is_idempotent(&parts.method) && !upgrade;
+    let mut body = Some(DeadlineBody::new(body, http.body_timeout()).boxed());
+
+    let mut tried = Vec::new();
+    let mut last_error = String::from("no server is available");
+    let attempts = backend.balancer.servers.len().clamp(1, 3);
+    for attempt in 0..attempts {
+        let chosen = match (attempt, sticky_cookie) {
+            (0, Some(i)) => Some(i),
+            _ => backend.balancer.pick(conn.client.ip(), &tried),
+        };
+        let Some(index) = chosen else { break };
+        tried.push(index);
+        let server = backend.balancer.servers[index].clone();
+        let guard = server.open();
+        let pool = if backend.dialer.proxy_protocol.is_some() {
+            private.as_ref()
+        } else {
+            &shared.pool
+        };
+        let sender = match (upgrade, pool.take(&backend.name, server.address)) {
+            (false, Some(s)) => s,
+            _ => match connect(backend, server.address, conn, upgrade).await {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!(backend = %backend.name, server = %server.address, error = %e, "server unreachable; trying another");
+                    last_error = e;
+                    continue;
+                }
+            },
+        };
+        let request_body = match body.take() {
+            Some(b) => b,
+            None if retry_after_send => empty(),
+            None => break,
+        };
+        let mut upstream_req = Request::from_parts(parts.clone(), request_body);
+        *upstream_req.extensions_mut() = http::Extensions::new();
+        let mut sender = sender;
+        let sent = tokio::time::timeout(http.server_timeout(), sender.send_request(upstream_req));
+        let mut response = match sent.await {
+            Err(_) => {
+                warn!(backend = %backend.name, server = %server.address, "server timeout");
+                return error(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    &format!("server did not answer within {:?}", http.server_timeout()),
+                    false,
+                );
+            }
+            Ok(Err(e)) => {
+                debug!(backend = %backend.name, server = %server.address, error = %e, "request failed");
+                last_error = format!("server {}: {e}", server.address);
+                if retry_after_send {
+                    continue;
+                }
+                return error(StatusCode::BAD_GATEWAY, &last_error, false);
+            }
+            Ok(Ok(r)) => r,
+        };
+        let keep = !upgrade
+            && !response
+                .headers()
+                .get(header::CONNECTION)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.eq_ignore_ascii_case("close"));
+        if keep {
+            pool.put(
+                &backend.name,
+                server.address,
+                sender,
+                http.pool_idle_per_server,
+            );
+        }
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS
+            && let Some(client_upgrade) = client_upgrade
+        {
+            let server_upgrade = hyper::upgrade::on(&mut response);
+            tokio::spawn(async move {
+                let _guard = guard;
+                if let (Ok(client), Ok(server)) = (client_upgrade.await, server_upgrade.await) {
+                    let _ = tokio::io::copy_bidirectional(
+                        &mut TokioIo::new(client),
+                        &mut TokioIo::new(server),
+                    )
+                    .await;
+                }
+            });
+            let (mut rparts, _) = response.into_parts();
+            let up = rparts.headers.get(header::UPGRADE).cloned();
+            strip_hop_by_hop(&mut rparts.headers);
+            if let Some(up) = up {
+                rparts.headers.insert(header::UPGRADE, up);
+                rparts
+                    .headers
+                    .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            }
+            return Response::from_parts(rparts, empty());
+        }
+        let (mut rparts, rbody) = response.into_parts();
+        strip_hop_by_hop(&mut rparts.headers);
+        if let Some(cookie) = &backend.cookie {
+            cookie.insert(
+                &mut rparts.headers,
+                &server.cookie,
+                sticky_cookie == Some(index),
+            );
+        }
+        let body = CountedBody {
+            inner: rbody,
+            _guard: guard,
+        };
+        return Response::from_parts(rparts, body.boxed());
+    }
+    if tried.is_empty() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("backend {:?} has no server available", backend.name),
+            false,
+        );
+    }
+    error(StatusCode::BAD_GATEWAY, &last_error, false)
+}
+
+fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+/// A new HTTP/1.1 connection to `server` (PROXY header and TLS per the backend).
+async fn connect(
+    backend: &BackendRoute,
+    server: SocketAddr,
+    conn: ConnInfo,
+    upgrades: bool,
+) -> Result<Sender, String> {
+    let stream = backend
+        .dialer
+        .connect(server, conn.client, conn.local)
+        .await
+        .map_err(|e| {
+            if matches!(e, super::upstream::ConnectError::Tls(_)) {
+                warn!(backend = %backend.name, server = %server, error = %e, "TLS to server failed");
+            }
+            format!("server {server}: {e}")
+        })?;
+    let (sender, connection) = hyper::client::conn::http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("server {server}: {e}"))?;
+    tokio::spawn(async move {
+        let result = if upgrades {
+            connection.with_upgrades().await
+        } else {
+            connection.await
+        };
+        if let Err(e) = result {
+            debug!(%server, error = %e, "server connection ended");
+        }
+    });
+    Ok(sender)
+}

@@ -1,0 +1,262 @@
+//! Connections to servers: TCP, then an optional PROXY header, then optional TLS; and a pool
+//! of idle HTTP/1.1 connections per server.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf},
+    net::TcpStream,
+};
+
+/// How to reach the servers of a backend.
+#[derive(Clone)]
+pub struct Dialer {
+    pub connect_timeout: Duration,
+    pub proxy_protocol: Option<ProxyVersion>,
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProxyVersion {
+    V1,
+    V2,
+}
+
+/// The PROXY protocol header for a connection from `client` to `local` (the VIP).
+pub fn proxy_header(version: ProxyVersion, client: SocketAddr, local: SocketAddr) -> Vec<u8> {
+    let (client, local) = (canonical(client), canonical(local));
+    match version {
+        ProxyVersion::V1 => ppp::v1::Addresses::from((client, local))
+            .to_string()
+            .into_bytes(),
+        ProxyVersion::V2 => ppp::v2::Builder::with_addresses(
+            ppp::v2::Version::Two | ppp::v2::Command::Proxy,
+            ppp::v2::Protocol::Stream,
+            (client, local),
+        )
+        .build()
+        .expect("a v2 header of two socket addresses always builds"),
+    }
+}
+
+fn canonical(a: SocketAddr) -> SocketAddr {
+    SocketAddr::new(a.ip().to_canonical(), a.port())
+}
+
+/// Why a server could not be reached; each is worth trying another server for.
+#[derive(Debug)]
+pub enum ConnectError {
+    Timeout,
+    Io(std::io::Error),
+    Tls(String),
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnectError::Timeout => write!(f, "connect timeout"),
+            ConnectError::Io(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                write!(f, "connection refused")
+            }
+            ConnectError::Io(e) => write!(f, "connect: {e}"),
+            ConnectError::Tls(e) => write!(f, "TLS: {e}"),
+        }
+    }
+}
+
+/// A plain or TLS stream to a server.
+pub enum ServerStream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Dialer {
+    pub async fn connect(
+        &self,
+        server: SocketAddr,
+        client: SocketAddr,
+        local: SocketAddr,
+    ) -> Result<ServerStream, ConnectError> {
+        let mut tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(server))
+            .await
+            .map_err(|_| ConnectError::Timeout)?
+            .map_err(ConnectError::Io)?;
+        let _ = tcp.set_nodelay(true);
+        if let Some(version) = self.proxy_protocol {
+            tcp.write_all(&proxy_header(version, client, local))
+                .await
+                .map_err(ConnectError::Io)?;
+        }
+        let Some(tls) = &self.tls else {
+            return Ok(ServerStream::Plain(tcp));
+        };
+        let name = rustls::pki_types::ServerName::IpAddress(server.ip().into());
+        let connector = tokio_rustls::TlsConnector::from(tls.clone());
+        let stream = tokio::time::timeout(self.connect_timeout, connector.connect(name, tcp))
+            .await
+            .map_err(|_| ConnectError::Timeout)?
+            .map_err(|e| ConnectError::Tls(e.to_string()))?;
+        Ok(ServerStream::Tls(Box::new(stream)))
+    }
+}
+
+impl AsyncRead for ServerStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ServerStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            ServerStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for ServerStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            ServerStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            ServerStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ServerStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            ServerStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ServerStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            ServerStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+pub type Sender = hyper::client::conn::http1::SendRequest<super::http::ProxyBody>;
+
+/// Idle HTTP/1.1 connections per (backend, server). A connection goes back right after its
+/// response head arrives and is handed out again once hyper reports it ready (the response
+/// body done), so one pool entry serves requests one after another.
+#[derive(Default)]
+pub struct Pool {
+    idle: Mutex<HashMap<(String, SocketAddr), Vec<Sender>>>,
+}
+
+impl Pool {
+    pub fn take(&self, backend: &str, server: SocketAddr) -> Option<Sender> {
+        let mut idle = self.idle.lock().unwrap();
+        let list = idle.get_mut(&(backend.to_string(), server))?;
+        list.retain(|s| !s.is_closed());
+        let i = list.iter().position(|s| s.is_ready())?;
+        Some(list.swap_remove(i))
+    }
+
+    pub fn put(&self, backend: &str, server: SocketAddr, sender: Sender, max_idle: usize) {
+        let mut idle = self.idle.lock().unwrap();
+        let list = idle.entry((backend.to_string(), server)).or_default();
+        list.retain(|s| !s.is_closed());
+        if list.len() < max_idle {
+            list.push(sender);
+        }
+    }
+}
+
+/// Root certificates for `tls_verify`: the file's CAs, or the system's.
+pub fn client_config(verify: bool, ca: Option<&str>) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject as _};
+    if !verify {
+        return Ok(crate::probe::insecure_client_config());
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    match ca {
+        Some(path) => {
+            for cert in CertificateDer::pem_file_iter(path)
+                .map_err(|e| anyhow::anyhow!("tls_ca {path:?}: {e}"))?
+            {
+                roots.add(cert.map_err(|e| anyhow::anyhow!("tls_ca {path:?}: {e}"))?)?;
+            }
+        }
+        None => {
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert);
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proxy_headers_match_the_reference() {
+        let (client, local) = (
+            SocketAddr::from(([127, 0, 0, 1], 42)),
+            SocketAddr::from(([127, 0, 0, 1], 1337)),
+        );
+        // ../shared/reference/proxy-protocol.md, without its AUTHORITY TLV.
+        let v2 = proxy_header(ProxyVersion::V2, client, local);
+        let hex: String = v2.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            hex,
+            "0d0a0d0a000d0a515549540a2111000c7f0000017f000001002a0539"
+        );
+        let v1 = proxy_header(
+            ProxyVersion::V1,
+            "192.168.0.1:56324".parse().unwrap(),
+            "192.168.0.11:443".parse().unwrap(),
+        );
+        assert_eq!(v1, b"PROXY TCP4 192.168.0.1 192.168.0.11 56324 443\r\n");
+        let mapped = proxy_header(
+            ProxyVersion::V1,
+            "[::ffff:198.18.0.2]:1000".parse().unwrap(),
+            "198.18.100.1:80".parse().unwrap(),
+        );
+        assert_eq!(mapped, b"PROXY TCP4 198.18.0.2 198.18.100.1 1000 80\r\n");
+    }
+
+    #[test]
+    fn reference_v2_vector_parses_with_its_tlv() {
+        let bytes: Vec<u8> =
+            "0d0a0d0a000d0a515549540a21110014 7f000001 7f000001 002a 0539 02 0005 3132333435"
+                .split_whitespace()
+                .collect::<String>()
+                .as_bytes()
+                .chunks(2)
+                .map(|h| u8::from_str_radix(std::str::from_utf8(h).unwrap(), 16).unwrap())
+                .collect();
+        let header = ppp::v2::Header::try_from(bytes.as_slice()).unwrap();
+        let tlvs: Vec<_> = header.tlvs().collect::<Result<_, _>>().unwrap();
+        assert_eq!(tlvs.len(), 1);
+        assert_eq!(tlvs[0].kind, 0x02);
+        assert_eq!(&tlvs[0].value[..], b"12345");
+        // A TLV that runs past the declared length is an error.
+        let mut bad = bytes.clone();
+        bad[15] -= 1;
+        bad.pop();
+        let bad = ppp::v2::Header::try_from(bad.as_slice())
+            .map(|h| h.tlvs().collect::<Result<Vec<_>, _>>().is_err());
+        assert!(bad.is_err() || bad == Ok(true));
+    }
+}
