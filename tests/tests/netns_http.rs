@@ -156,6 +156,34 @@ address = "{VIP}"
 binds = [{{ port = 8086 }}]
 default_backend = "tls-verify"
 
+[[frontends]]
+name = "websocket"
+mode = "http"
+address = "{VIP}"
+binds = [{{ port = 8087 }}]
+default_backend = "websocket"
+
+[[frontends]]
+name = "source-sticky"
+mode = "http"
+address = "{VIP}"
+binds = [{{ port = 8089 }}]
+default_backend = "source-sticky"
+
+[[backends]]
+name = "websocket"
+mode = "http"
+balancing_method = "roundrobin"
+servers = {{ type = "addresses", addresses = [{{ address = "198.18.11.2" }}] }}
+port = 8090
+
+[[backends]]
+name = "source-sticky"
+mode = "http"
+balancing_method = "roundrobin"
+{web}
+options = {{ sticky_session = {{ type = "source_ip", ttl = "1m" }} }}
+
 [[backends]]
 name = "web"
 mode = "http"
@@ -302,6 +330,55 @@ options = {{ tls = true, tls_verify = true }}
     assert_eq!(cookies.len(), 2, "{headers}");
     assert!(cookies.iter().any(|l| l.contains("other=1")));
     assert!(!headers.contains("from-server"), "{headers}");
+
+    // Source-IP stickiness: one client, one server.
+    let mut seen = BTreeMap::new();
+    for _ in 0..20 {
+        *seen
+            .entry(first_word(&curl(c, &[&url(8089, "/")])))
+            .or_insert(0) += 1;
+    }
+    assert_eq!(seen.len(), 1, "{seen:?}");
+
+    // A WebSocket passes through the Upgrade: a real handshake and echoed messages.
+    let ws_server = topo.servers[0]
+        .run(|| {
+            let listener = std::net::TcpListener::bind(("198.18.11.2", 8090)).unwrap();
+            let (stream, _) = listener.accept().unwrap();
+            let mut ws = tungstenite::accept(stream).unwrap();
+            while let Ok(msg) = ws.read() {
+                if msg.is_close() {
+                    break;
+                }
+                ws.send(msg).unwrap();
+            }
+        })
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let echoed = c
+        .run(move || {
+            let stream = TcpStream::connect((VIP, 8087)).unwrap();
+            let (mut ws, response) =
+                tungstenite::client(format!("ws://{VIP}:8087/chat"), stream).unwrap();
+            assert_eq!(response.status(), 101);
+            let mut echoed = Vec::new();
+            for i in 0..5 {
+                ws.send(tungstenite::Message::text(format!("hello {i}")))
+                    .unwrap();
+                echoed.push(ws.read().unwrap().into_text().unwrap().to_string());
+            }
+            let _ = ws.close(None);
+            let _ = ws.read();
+            echoed
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    assert_eq!(
+        echoed,
+        (0..5).map(|i| format!("hello {i}")).collect::<Vec<_>>()
+    );
+    ws_server.join().unwrap();
 
     // PROXY protocol, parsed by nginx: v1 from the HTTP proxy, v2 from the stream proxy.
     let answer = curl(c, &[&url(8084, "/")]);

@@ -326,6 +326,7 @@ async fn forward(
     let sticky_cookie = backend.cookie.as_ref().and_then(|c| {
         cookie_value(req.headers(), &c.name).and_then(|v| backend.balancer.by_cookie(&v))
     });
+    let preferred = sticky_cookie.or_else(|| backend.sticky_source(conn.client.ip()));
     let (mut parts, body) = req.into_parts();
     let upgrade_headers = upgrade.then(|| {
         (
@@ -364,7 +365,7 @@ async fn forward(
     let mut last_error = String::from("no server is available");
     let attempts = backend.balancer.servers.len().clamp(1, 3);
     for attempt in 0..attempts {
-        let chosen = match (attempt, sticky_cookie) {
+        let chosen = match (attempt, preferred) {
             (0, Some(i)) => Some(i),
             _ => backend.balancer.pick(conn.client.ip(), &tried),
         };
@@ -416,6 +417,7 @@ async fn forward(
             }
             Ok(Ok(r)) => r,
         };
+        backend.remember_source(conn.client.ip(), index);
         let keep = !upgrade
             && !response
                 .headers()

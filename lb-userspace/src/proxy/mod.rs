@@ -80,6 +80,28 @@ pub struct BackendRoute {
     pub forward_for: Option<bool>,
 }
 
+impl BackendRoute {
+    /// The server a client sticks to by source address, while within the TTL and usable.
+    pub fn sticky_source(&self, client: IpAddr) -> Option<usize> {
+        let (ttl, map) = self.sticky_source.as_ref()?;
+        let map = map.lock().unwrap();
+        map.get(&client)
+            .filter(|(i, at)| at.elapsed() < *ttl && self.balancer.servers[*i].usable())
+            .map(|(i, _)| *i)
+    }
+
+    pub fn remember_source(&self, client: IpAddr, index: usize) {
+        if let Some((ttl, map)) = &self.sticky_source {
+            let mut map = map.lock().unwrap();
+            // Bounded: expired clients go whenever the table grows large.
+            if map.len() > 100_000 {
+                map.retain(|_, (_, at)| at.elapsed() < *ttl);
+            }
+            map.insert(client, (index, std::time::Instant::now()));
+        }
+    }
+}
+
 /// A frontend as the proxy uses it.
 pub struct FrontendRoute {
     pub name: String,
@@ -491,12 +513,7 @@ async fn serve_stream(
         return;
     };
     let client_ip = conn.client.ip();
-    let sticky = backend.sticky_source.as_ref().and_then(|(ttl, map)| {
-        let map = map.lock().unwrap();
-        map.get(&client_ip)
-            .filter(|(i, at)| at.elapsed() < *ttl && backend.balancer.servers[*i].usable())
-            .map(|(i, _)| *i)
-    });
+    let sticky = backend.sticky_source(client_ip);
     let mut tried = Vec::new();
     for attempt in 0..backend.balancer.servers.len().clamp(1, 3) {
         let chosen = match (attempt, sticky) {
@@ -513,11 +530,7 @@ async fn serve_stream(
             .await
         {
             Ok(mut upstream) => {
-                if let Some((_, map)) = &backend.sticky_source {
-                    map.lock()
-                        .unwrap()
-                        .insert(client_ip, (index, std::time::Instant::now()));
-                }
+                backend.remember_source(client_ip, index);
                 let _ = tokio::io::copy_bidirectional(&mut stream, &mut upstream).await;
                 return;
             }
