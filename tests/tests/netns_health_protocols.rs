@@ -83,7 +83,7 @@ snat_address = "198.18.2.1"
         3,
         check("mysql", ", user = \"stranger\""),
     );
-    config += "\n[metrics]\nlisten = \"198.18.0.1:9100\"\n";
+    config += "\n[metrics]\nlisten = \"198.18.0.1:9100\"\n\n[dataplane]\ngc_interval = \"100ms\"\n";
 
     let path = std::env::temp_dir().join(format!("lbp{}.toml", std::process::id()));
     std::fs::write(&path, &config).unwrap();
@@ -158,6 +158,8 @@ snat_address = "198.18.2.1"
     topo.servers[2].stop(redis);
     wait_for_log(&log, "server DOWN", 1, Duration::from_secs(5)).unwrap();
     assert!(logged(&["server DOWN", &server(3).to_string(), "refused"]));
+    // Metrics are a snapshot taken every gc_interval.
+    std::thread::sleep(Duration::from_millis(500));
 
     let text = topo
         .client

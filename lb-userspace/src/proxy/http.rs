@@ -118,10 +118,22 @@ where
     }
 }
 
-/// A response body that keeps its server's connection counted until it is done.
+/// A response body that keeps its server's connection counted until it is done, and
+/// returns the connection to its pool once the body was read to the end.
 struct CountedBody {
     inner: Incoming,
     _guard: ActiveGuard,
+    reuse: Option<(Arc<Pool>, SocketAddr, Sender)>,
+}
+
+impl Drop for CountedBody {
+    fn drop(&mut self) {
+        if self.inner.is_end_stream()
+            && let Some((pool, server, sender)) = self.reuse.take()
+        {
+            pool.put(server, sender);
+        }
+    }
 }
 
 impl Body for CountedBody {
@@ -359,7 +371,11 @@ async fn forward(
     let body_empty = body.is_end_stream();
     // Without a body, a request can be rebuilt for a retry after it was sent.
     let retry_after_send = body_empty && is_idempotent(&parts.method) && !upgrade;
-    let mut body = Some(DeadlineBody::new(body, http.body_timeout()).boxed());
+    let mut body = Some(if body_empty {
+        empty()
+    } else {
+        DeadlineBody::new(body, http.body_timeout()).boxed()
+    });
 
     let mut tried = Vec::new();
     let mut last_error = String::from("no server is available");
@@ -374,13 +390,17 @@ async fn forward(
         let server = backend.balancer.servers[index].clone();
         let guard = server.open();
         let pool = if backend.dialer.proxy_protocol.is_some() {
-            private.as_ref()
+            private.clone()
         } else {
-            &shared.pool
+            backend.pool.clone()
         };
-        let sender = match (upgrade, pool.take(&backend.name, server.address)) {
-            (false, Some(s)) => s,
-            _ => match connect(backend, server.address, conn, upgrade).await {
+        let pooled = match (upgrade, pool.take(server.address)) {
+            (false, Some(mut s)) => s.ready().await.is_ok().then_some(s),
+            _ => None,
+        };
+        let sender = match pooled {
+            Some(s) => s,
+            None => match connect(backend, server.address, conn, upgrade).await {
                 Ok(s) => s,
                 Err(e) => {
                     warn!(backend = %backend.name, server = %server.address, error = %e, "server unreachable; trying another");
@@ -424,14 +444,7 @@ async fn forward(
                 .get(header::CONNECTION)
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|v| v.eq_ignore_ascii_case("close"));
-        if keep {
-            pool.put(
-                &backend.name,
-                server.address,
-                sender,
-                http.pool_idle_per_server,
-            );
-        }
+        let reuse = keep.then(|| (pool, server.address, sender));
         if response.status() == StatusCode::SWITCHING_PROTOCOLS
             && let Some(client_upgrade) = client_upgrade
         {
@@ -469,6 +482,7 @@ async fn forward(
         let body = CountedBody {
             inner: rbody,
             _guard: guard,
+            reuse,
         };
         return Response::from_parts(rparts, body.boxed());
     }

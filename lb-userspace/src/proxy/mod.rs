@@ -65,6 +65,9 @@ impl CookieConfig {
     }
 }
 
+/// Source-IP stickiness: client -> (server index, last use).
+pub type SourceTable = std::sync::Mutex<HashMap<IpAddr, (usize, std::time::Instant)>>;
+
 /// A backend as the proxy uses it.
 pub struct BackendRoute {
     pub name: String,
@@ -72,12 +75,11 @@ pub struct BackendRoute {
     pub dialer: Dialer,
     pub cookie: Option<CookieConfig>,
     /// Source-IP stickiness: client -> (server index, last use).
-    pub sticky_source: Option<(
-        Duration,
-        std::sync::Mutex<HashMap<IpAddr, (usize, std::time::Instant)>>,
-    )>,
+    pub sticky_source: Option<(Duration, SourceTable)>,
     /// The backend's own forward_for, over the frontend's.
     pub forward_for: Option<bool>,
+    /// Idle keep-alive connections to its servers.
+    pub pool: Arc<Pool>,
 }
 
 impl BackendRoute {
@@ -145,7 +147,6 @@ pub struct Routes {
 pub struct Shared {
     routes: RwLock<Arc<Routes>>,
     http: RwLock<Arc<HttpConfig>>,
-    pub pool: Pool,
 }
 
 impl Shared {
@@ -170,25 +171,48 @@ struct ListenerSpec {
     certificate: Option<String>,
 }
 
+/// One proxy thread with a runtime of its own. Each accepts on its own SO_REUSEPORT socket
+/// of every bind, and a client connection, its upstream connections and their tasks stay
+/// on that thread: no cross-thread wakeups per request (as HAProxy's and nginx's workers).
+struct Worker {
+    handle: tokio::runtime::Handle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
 pub struct Proxy {
-    rt: tokio::runtime::Runtime,
+    workers: Vec<Worker>,
     shared: Arc<Shared>,
-    listeners: HashMap<SocketAddr, (ListenerSpec, JoinHandle<()>)>,
+    listeners: HashMap<SocketAddr, (ListenerSpec, Vec<JoinHandle<()>>)>,
 }
 
 impl Proxy {
     pub fn new(workers: usize) -> Result<Proxy> {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(workers.max(1))
-            .thread_name("proxy")
-            .enable_all()
-            .build()?;
+        let mut started = Vec::new();
+        for i in 0..workers.max(1) {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let handle = rt.handle().clone();
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let thread = std::thread::Builder::new()
+                .name(format!("proxy-{i}"))
+                .spawn(move || {
+                    rt.block_on(async {
+                        let _ = stopped.await;
+                    });
+                })?;
+            started.push(Worker {
+                handle,
+                stop: Some(stop),
+                thread: Some(thread),
+            });
+        }
         Ok(Proxy {
-            rt,
+            workers: started,
             shared: Arc::new(Shared {
                 routes: RwLock::default(),
                 http: RwLock::default(),
-                pool: Pool::default(),
             }),
             listeners: HashMap::new(),
         })
@@ -276,6 +300,11 @@ impl Proxy {
                         )
                     }),
                     forward_for: o.forward_for,
+                    // A reload keeps the warm connections of a backend that stays.
+                    pool: old.backends.get(&backend.name).map_or_else(
+                        || Arc::new(Pool::new(http.pool_idle_per_server)),
+                        |b| b.pool.clone(),
+                    ),
                 }),
             );
         }
@@ -327,10 +356,10 @@ impl Proxy {
                 );
             }
         }
-        self.listeners.retain(|addr, (spec, task)| {
+        self.listeners.retain(|addr, (spec, tasks)| {
             let keep = wanted.get(addr) == Some(spec);
             if !keep {
-                task.abort();
+                tasks.iter().for_each(JoinHandle::abort);
                 info!(%addr, frontend = %spec.frontend, "proxy listener closed");
             }
             keep
@@ -339,55 +368,78 @@ impl Proxy {
             if self.listeners.contains_key(&addr) {
                 continue;
             }
-            let task = self.listen(addr, &spec)?;
-            info!(%addr, frontend = %spec.frontend, http = spec.http, tls = spec.certificate.is_some(), "proxy listening");
-            self.listeners.insert(addr, (spec, task));
+            let tasks = self.listen(addr, &spec)?;
+            info!(%addr, frontend = %spec.frontend, http = spec.http, tls = spec.certificate.is_some(), workers = tasks.len(), "proxy listening");
+            self.listeners.insert(addr, (spec, tasks));
         }
         Ok(())
     }
 
-    fn listen(&self, addr: SocketAddr, spec: &ListenerSpec) -> Result<JoinHandle<()>> {
-        let listener = bind(addr)?;
+    fn listen(&self, addr: SocketAddr, spec: &ListenerSpec) -> Result<Vec<JoinHandle<()>>> {
         let tls = spec.certificate.as_deref().map(tls_acceptor).transpose()?;
-        let shared = self.shared.clone();
-        let frontend = spec.frontend.clone();
-        let http = spec.http;
-        let _guard = self.rt.enter();
-        let listener = TcpListener::from_std(listener)?;
-        Ok(self.rt.spawn(async move {
-            loop {
-                let (stream, client) = match listener.accept().await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        warn!(%addr, error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let local = stream.local_addr().unwrap_or(addr);
-                let conn = ConnInfo {
-                    client,
-                    local,
-                    tls: tls.is_some(),
-                };
-                let (shared, frontend, tls) = (shared.clone(), frontend.clone(), tls.clone());
-                tokio::spawn(async move {
-                    if http {
-                        serve_http(shared, frontend, conn, stream, tls).await;
-                    } else {
-                        serve_stream(shared, frontend, conn, stream).await;
-                    }
-                });
+        let mut tasks = Vec::new();
+        for worker in &self.workers {
+            let listener = bind(addr)?;
+            let _guard = worker.handle.enter();
+            let listener = TcpListener::from_std(listener)?;
+            tasks.push(worker.handle.spawn(accept_loop(
+                listener,
+                addr,
+                self.shared.clone(),
+                spec.frontend.clone(),
+                spec.http,
+                tls.clone(),
+            )));
+        }
+        Ok(tasks)
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    frontend: String,
+    http: bool,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
+    loop {
+        let (stream, client) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(%addr, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
             }
-        }))
+        };
+        let _ = stream.set_nodelay(true);
+        let local = stream.local_addr().unwrap_or(addr);
+        let conn = ConnInfo {
+            client,
+            local,
+            tls: tls.is_some(),
+        };
+        let (shared, frontend, tls) = (shared.clone(), frontend.clone(), tls.clone());
+        tokio::spawn(async move {
+            if http {
+                serve_http(shared, frontend, conn, stream, tls).await;
+            } else {
+                serve_stream(shared, frontend, conn, stream).await;
+            }
+        });
     }
 }
 
 impl Drop for Proxy {
     fn drop(&mut self) {
-        for (_, (_, task)) in self.listeners.drain() {
-            task.abort();
+        for (_, (_, tasks)) in self.listeners.drain() {
+            tasks.iter().for_each(JoinHandle::abort);
+        }
+        for worker in &mut self.workers {
+            let _ = worker.stop.take().map(|s| s.send(()));
+            if let Some(t) = worker.thread.take() {
+                let _ = t.join();
+            }
         }
     }
 }
@@ -399,6 +451,8 @@ fn bind(addr: SocketAddr) -> Result<std::net::TcpListener> {
         None,
     )?;
     socket.set_reuse_address(true)?;
+    // One socket per worker; the kernel spreads connections over them.
+    socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into()).map_err(|e| {
         let hint = if e.kind() == std::io::ErrorKind::AddrNotAvailable {
@@ -458,7 +512,7 @@ async fn serve_http(
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(http.max_header_bytes as u32);
-    let private = Arc::new(Pool::default());
+    let private = Arc::new(Pool::new(4));
     let service = hyper::service::service_fn(move |req| {
         let (shared, private) = (shared.clone(), private.clone());
         let frontend = shared.frontend(&frontend);

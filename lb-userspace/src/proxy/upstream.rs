@@ -149,28 +149,42 @@ impl AsyncWrite for ServerStream {
 
 pub type Sender = hyper::client::conn::http1::SendRequest<super::http::ProxyBody>;
 
-/// Idle HTTP/1.1 connections per (backend, server). A connection goes back right after its
-/// response head arrives and is handed out again once hyper reports it ready (the response
-/// body done), so one pool entry serves requests one after another.
+/// Idle HTTP/1.1 connections per server. A connection comes back when its response body
+/// has been read to the end, so whatever is taken is free (or closed, and then skipped).
 #[derive(Default)]
 pub struct Pool {
-    idle: Mutex<HashMap<(String, SocketAddr), Vec<Sender>>>,
+    idle: Mutex<HashMap<SocketAddr, Vec<Sender>>>,
+    max_idle: std::sync::atomic::AtomicUsize,
 }
 
 impl Pool {
-    pub fn take(&self, backend: &str, server: SocketAddr) -> Option<Sender> {
-        let mut idle = self.idle.lock().unwrap();
-        let list = idle.get_mut(&(backend.to_string(), server))?;
-        list.retain(|s| !s.is_closed());
-        let i = list.iter().position(|s| s.is_ready())?;
-        Some(list.swap_remove(i))
+    pub fn new(max_idle: usize) -> Pool {
+        Pool {
+            idle: Mutex::default(),
+            max_idle: max_idle.into(),
+        }
     }
 
-    pub fn put(&self, backend: &str, server: SocketAddr, sender: Sender, max_idle: usize) {
+    /// The most recently returned open connection (warmest first).
+    pub fn take(&self, server: SocketAddr) -> Option<Sender> {
         let mut idle = self.idle.lock().unwrap();
-        let list = idle.entry((backend.to_string(), server)).or_default();
-        list.retain(|s| !s.is_closed());
-        if list.len() < max_idle {
+        let list = idle.get_mut(&server)?;
+        while let Some(sender) = list.pop() {
+            if !sender.is_closed() {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    pub fn put(&self, server: SocketAddr, sender: Sender) {
+        if sender.is_closed() {
+            return;
+        }
+        let max = self.max_idle.load(std::sync::atomic::Ordering::Relaxed);
+        let mut idle = self.idle.lock().unwrap();
+        let list = idle.entry(server).or_default();
+        if list.len() < max.max(1) {
             list.push(sender);
         }
     }

@@ -4,6 +4,7 @@
 //!
 //! Usage: `lb --out DIR [--quick] [--check]` (run through `cargo xtask bench`).
 
+mod http;
 mod maglev;
 mod micro;
 mod report;
@@ -98,8 +99,29 @@ fn add_ratios(rows: &mut Vec<Row>) {
             }
         }
     }
+    for workload in HTTP_WORKLOADS {
+        let value = |system: &str| {
+            rows.iter()
+                .find(|r| r.workload == *workload && r.system == system)
+                .map(|r| r.value)
+        };
+        let Some(lb) = value("lb-http") else { continue };
+        for peer in HTTP_PEERS {
+            if let Some(p) = value(peer).filter(|p| *p > 0.0) {
+                ratios.push(Row::new(
+                    workload,
+                    &format!("ratio:lb-http/{peer}"),
+                    lb / p,
+                    "x",
+                ));
+            }
+        }
+    }
     rows.extend(ratios);
 }
+
+const HTTP_WORKLOADS: &[&str] = &["http-requests", "http-latency-p50", "http-latency-p99"];
+const HTTP_PEERS: &[&str] = &["haproxy-http", "nginx"];
 
 /// Every row a run must produce (HAProxy has no UDP, so no packet-rate row for it).
 fn expected_rows() -> Vec<(String, String)> {
@@ -130,6 +152,14 @@ fn expected_rows() -> Vec<(String, String)> {
         ("maglev-apply-remove-1-of-500", "lb"),
     ] {
         expected.push((workload.into(), system.into()));
+    }
+    for workload in HTTP_WORKLOADS {
+        for system in http::SYSTEMS {
+            expected.push((workload.to_string(), system.to_string()));
+        }
+        for peer in HTTP_PEERS {
+            expected.push((workload.to_string(), format!("ratio:lb-http/{peer}")));
+        }
     }
     expected
 }
@@ -167,6 +197,7 @@ fn main() -> Result<()> {
     rows.extend(micro::run(quick).context("microbenchmarks")?);
     rows.extend(maglev::run(quick).context("Maglev quality")?);
     rows.extend(systems::run(&settings).context("system comparison")?);
+    rows.extend(http::run(&settings).context("HTTP proxy comparison")?);
     add_ratios(&mut rows);
 
     std::fs::create_dir_all(&out)?;
