@@ -1314,6 +1314,57 @@ servers = { type = "addresses", addresses = [
     }
 
     #[test]
+    fn http_frontends_are_validated_field_by_field() {
+        let http = r#"
+[[frontends]]
+name = "site"
+mode = "http"
+address = "198.18.100.3"
+binds = [{ port = 80, use_http3 = true }, { port = 443, ssl = true }]
+default_backend = "site"
+acls = [{ name = "a", criterion = "path_end", value = "/x" }]
+backends = [{ backend = "nope", cond = "unless", test = "b" }]
+options = { trusted_proxies = ["198.18.0.0/33"] }
+
+[[backends]]
+name = "site"
+mode = "http"
+balancing_method = "maglev"
+port = 80
+servers = { type = "addresses", addresses = [{ address = "198.18.11.2" }] }
+options = { tls_verify = true, proxy_protocol = "v3" }
+"#;
+        let e = errors(http);
+        let fields: Vec<&str> = e.problems.iter().map(|(_, p)| p.field.as_str()).collect();
+        for field in [
+            "frontends[0].binds[0].use_http3",
+            "frontends[0].binds[1].ssl_certificate",
+            "frontends[0].acls[0].criterion",
+            "frontends[0].backends[0].cond",
+            "frontends[0].backends[0].test",
+            "frontends[0].backends[0].backend",
+            "frontends[0].options.trusted_proxies[0]",
+            "backends[0].balancing_method",
+            "backends[0].options.tls_verify",
+            "backends[0].options.proxy_protocol",
+        ] {
+            assert!(fields.contains(&field), "{field} not in {fields:?}");
+        }
+        assert!(e.problems.iter().all(|(line, _)| line.is_some()), "{e}");
+    }
+
+    #[test]
+    fn cidrs_contain_what_they_should() {
+        let net = parse_cidr("198.18.0.0/24").unwrap();
+        assert!(cidr_contains(net, "198.18.0.77".parse().unwrap()));
+        assert!(cidr_contains(net, "::ffff:198.18.0.77".parse().unwrap()));
+        assert!(!cidr_contains(net, "198.18.1.1".parse().unwrap()));
+        let six = parse_cidr("2001:2::/48").unwrap();
+        assert!(cidr_contains(six, "2001:2:0:11::2".parse().unwrap()));
+        assert!(parse_cidr("198.18.0.1").is_some() && parse_cidr("x/8").is_none());
+    }
+
+    #[test]
     fn options_methods_and_dataplane_are_validated() {
         let e = errors(&GOOD.replace("\"maglev\"", "\"fastest\""));
         assert!(e.problems[0].1.message.contains("unknown balancing_method"));
