@@ -205,26 +205,7 @@ pub fn start_redis(ns: &NetNs, addr: IpAddr, port: u16) -> Result<u32> {
 /// `openssl s_server` with a fresh self-signed certificate on `addr:port` in `ns`.
 pub fn start_tls_server(ns: &NetNs, addr: IpAddr, port: u16) -> Result<(u32, ScratchDir)> {
     let dir = ScratchDir::new("tls")?;
-    let (cert, key) = (dir.0.join("cert.pem"), dir.0.join("key.pem"));
-    sh(&[
-        "openssl",
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-subj",
-        "/CN=lb-test",
-        "-days",
-        "1",
-        "-keyout",
-        key.to_str().unwrap(),
-        "-out",
-        cert.to_str().unwrap(),
-    ])
-    .context("making a self-signed certificate")?;
+    let (cert, key, _) = self_signed(&dir.0, "lb-test", addr)?;
     let accept = SocketAddr::from((addr, port)).to_string();
     let pid = ns.spawn(
         &[

@@ -3,6 +3,7 @@
 //! retries, and the sticky cookie on the way back.
 
 use std::{
+    future::Future as _,
     net::SocketAddr,
     pin::Pin,
     sync::Arc,
@@ -158,8 +159,6 @@ impl Body for CountedBody {
     }
 }
 
-use std::future::Future as _;
-
 /// Serve one request of a client connection of frontend `frontend`. `private` holds the
 /// connection's own upstream connections (PROXY protocol makes them per client).
 pub async fn handle(
@@ -213,12 +212,7 @@ fn request_host(req: &Request<Incoming>) -> Option<String> {
         .or_else(|| req.uri().authority().map(|a| a.to_string()))?;
     // Drop a port; keep IPv6 brackets whole.
     Some(match host.rsplit_once(':') {
-        Some((name, port)) if !name.ends_with(']') && port.parse::<u16>().is_ok() => {
-            name.to_string()
-        }
-        Some((name, port)) if name.ends_with(']') && port.parse::<u16>().is_ok() => {
-            name.to_string()
-        }
+        Some((name, port)) if port.parse::<u16>().is_ok() => name.to_string(),
         _ => host,
     })
 }
@@ -371,6 +365,9 @@ async fn forward(
     let body_empty = body.is_end_stream();
     // Without a body, a request can be rebuilt for a retry after it was sent.
     let retry_after_send = body_empty && is_idempotent(&parts.method) && !upgrade;
+    // The head is copied only when a retry after sending may need it again.
+    parts.extensions = http::Extensions::new();
+    let mut head = Some(parts);
     let mut body = Some(if body_empty {
         empty()
     } else {
@@ -414,8 +411,14 @@ async fn forward(
             None if retry_after_send => empty(),
             None => break,
         };
-        let mut upstream_req = Request::from_parts(parts.clone(), request_body);
-        *upstream_req.extensions_mut() = http::Extensions::new();
+        let request_head = match &head {
+            Some(h) if retry_after_send => h.clone(),
+            _ => match head.take() {
+                Some(h) => h,
+                None => break,
+            },
+        };
+        let upstream_req = Request::from_parts(request_head, request_body);
         let mut sender = sender;
         let sent = tokio::time::timeout(http.server_timeout(), sender.send_request(upstream_req));
         let mut response = match sent.await {

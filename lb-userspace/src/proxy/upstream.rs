@@ -151,17 +151,16 @@ pub type Sender = hyper::client::conn::http1::SendRequest<super::http::ProxyBody
 
 /// Idle HTTP/1.1 connections per server. A connection comes back when its response body
 /// has been read to the end, so whatever is taken is free (or closed, and then skipped).
-#[derive(Default)]
 pub struct Pool {
     idle: Mutex<HashMap<SocketAddr, Vec<Sender>>>,
-    max_idle: std::sync::atomic::AtomicUsize,
+    max_idle: usize,
 }
 
 impl Pool {
     pub fn new(max_idle: usize) -> Pool {
         Pool {
             idle: Mutex::default(),
-            max_idle: max_idle.into(),
+            max_idle: max_idle.max(1),
         }
     }
 
@@ -181,10 +180,9 @@ impl Pool {
         if sender.is_closed() {
             return;
         }
-        let max = self.max_idle.load(std::sync::atomic::Ordering::Relaxed);
         let mut idle = self.idle.lock().unwrap();
         let list = idle.entry(server).or_default();
-        if list.len() < max.max(1) {
+        if list.len() < self.max_idle {
             list.push(sender);
         }
     }
