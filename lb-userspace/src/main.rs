@@ -8,6 +8,11 @@ use lb_common::maps::PROG_PASS;
 use lb_userspace::{config::Config, dataplane::Dataplane};
 use tracing::{info, warn};
 
+// The proxy allocates per request (headers, bodies' frames); glibc's malloc cost 9 % of the
+// proxy's CPU under load.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "lb",

@@ -198,6 +198,7 @@ impl Proxy {
             let thread = std::thread::Builder::new()
                 .name(format!("proxy-{i}"))
                 .spawn(move || {
+                    upstream::WORKER.set(i);
                     rt.block_on(async {
                         let _ = stopped.await;
                     });
@@ -302,7 +303,7 @@ impl Proxy {
                     forward_for: o.forward_for,
                     // A reload keeps the warm connections of a backend that stays.
                     pool: old.backends.get(&backend.name).map_or_else(
-                        || Arc::new(Pool::new(http.pool_idle_per_server)),
+                        || Arc::new(Pool::new(self.workers.len(), http.pool_idle_per_server)),
                         |b| b.pool.clone(),
                     ),
                 }),
@@ -512,7 +513,7 @@ async fn serve_http(
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(http.max_header_bytes as u32);
-    let private = Arc::new(Pool::new(4));
+    let private = Arc::new(Pool::new(1, 4));
     let service = hyper::service::service_fn(move |req| {
         let (shared, private) = (shared.clone(), private.clone());
         let frontend = shared.frontend(&frontend);

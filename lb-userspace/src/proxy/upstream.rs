@@ -149,24 +149,36 @@ impl AsyncWrite for ServerStream {
 
 pub type Sender = hyper::client::conn::http1::SendRequest<super::http::ProxyBody>;
 
-/// Idle HTTP/1.1 connections per server. A connection comes back when its response body
-/// has been read to the end, so whatever is taken is free (or closed, and then skipped).
+thread_local! {
+    /// The proxy worker this thread is (0 elsewhere): pools keep each worker's connections
+    /// apart, so a connection is only used on the thread whose runtime drives it.
+    pub static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Idle HTTP/1.1 connections per server, per worker thread. A connection comes back when
+/// its response body has been read to the end, so whatever is taken is free (or closed, and
+/// then skipped). Sharing them across workers would wake another thread's runtime on every
+/// request.
 pub struct Pool {
-    idle: Mutex<HashMap<SocketAddr, Vec<Sender>>>,
+    idle: Vec<Mutex<HashMap<SocketAddr, Vec<Sender>>>>,
     max_idle: usize,
 }
 
 impl Pool {
-    pub fn new(max_idle: usize) -> Pool {
+    pub fn new(workers: usize, max_idle: usize) -> Pool {
         Pool {
-            idle: Mutex::default(),
+            idle: (0..workers.max(1)).map(|_| Mutex::default()).collect(),
             max_idle: max_idle.max(1),
         }
     }
 
+    fn mine(&self) -> &Mutex<HashMap<SocketAddr, Vec<Sender>>> {
+        &self.idle[WORKER.get() % self.idle.len()]
+    }
+
     /// The most recently returned open connection (warmest first).
     pub fn take(&self, server: SocketAddr) -> Option<Sender> {
-        let mut idle = self.idle.lock().unwrap();
+        let mut idle = self.mine().lock().unwrap();
         let list = idle.get_mut(&server)?;
         while let Some(sender) = list.pop() {
             if !sender.is_closed() {
@@ -180,7 +192,7 @@ impl Pool {
         if sender.is_closed() {
             return;
         }
-        let mut idle = self.idle.lock().unwrap();
+        let mut idle = self.mine().lock().unwrap();
         let list = idle.entry(server).or_default();
         if list.len() < self.max_idle {
             list.push(sender);

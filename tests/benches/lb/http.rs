@@ -44,10 +44,21 @@ pub fn run(settings: &Settings) -> Result<Vec<Row>> {
         eprintln!("bench: {system}");
         let pid = start(system, &topo, settings, &dir)?;
         wait_listening(&topo.client, (VIP, PORT).into(), Duration::from_secs(15))?;
+        let cpu_before = cpu_seconds(pid);
         let result = measure(&topo.client, seconds);
+        let cpu = cpu_seconds(pid) - cpu_before;
         topo.lb.stop(pid);
         let (rps, p50, p99) = result.with_context(|| format!("measuring {system}"))?;
         rows.push(Row::new("http-requests", system, rps, "requests/s"));
+        // The proxy's own CPU (user + system, all its processes) per request served, over
+        // the wrk run and the fixed-rate run together.
+        let requests = rps * seconds as f64 + (FIXED_RATE * seconds) as f64;
+        rows.push(Row::new(
+            "http-cpu-per-request",
+            system,
+            cpu * 1e6 / requests,
+            "us",
+        ));
         rows.push(Row::new("http-latency-p50", system, p50, "us"));
         rows.push(Row::new("http-latency-p99", system, p99, "us"));
     }
@@ -214,4 +225,31 @@ fn start(system: &str, topo: &Topology, settings: &Settings, dir: &ScratchDir) -
         }
         other => bail!("unknown HTTP system {other}"),
     }
+}
+
+/// CPU time (user + system) used so far by `pid` and its child processes (nginx's workers).
+fn cpu_seconds(pid: u32) -> f64 {
+    let ticks = |stat: &str| -> Option<(u32, u64)> {
+        // Fields after the parenthesised name: state ppid ... utime(14) stime(15).
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ppid = fields.get(1)?.parse().ok()?;
+        let used = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        Some((ppid, used))
+    };
+    let mut total = 0;
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(id) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        if let Some((ppid, used)) = std::fs::read_to_string(entry.path().join("stat"))
+            .ok()
+            .and_then(|s| ticks(&s))
+            && (id == pid || ppid == pid)
+        {
+            total += used;
+        }
+    }
+    // USER_HZ is 100 on Linux.
+    total as f64 / 100.0
 }

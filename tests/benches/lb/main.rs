@@ -2,7 +2,7 @@
 //! run, the XDP object against the cost of XDP itself, and Maglev's quality. Writes a table
 //! to stdout, `results.json` and `results.svg`.
 //!
-//! Usage: `lb --out DIR [--quick] [--check]` (run through `cargo xtask bench`).
+//! Usage: `lb --out DIR [--quick] [--check] [--only GROUP]` (run through `cargo xtask bench`).
 
 mod http;
 mod maglev;
@@ -120,7 +120,12 @@ fn add_ratios(rows: &mut Vec<Row>) {
     rows.extend(ratios);
 }
 
-const HTTP_WORKLOADS: &[&str] = &["http-requests", "http-latency-p50", "http-latency-p99"];
+const HTTP_WORKLOADS: &[&str] = &[
+    "http-requests",
+    "http-latency-p50",
+    "http-latency-p99",
+    "http-cpu-per-request",
+];
 const HTTP_PEERS: &[&str] = &["haproxy-http", "nginx"];
 
 /// Every row a run must produce (HAProxy has no UDP, so no packet-rate row for it).
@@ -167,6 +172,8 @@ fn expected_rows() -> Vec<(String, String)> {
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let (mut quick, mut check, mut replot, mut out) = (false, false, false, None);
+    // One group only (micro, maglev, systems, http): for working on one part.
+    let mut only: Option<String> = None;
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--quick" => quick = true,
@@ -174,9 +181,10 @@ fn main() -> Result<()> {
             // Redraw the chart from an existing results.json, measuring nothing.
             "--replot" => replot = true,
             "--out" => out = args.next().map(PathBuf::from),
+            "--only" => only = args.next(),
             // cargo bench passes --bench to harness=false targets.
             "--bench" => {}
-            other => bail!("unknown argument {other:?}; usage: --out DIR [--quick] [--check]"),
+            other => bail!("unknown argument {other:?}; usage: --out DIR [--quick] [--check] [--only micro|maglev|systems|http]"),
         }
     }
     let out = out.context("--out DIR is required")?;
@@ -193,11 +201,23 @@ fn main() -> Result<()> {
         lb_bin: lb_tests::topology::lb_binary()?,
     };
 
+    let runs = |group: &str| only.as_deref().is_none_or(|o| o == group);
+    if check && only.is_some() {
+        bail!("--check needs every group; drop --only");
+    }
     let mut rows = Vec::new();
-    rows.extend(micro::run(quick).context("microbenchmarks")?);
-    rows.extend(maglev::run(quick).context("Maglev quality")?);
-    rows.extend(systems::run(&settings).context("system comparison")?);
-    rows.extend(http::run(&settings).context("HTTP proxy comparison")?);
+    if runs("micro") {
+        rows.extend(micro::run(quick).context("microbenchmarks")?);
+    }
+    if runs("maglev") {
+        rows.extend(maglev::run(quick).context("Maglev quality")?);
+    }
+    if runs("systems") {
+        rows.extend(systems::run(&settings).context("system comparison")?);
+    }
+    if runs("http") {
+        rows.extend(http::run(&settings).context("HTTP proxy comparison")?);
+    }
     add_ratios(&mut rows);
 
     std::fs::create_dir_all(&out)?;
