@@ -762,6 +762,46 @@ impl Config {
                 _ => {}
             }
         }
+        let h = &self.http;
+        for (field, text) in [
+            ("connect_timeout", &h.connect_timeout),
+            ("server_timeout", &h.server_timeout),
+            ("request_timeout", &h.request_timeout),
+            ("body_timeout", &h.body_timeout),
+        ] {
+            if duration(text).is_none_or(|d| d.is_zero()) {
+                problem(
+                    format!("http.{field}"),
+                    format!("{text:?} is not a duration"),
+                    "use a number with a unit, such as \"500ms\", \"10s\" or \"2m\"",
+                );
+            }
+        }
+        let max = crate::proxy::h1::MAX_REQUEST_HEADERS;
+        if !(1..=max).contains(&h.max_headers) {
+            problem(
+                "http.max_headers".into(),
+                format!("max_headers {} is outside 1..={max}", h.max_headers),
+                "use a count such as 100 (the default)",
+            );
+        }
+        if !(1024..=1 << 20).contains(&h.max_header_bytes) {
+            problem(
+                "http.max_header_bytes".into(),
+                format!(
+                    "max_header_bytes {} is outside 1024..=1048576",
+                    h.max_header_bytes
+                ),
+                "use a size in bytes such as 16384 (the default)",
+            );
+        }
+        if !(1..=256).contains(&h.workers) {
+            problem(
+                "http.workers".into(),
+                format!("workers {} is outside 1..=256", h.workers),
+                "use about one worker per core, such as 2 (the default)",
+            );
+        }
         out
     }
 

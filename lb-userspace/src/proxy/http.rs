@@ -12,7 +12,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt as _, Empty, Full, combinators::BoxBody};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::rt::TokioIo;
@@ -124,7 +124,7 @@ where
 struct CountedBody {
     inner: Incoming,
     _guard: ActiveGuard,
-    reuse: Option<(Arc<Pool>, SocketAddr, Sender)>,
+    reuse: Option<(Arc<Pool<Sender>>, SocketAddr, Sender)>,
 }
 
 impl Drop for CountedBody {
@@ -165,7 +165,7 @@ pub async fn handle(
     shared: Arc<Shared>,
     frontend: Arc<FrontendRoute>,
     conn: ConnInfo,
-    private: Arc<Pool>,
+    private: Arc<Pool<Sender>>,
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let h = req.headers();
@@ -208,14 +208,40 @@ fn request_host(req: &Request<Incoming>) -> Option<String> {
         .headers()
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| req.uri().authority().map(|a| a.to_string()))?;
-    // Drop a port; keep IPv6 brackets whole.
-    Some(match host.rsplit_once(':') {
-        Some((name, port)) if port.parse::<u16>().is_ok() => name.to_string(),
-        _ => host,
-    })
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))?;
+    Some(without_port(host).to_string())
 }
+
+/// A Host value without its port; IPv6 brackets are kept whole.
+pub fn without_port(host: &str) -> &str {
+    match host.rsplit_once(':') {
+        Some((name, port)) if port.parse::<u16>().is_ok() && !name.ends_with(':') => name,
+        _ => host,
+    }
+}
+
+/// The value of cookie `name` in one Cookie header value.
+pub fn cookie_in<'a>(header: &'a str, name: &str) -> Option<&'a str> {
+    header
+        .split(';')
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim())
+}
+
+/// Whether a Set-Cookie value sets cookie `name` (insert mode owns that name).
+pub fn sets_cookie(value: &[u8], name: &str) -> bool {
+    let value = value.trim_ascii_start();
+    value.starts_with(name.as_bytes()) && value.get(name.len()) == Some(&b'=')
+}
+
+/// Request headers only a trusted proxy may send: anyone else's are removed.
+pub const FORWARDED_HEADERS: [&str; 4] = [
+    "x-forwarded-for",
+    "x-forwarded-port",
+    "x-forwarded-proto",
+    "forwarded",
+];
 
 fn redirect_to_https(req: &Request<Incoming>, port: u16) -> Response<ProxyBody> {
     let host = request_host(req).unwrap_or_default();
@@ -238,15 +264,12 @@ fn redirect_to_https(req: &Request<Incoming>, port: u16) -> Response<ProxyBody> 
 }
 
 /// The sticky cookie's value in the request, if any.
-fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
+fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.trim().to_string())
+        .find_map(|v| cookie_in(v, name))
 }
 
 fn is_upgrade(req: &Request<Incoming>) -> bool {
@@ -268,12 +291,7 @@ fn forwarded_headers(
 ) {
     let trusted = frontend.trusts(conn.client.ip());
     if !trusted {
-        for name in [
-            "x-forwarded-for",
-            "x-forwarded-port",
-            "x-forwarded-proto",
-            "forwarded",
-        ] {
+        for name in FORWARDED_HEADERS {
             headers.remove(name);
         }
     }
@@ -323,14 +341,14 @@ async fn forward(
     frontend: &FrontendRoute,
     backend: &Arc<BackendRoute>,
     conn: ConnInfo,
-    private: &Arc<Pool>,
+    private: &Arc<Pool<Sender>>,
     mut req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let http = shared.http();
     let upgrade = is_upgrade(&req);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let sticky_cookie = backend.cookie.as_ref().and_then(|c| {
-        cookie_value(req.headers(), &c.name).and_then(|v| backend.balancer.by_cookie(&v))
+        cookie_value(req.headers(), &c.name).and_then(|v| backend.balancer.by_cookie(v))
     });
     let preferred = sticky_cookie.or_else(|| backend.sticky_source(conn.client.ip()));
     let (mut parts, body) = req.into_parts();
@@ -364,7 +382,7 @@ async fn forward(
     parts.version = http::Version::HTTP_11;
     let body_empty = body.is_end_stream();
     // Without a body, a request can be rebuilt for a retry after it was sent.
-    let retry_after_send = body_empty && is_idempotent(&parts.method) && !upgrade;
+    let retry_after_send = body_empty && is_idempotent_method(parts.method.as_str()) && !upgrade;
     // The head is copied only when a retry after sending may need it again.
     parts.extensions = http::Extensions::new();
     let mut head = Some(parts);
@@ -499,11 +517,9 @@ async fn forward(
     error(StatusCode::BAD_GATEWAY, &last_error, false)
 }
 
-fn is_idempotent(m: &Method) -> bool {
-    matches!(
-        *m,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
-    )
+/// RFC 9110 9.2.2: may be sent again after a failed attempt.
+pub fn is_idempotent_method(m: &str) -> bool {
+    matches!(m, "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE")
 }
 
 /// A new HTTP/1.1 connection to `server` (PROXY header and TLS per the backend).

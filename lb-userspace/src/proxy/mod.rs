@@ -7,6 +7,7 @@
 //! connection counts) and opens or closes listeners to match the config.
 
 pub mod balance;
+pub mod h1;
 pub mod http;
 pub mod upstream;
 
@@ -38,30 +39,34 @@ impl CookieConfig {
     /// Remove a same-named cookie the server set (insert mode owns that name) and set ours,
     /// unless the client already holds the right one and there is no TTL to refresh.
     pub fn insert(&self, headers: &mut ::http::HeaderMap, server: &str, already: bool) {
-        let prefix = format!("{}=", self.name);
         let kept: Vec<::http::HeaderValue> = headers
             .get_all(::http::header::SET_COOKIE)
             .iter()
-            .filter(|v| {
-                !v.to_str()
-                    .is_ok_and(|s| s.trim_start().starts_with(&prefix))
-            })
+            .filter(|v| !http::sets_cookie(v.as_bytes(), &self.name))
             .cloned()
             .collect();
         headers.remove(::http::header::SET_COOKIE);
         for v in kept {
             headers.append(::http::header::SET_COOKIE, v);
         }
+        if let Some(cookie) = self.set_cookie(server, already)
+            && let Ok(v) = ::http::HeaderValue::from_str(&cookie)
+        {
+            headers.append(::http::header::SET_COOKIE, v);
+        }
+    }
+
+    /// Our Set-Cookie value for `server`, unless the client already holds it and there is
+    /// no TTL to refresh.
+    pub fn set_cookie(&self, server: &str, already: bool) -> Option<String> {
         if already && self.ttl.is_none() {
-            return;
+            return None;
         }
         let mut cookie = format!("{}={server}; Path=/; HttpOnly", self.name);
         if let Some(ttl) = self.ttl {
             cookie += &format!("; Max-Age={}", ttl.as_secs());
         }
-        if let Ok(v) = ::http::HeaderValue::from_str(&cookie) {
-            headers.append(::http::header::SET_COOKIE, v);
-        }
+        Some(cookie)
     }
 }
 
@@ -78,8 +83,10 @@ pub struct BackendRoute {
     pub sticky_source: Option<(Duration, SourceTable)>,
     /// The backend's own forward_for, over the frontend's.
     pub forward_for: Option<bool>,
-    /// Idle keep-alive connections to its servers.
-    pub pool: Arc<Pool>,
+    /// Idle keep-alive connections to its servers: hyper's (HTTP/2 clients) and the
+    /// HTTP/1 path's own.
+    pub pool: Arc<Pool<upstream::Sender>>,
+    pub h1_pool: Arc<Pool<upstream::Upstream>>,
 }
 
 impl BackendRoute {
@@ -306,6 +313,10 @@ impl Proxy {
                         || Arc::new(Pool::new(self.workers.len(), http.pool_idle_per_server)),
                         |b| b.pool.clone(),
                     ),
+                    h1_pool: old.backends.get(&backend.name).map_or_else(
+                        || Arc::new(Pool::new(self.workers.len(), http.pool_idle_per_server)),
+                        |b| b.h1_pool.clone(),
+                    ),
                 }),
             );
         }
@@ -502,6 +513,43 @@ async fn serve_http(
     tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
     let http = shared.http();
+    let Some(acceptor) = tls else {
+        // Plain: HTTP/1.x unless the first bytes are the HTTP/2 preface (h2c).
+        let mut stream = stream;
+        let mut first = bytes::BytesMut::with_capacity(16 * 1024);
+        let deadline = tokio::time::Instant::now() + http.request_timeout();
+        while first.len() < h1::H2_PREFACE.len() && h1::may_be_h2_preface(&first) {
+            use tokio::io::AsyncReadExt as _;
+            match tokio::time::timeout_at(deadline, stream.read_buf(&mut first)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return,
+            }
+        }
+        if first.starts_with(h1::H2_PREFACE) {
+            let io = h1::Prefixed {
+                prefix: first,
+                inner: stream,
+            };
+            return serve_hyper(shared, frontend, conn, io).await;
+        }
+        return h1::serve(shared, frontend, conn, stream, first).await;
+    };
+    match tokio::time::timeout(http.request_timeout(), acceptor.accept(stream)).await {
+        Ok(Ok(s)) if s.get_ref().1.alpn_protocol() == Some(b"h2") => {
+            serve_hyper(shared, frontend, conn, s).await
+        }
+        Ok(Ok(s)) => h1::serve(shared, frontend, conn, s, bytes::BytesMut::new()).await,
+        Ok(Err(e)) => debug!(client = %conn.client, error = %e, "TLS handshake failed"),
+        Err(_) => {}
+    }
+}
+
+/// A connection served by hyper (HTTP/2, with HTTP/1 should it come to that).
+async fn serve_hyper<I>(shared: Arc<Shared>, frontend: String, conn: ConnInfo, io: I)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let http = shared.http();
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -528,28 +576,10 @@ async fn serve_http(
             })
         }
     });
-    let result = match tls {
-        Some(acceptor) => {
-            match tokio::time::timeout(http.request_timeout(), acceptor.accept(stream)).await {
-                Ok(Ok(s)) => {
-                    builder
-                        .serve_connection_with_upgrades(TokioIo::new(s), service)
-                        .await
-                }
-                Ok(Err(e)) => {
-                    debug!(client = %conn.client, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => return,
-            }
-        }
-        None => {
-            builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .await
-        }
-    };
-    if let Err(e) = result {
+    if let Err(e) = builder
+        .serve_connection_with_upgrades(TokioIo::new(io), service)
+        .await
+    {
         debug!(client = %conn.client, error = %e, "client connection ended");
     }
 }

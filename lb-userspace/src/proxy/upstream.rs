@@ -149,53 +149,86 @@ impl AsyncWrite for ServerStream {
 
 pub type Sender = hyper::client::conn::http1::SendRequest<super::http::ProxyBody>;
 
+/// A connection that can wait in a pool; a closed one is skipped.
+pub trait Reusable {
+    fn is_closed(&self) -> bool;
+}
+
+impl Reusable for Sender {
+    fn is_closed(&self) -> bool {
+        SendRequest::is_closed(self)
+    }
+}
+
+use hyper::client::conn::http1::SendRequest;
+
+/// A server connection the HTTP/1 path drives itself, with what was read past the last
+/// response (nothing, for one that can be reused).
+pub struct Upstream {
+    pub io: ServerStream,
+    pub buf: bytes::BytesMut,
+}
+
+impl Reusable for Upstream {
+    /// Closed if its socket became readable while idle (EOF, or bytes nobody asked for).
+    /// tokio answers from the readiness epoll reported, with no syscall when there is none.
+    fn is_closed(&self) -> bool {
+        let tcp = match &self.io {
+            ServerStream::Plain(s) => s,
+            ServerStream::Tls(s) => s.get_ref().0,
+        };
+        !matches!(tcp.try_read(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+}
+
 thread_local! {
     /// The proxy worker this thread is (0 elsewhere): pools keep each worker's connections
     /// apart, so a connection is only used on the thread whose runtime drives it.
     pub static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
-/// Idle HTTP/1.1 connections per server, per worker thread. A connection comes back when
-/// its response body has been read to the end, so whatever is taken is free (or closed, and
-/// then skipped). Sharing them across workers would wake another thread's runtime on every
-/// request.
-pub struct Pool {
-    idle: Vec<Mutex<HashMap<SocketAddr, Vec<Sender>>>>,
+type IdleLists<T> = Mutex<HashMap<SocketAddr, Vec<T>>>;
+
+/// Idle keep-alive connections per server, per worker thread. A connection comes back when
+/// its response was read to the end, so whatever is taken is free (or closed, and then
+/// skipped). Sharing them across workers would wake another thread's runtime per request.
+pub struct Pool<T> {
+    idle: Vec<IdleLists<T>>,
     max_idle: usize,
 }
 
-impl Pool {
-    pub fn new(workers: usize, max_idle: usize) -> Pool {
+impl<T: Reusable> Pool<T> {
+    pub fn new(workers: usize, max_idle: usize) -> Pool<T> {
         Pool {
             idle: (0..workers.max(1)).map(|_| Mutex::default()).collect(),
             max_idle: max_idle.max(1),
         }
     }
 
-    fn mine(&self) -> &Mutex<HashMap<SocketAddr, Vec<Sender>>> {
+    fn mine(&self) -> &IdleLists<T> {
         &self.idle[WORKER.get() % self.idle.len()]
     }
 
     /// The most recently returned open connection (warmest first).
-    pub fn take(&self, server: SocketAddr) -> Option<Sender> {
+    pub fn take(&self, server: SocketAddr) -> Option<T> {
         let mut idle = self.mine().lock().unwrap();
         let list = idle.get_mut(&server)?;
-        while let Some(sender) = list.pop() {
-            if !sender.is_closed() {
-                return Some(sender);
+        while let Some(conn) = list.pop() {
+            if !conn.is_closed() {
+                return Some(conn);
             }
         }
         None
     }
 
-    pub fn put(&self, server: SocketAddr, sender: Sender) {
-        if sender.is_closed() {
+    pub fn put(&self, server: SocketAddr, conn: T) {
+        if conn.is_closed() {
             return;
         }
         let mut idle = self.mine().lock().unwrap();
         let list = idle.entry(server).or_default();
         if list.len() < self.max_idle {
-            list.push(sender);
+            list.push(conn);
         }
     }
 }

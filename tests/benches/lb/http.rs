@@ -239,7 +239,11 @@ fn cpu_seconds(pid: u32) -> f64 {
     };
     let mut total = 0;
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(id) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+        let Some(id) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
             continue;
         };
         if let Some((ppid, used)) = std::fs::read_to_string(entry.path().join("stat"))

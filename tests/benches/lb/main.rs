@@ -184,7 +184,9 @@ fn main() -> Result<()> {
             "--only" => only = args.next(),
             // cargo bench passes --bench to harness=false targets.
             "--bench" => {}
-            other => bail!("unknown argument {other:?}; usage: --out DIR [--quick] [--check] [--only micro|maglev|systems|http]"),
+            other => bail!(
+                "unknown argument {other:?}; usage: --out DIR [--quick] [--check] [--only micro|maglev|systems|http]"
+            ),
         }
     }
     let out = out.context("--out DIR is required")?;
