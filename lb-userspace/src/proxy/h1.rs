@@ -6,6 +6,7 @@
 //! "h2" or the h2c preface) still goes to hyper.
 
 use std::{
+    io::Write as _,
     mem::MaybeUninit,
     pin::Pin,
     sync::Arc,
@@ -594,7 +595,9 @@ fn prepare(
         out.extend_from_slice(b"host: ");
         match authority {
             Some(a) => out.extend_from_slice(a.as_bytes()),
-            None => out.extend_from_slice(conn.local.to_string().as_bytes()),
+            None => {
+                let _ = write!(out, "{}", conn.local);
+            }
         }
         out.extend_from_slice(b"\r\n");
     }
@@ -607,12 +610,9 @@ fn prepare(
             out.extend_from_slice(prior);
             out.extend_from_slice(b", ");
         }
-        out.extend_from_slice(conn.client.ip().to_canonical().to_string().as_bytes());
-        out.extend_from_slice(b"\r\n");
+        let _ = write!(out, "{}\r\n", conn.client.ip().to_canonical());
         if !has_port {
-            out.extend_from_slice(
-                format!("x-forwarded-port: {}\r\n", conn.local.port()).as_bytes(),
-            );
+            let _ = write!(out, "x-forwarded-port: {}\r\n", conn.local.port());
         }
         if !has_proto {
             out.extend_from_slice(if conn.tls {
@@ -684,7 +684,7 @@ fn rewrite_response(
             connection_has("keep-alive")
         };
     let switching = status == 101;
-    out.extend_from_slice(format!("HTTP/1.1 {status} ").as_bytes());
+    let _ = write!(out, "HTTP/1.1 {status} ");
     out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
     let cookie = request.backend.cookie.as_ref();
@@ -729,6 +729,12 @@ fn rewrite_response(
     }))
 }
 
+/// A prepared request and its upstream head.
+struct Request<'a> {
+    head: &'a [u8],
+    prepared: Prepared,
+}
+
 /// What became of one request.
 enum Outcome {
     /// Answered; the client connection may serve another request.
@@ -747,6 +753,7 @@ pub async fn serve<S>(
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut out = Vec::with_capacity(1024);
+    let mut response_head = Vec::with_capacity(1024);
     // Connections to servers that get a PROXY header carry this client's address: never
     // shared with another client.
     let private = Pool::new(1, 4);
@@ -790,16 +797,12 @@ pub async fn serve<S>(
             }
         };
         buf.advance(prepared.head_len);
-        match exchange(
-            &shared,
-            conn,
-            &mut client,
-            &mut buf,
-            &out,
-            &private,
+        let request = Request {
+            head: &out,
             prepared,
-        )
-        .await
+        };
+        match exchange(&shared, conn, &mut client, &mut buf, request, &mut response_head, &private)
+            .await
         {
             Outcome::KeepAlive => {}
             Outcome::Close => {
@@ -816,29 +819,31 @@ async fn exchange<S>(
     conn: ConnInfo,
     client: &mut S,
     buf: &mut BytesMut,
-    head: &[u8],
+    request: Request<'_>,
+    out: &mut Vec<u8>,
     private: &Pool<Upstream>,
-    req: Prepared,
 ) -> Outcome
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let Request { head, prepared: req } = request;
     let http = shared.http();
     let backend = &req.backend;
     let answer = |status, detail: &str| error_response(status, detail, !req.keep_alive);
-    let mut tried: Vec<usize> = Vec::new();
+    let mut tried = [usize::MAX; 3];
     let mut last_error = String::from("no server is available");
     // False once a request body was cut off midway: the client's stream is out of step.
     let mut in_step = true;
     let mut continue_sent = false;
-    let mut out = Vec::with_capacity(1024);
-    for attempt in 0..backend.balancer.servers.len().clamp(1, 3) {
-        let chosen = match (attempt, req.preferred) {
+    let mut attempts = 0;
+    while attempts < backend.balancer.servers.len().clamp(1, tried.len()) {
+        let chosen = match (attempts, req.preferred) {
             (0, Some(i)) => Some(i),
-            _ => backend.balancer.pick(conn.client.ip(), &tried),
+            _ => backend.balancer.pick(conn.client.ip(), &tried[..attempts]),
         };
         let Some(index) = chosen else { break };
-        tried.push(index);
+        tried[attempts] = index;
+        attempts += 1;
         let server = backend.balancer.servers[index].clone();
         let _guard = server.open();
         let pool = if backend.dialer.proxy_protocol.is_some() {
@@ -883,7 +888,7 @@ where
         out.clear();
         out.extend_from_slice(head);
         let body_wait = Wait::Until(Instant::now() + http.body_timeout());
-        match relay(client, buf, &mut up.io, &mut out, req.body, body_wait).await {
+        match relay(client, buf, &mut up.io, out, req.body, body_wait).await {
             Ok(()) => {}
             Err(RelayError::Source(e)) => {
                 debug!(client = %conn.client, error = %e, "request body failed");
@@ -904,7 +909,7 @@ where
         let response = loop {
             if !up.buf.is_empty() {
                 out.clear();
-                match rewrite_response(&up.buf, &req, &server.cookie, req.keep_alive, &mut out) {
+                match rewrite_response(&up.buf, &req, &server.cookie, req.keep_alive, out) {
                     Ok(Some(r)) if (100..200).contains(&r.status) && r.status != 101 => {
                         // Interim (103 Early Hints, ...): pass on, wait for the final one.
                         up.buf.advance(r.head_len);
@@ -959,13 +964,13 @@ where
                 );
                 break;
             }
-            return tunnel(client, buf, up, &mut out).await;
+            return tunnel(client, buf, up, out).await;
         }
         let relayed = relay(
             &mut up.io,
             &mut up.buf,
             client,
-            &mut out,
+            out,
             response.body,
             Wait::EachRead(http.server_timeout()),
         )
@@ -987,7 +992,7 @@ where
             }
         };
     }
-    let response = if tried.is_empty() {
+    let response = if attempts == 0 {
         answer(
             StatusCode::SERVICE_UNAVAILABLE,
             &format!("backend {:?} has no server available", backend.name),
