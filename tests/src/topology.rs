@@ -102,6 +102,16 @@ impl Topology {
 
     /// Attach the pass-only XDP program to the client's and servers' veth ends: frames lb
     /// redirects into a veth are dropped unless its peer runs an XDP program.
+    /// A topology for the userspace proxy: peers started, and the VIP an address of the lb
+    /// host (the proxy serves it from the host's own stack).
+    pub fn for_proxy(prefix: &str, server_count: usize, lb_bin: &Path) -> Result<Topology> {
+        let topo = Topology::new(prefix, server_count)?;
+        topo.start_peers(lb_bin)?;
+        topo.lb
+            .exec(&["ip", "addr", "add", &format!("{VIP}/32"), "dev", "lo"])?;
+        Ok(topo)
+    }
+
     pub fn start_peers(&self, lb_bin: &Path) -> Result<()> {
         for ns in std::iter::once(&self.client).chain(&self.servers) {
             start_and_wait_ready(ns, lb_bin, &["peer", "eth0"])?;

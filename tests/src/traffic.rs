@@ -301,3 +301,48 @@ pub fn exchange_all(client: &NetNs, mut conns: Vec<LongConn>) -> Result<Vec<Long
         .join()
         .map_err(|_| anyhow::anyhow!("client thread panicked"))?
 }
+
+/// curl in `ns`, silent but for errors, at most 10 s; its output.
+pub fn curl(ns: &crate::netns::NetNs, args: &[&str]) -> String {
+    let mut full = vec!["curl", "-sS", "--max-time", "10"];
+    full.extend_from_slice(args);
+    ns.exec(&full).unwrap()
+}
+
+/// Send `request` raw from `ns`, one chunk at a time with `pause` between them, and read
+/// until the peer closes the connection (or 8 s pass). Returns what was read and whether
+/// the peer closed (or refused a later chunk).
+pub fn raw_http(
+    ns: &crate::netns::NetNs,
+    target: SocketAddr,
+    request: Vec<Vec<u8>>,
+    pause: Duration,
+) -> (String, bool) {
+    use std::io::Read as _;
+    ns.run(move || {
+        let mut s = TcpStream::connect(target).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+        let mut closed_early = false;
+        for (i, chunk) in request.iter().enumerate() {
+            if s.write_all(chunk).is_err() {
+                closed_early = i > 0;
+                break;
+            }
+            if !pause.is_zero() {
+                std::thread::sleep(pause);
+            }
+        }
+        let mut out = Vec::new();
+        let closed = match s.read_to_end(&mut out) {
+            Ok(_) => true,
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        };
+        (
+            String::from_utf8_lossy(&out).into_owned(),
+            closed || closed_early,
+        )
+    })
+    .unwrap()
+    .join()
+    .unwrap()
+}

@@ -37,6 +37,9 @@ enum Task {
         /// Every workload briefly (under 90 s in all).
         #[arg(long)]
         quick: bool,
+        /// One group only, when working on it: micro, maglev, systems or http.
+        #[arg(long, value_parser = ["micro", "maglev", "systems", "http"])]
+        only: Option<String>,
     },
 }
 
@@ -65,7 +68,7 @@ fn main() -> Result<()> {
             std::process::exit(status.code().unwrap_or(1));
         }
         Task::Test => test(),
-        Task::Bench { quick } => run_bench(quick, false),
+        Task::Bench { quick, only } => run_bench(quick, false, only.as_deref()),
     }
 }
 
@@ -132,12 +135,12 @@ fn test() -> Result<()> {
         "--tests",
     ])?;
     // The benchmark harness itself: every row present and non-zero, never a speed.
-    run_bench(true, true)?;
+    run_bench(true, true, None)?;
     println!("tests: {passed} passed, {failed} failed");
     Ok(())
 }
 
-fn run_bench(quick: bool, check: bool) -> Result<()> {
+fn run_bench(quick: bool, check: bool, only: Option<&str>) -> Result<()> {
     cargo(&["build", "--release", "-p", "lb-userspace"])?;
     let root = workspace_root();
     let out = root.join("target/bench");
@@ -150,6 +153,9 @@ fn run_bench(quick: bool, check: bool) -> Result<()> {
     }
     if check {
         cmd.arg("--check");
+    }
+    if let Some(group) = only {
+        cmd.args(["--only", group]);
     }
     run(&mut cmd)
 }

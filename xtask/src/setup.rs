@@ -16,7 +16,8 @@ const BPF_LINKER_VERSION: &str = "0.13";
 /// Debian packages the tests, the demo and the benchmarks use: `ip` (iproute2) for
 /// namespaces and veths, ethtool to turn off veth checksum offload, nft, haproxy, nginx,
 /// iperf3 and wrk as systems to compare with and load generators, and real PostgreSQL,
-/// MariaDB, Redis and openssl servers for health-check tests; curl as a real HTTP client.
+/// MariaDB, Redis and openssl servers for health-check tests; curl as a real HTTP client;
+/// python3 for a test server that digests request bodies.
 const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
     "ethtool",
@@ -30,6 +31,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "postgresql",
     "mariadb-server",
     "redis-server",
+    "python3",
 ];
 
 pub fn setup(root: &Path) -> Result<Tools> {

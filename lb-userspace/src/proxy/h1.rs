@@ -801,8 +801,16 @@ pub async fn serve<S>(
             head: &out,
             prepared,
         };
-        match exchange(&shared, conn, &mut client, &mut buf, request, &mut response_head, &private)
-            .await
+        match exchange(
+            &shared,
+            conn,
+            &mut client,
+            &mut buf,
+            request,
+            &mut response_head,
+            &private,
+        )
+        .await
         {
             Outcome::KeepAlive => {}
             Outcome::Close => {
@@ -826,7 +834,10 @@ async fn exchange<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let Request { head, prepared: req } = request;
+    let Request {
+        head,
+        prepared: req,
+    } = request;
     let http = shared.http();
     let backend = &req.backend;
     let answer = |status, detail: &str| error_response(status, detail, !req.keep_alive);
@@ -913,7 +924,7 @@ where
                     Ok(Some(r)) if (100..200).contains(&r.status) && r.status != 101 => {
                         // Interim (103 Early Hints, ...): pass on, wait for the final one.
                         up.buf.advance(r.head_len);
-                        if client.write_all(&out).await.is_err() {
+                        if client.write_all(out).await.is_err() {
                             return Outcome::Close;
                         }
                         continue;

@@ -3,7 +3,8 @@
 //! (bytes XDP cannot insert into a stream). XDP passes these frontends' packets to the
 //! kernel; the VIP must be an address of this host.
 //!
-//! It runs on a runtime of its own. `update` swaps in new routes (servers keep their open
+//! `[http] workers` threads each run a runtime of their own. HTTP/1.x is relayed by `h1`,
+//! HTTP/2 by hyper (`http`). `update` swaps in new routes (servers keep their open
 //! connection counts) and opens or closes listeners to match the config.
 
 pub mod balance;
@@ -87,6 +88,9 @@ pub struct BackendRoute {
     /// HTTP/1 path's own.
     pub pool: Arc<Pool<upstream::Sender>>,
     pub h1_pool: Arc<Pool<upstream::Upstream>>,
+    /// How its connections are made (TLS, verification, PROXY header): pools are kept
+    /// across a reload only while this stays the same.
+    pub dial_settings: String,
 }
 
 impl BackendRoute {
@@ -276,6 +280,16 @@ impl Proxy {
                 None
             };
             let sticky = o.sticky_session.as_ref();
+            let dial_settings = format!(
+                "{:?} {:?} {:?} {:?}",
+                o.tls, o.tls_verify, o.tls_ca, o.proxy_protocol
+            );
+            // A reload keeps the warm connections of a backend that stays and connects the
+            // same way.
+            let kept = old
+                .backends
+                .get(&backend.name)
+                .filter(|b| b.dial_settings == dial_settings);
             let ttl = sticky
                 .and_then(|s| s.ttl.as_deref())
                 .and_then(crate::config::duration);
@@ -308,15 +322,15 @@ impl Proxy {
                         )
                     }),
                     forward_for: o.forward_for,
-                    // A reload keeps the warm connections of a backend that stays.
-                    pool: old.backends.get(&backend.name).map_or_else(
+                    pool: kept.map_or_else(
                         || Arc::new(Pool::new(self.workers.len(), http.pool_idle_per_server)),
                         |b| b.pool.clone(),
                     ),
-                    h1_pool: old.backends.get(&backend.name).map_or_else(
+                    h1_pool: kept.map_or_else(
                         || Arc::new(Pool::new(self.workers.len(), http.pool_idle_per_server)),
                         |b| b.h1_pool.clone(),
                     ),
+                    dial_settings,
                 }),
             );
         }
