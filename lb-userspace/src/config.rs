@@ -18,6 +18,10 @@ pub const MAX_WEIGHT: i64 = 100;
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// The load balancers frontends and backends belong to (`lb`); none listed means one,
+    /// with id "1".
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lbs: Vec<LoadBalancer>,
     #[serde(default)]
     pub frontends: Vec<Frontend>,
     #[serde(default)]
@@ -31,7 +35,48 @@ pub struct Config {
     pub metrics: MetricsConfig,
     #[serde(default)]
     pub http: HttpConfig,
+    #[serde(default)]
+    pub api: ApiConfig,
 }
+
+/// A load balancer of the product's API (`/v1/lbs/{id}`).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoadBalancer {
+    pub id: String,
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// Ports published through `POST /v1/lbs/{id}/public_ports`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub public_ports: Vec<PublicPort>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PublicPort {
+    pub port: u16,
+    #[serde(default)]
+    pub desc: String,
+    pub public_port: u16,
+}
+
+/// The REST API (`/v1/...`), off unless `listen` is set.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Address and port, for example "127.0.0.1:8081".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Bearer tokens, one per line: `rw TOKEN` (may change things) or `ro TOKEN` (may only
+    /// read); `#` starts a comment. Tokens may also come from the environment:
+    /// LB_API_TOKEN (read-write) and LB_API_READONLY_TOKEN.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<std::path::PathBuf>,
+}
+
+/// The id of the load balancer that frontends and backends without `lb` belong to.
+pub const DEFAULT_LB: &str = "1";
 
 /// Limits and timeouts of the userspace proxy (http frontends, and tcp frontends whose
 /// backend sends a PROXY header).
@@ -95,6 +140,7 @@ impl HttpConfig {
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
     /// Address and port of `/metrics`, for example "127.0.0.1:9100"; absent = off.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<std::net::SocketAddr>,
 }
 
@@ -183,14 +229,16 @@ pub fn duration(text: &str) -> Option<std::time::Duration> {
     humantime::parse_duration(text.trim()).ok()
 }
 
-#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     Tcp,
     Http,
 }
 
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, Hash)]
+#[derive(
+    Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, Hash, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     #[default]
@@ -198,12 +246,16 @@ pub enum Protocol {
     Udp,
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Frontend {
+    /// The load balancer it belongs to (default: the first of `lbs`, or "1").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lb: Option<String>,
     pub name: String,
     pub mode: Mode,
     /// The virtual IP clients connect to.
+    #[schema(value_type = String)]
     pub address: IpAddr,
     pub binds: Vec<Bind>,
     pub default_backend: String,
@@ -212,6 +264,8 @@ pub struct Frontend {
     #[serde(default)]
     pub interfaces: Vec<String>,
     /// Source address for packets sent to servers; replies must route back to it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub snat_address: Option<IpAddr>,
     #[serde(default)]
     pub forwarding: Forwarding,
@@ -226,7 +280,7 @@ pub struct Frontend {
     pub options: FrontendOptions,
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Acl {
     pub name: String,
@@ -235,7 +289,7 @@ pub struct Acl {
     pub value: String,
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteRule {
     pub backend: String,
@@ -245,12 +299,14 @@ pub struct RouteRule {
     pub test: String,
 }
 
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FrontendOptions {
     /// Answer plain-HTTP requests with a 301 to https.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub redirect_ssl: Option<bool>,
     /// Add X-Forwarded-For/-Port/-Proto (default on for http); a backend may turn it off.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub forward_for: Option<bool>,
     /// Clients (CIDRs) whose X-Forwarded-* headers are kept and appended to; everyone
     /// else's are replaced.
@@ -258,7 +314,7 @@ pub struct FrontendOptions {
     pub trusted_proxies: Vec<String>,
 }
 
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Forwarding {
     /// Full NAT: servers see lb's SNAT address; replies come back through lb.
@@ -268,23 +324,29 @@ pub enum Forwarding {
     Dsr,
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Bind {
     pub port: u16,
     #[serde(default)]
     pub protocol: Protocol,
     /// http: terminate TLS on this bind with `ssl_certificate`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ssl: Option<bool>,
     /// PEM file with the certificate chain and its private key (as HAProxy's `crt`).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ssl_certificate: Option<String>,
     /// Not supported; refused when true.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub use_http3: Option<bool>,
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Backend {
+    /// The load balancer it belongs to (default: the first of `lbs`, or "1").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lb: Option<String>,
     pub name: String,
     pub mode: Mode,
     pub balancing_method: String,
@@ -296,32 +358,42 @@ pub struct Backend {
 
 /// Backend options of the product's object model. Those a later part of lb implements are
 /// accepted by the parser and refused by validation with a clear message, never ignored.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BackendOptions {
-    pub sticky_session: Option<StickySession>,
-    /// Maglev table size M (a prime, at least 100 x servers); default 65537.
-    pub table_size: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_verify: Option<bool>,
     /// PEM file of CA certificates that `tls_verify` trusts instead of the system roots.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_ca: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub forward_for: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub proxy_protocol: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sticky_session: Option<StickySession>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub health_check: Option<crate::health::HealthCheck>,
+    /// Maglev table size M (a prime, at least 100 x servers); default 65537.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub table_size: Option<u32>,
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StickySession {
     #[serde(rename = "type")]
     pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cookie: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ttl: Option<String>,
 }
 
 /// The API accepts a port as an integer or a numeric string.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum PortValue {
     Number(i64),
@@ -337,14 +409,14 @@ impl PortValue {
     }
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 pub enum Servers {
     Addresses { addresses: Vec<ServerAddress> },
     Computer { computer_ids: Vec<String> },
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServerAddress {
     /// Kept as text and parsed in validation: inside the tagged `servers` enum the TOML
@@ -353,6 +425,7 @@ pub struct ServerAddress {
     #[serde(default = "default_weight")]
     pub weight: i64,
     /// Most open flows for `first` and `leastconn`; absent = no limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_conn: Option<u32>,
 }
 
@@ -658,10 +731,60 @@ impl Config {
             );
         }
 
+        let mut lb_ids = HashSet::new();
+        for (i, lb) in self.lbs.iter().enumerate() {
+            if lb.id.trim().is_empty() || !lb_ids.insert(lb.id.as_str()) {
+                problem(
+                    format!("lbs[{i}].id"),
+                    format!("load balancer id {:?} is empty or used twice", lb.id),
+                    "give each [[lbs]] entry a unique, non-empty id",
+                );
+            }
+        }
+        for (kind, at, lb) in self
+            .frontends
+            .iter()
+            .enumerate()
+            .map(|(i, f)| ("frontends", i, &f.lb))
+            .chain(
+                self.backends
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| ("backends", i, &b.lb)),
+            )
+        {
+            if let Some(id) = lb
+                && self.lb(id).is_none()
+            {
+                problem(
+                    format!("{kind}[{at}].lb"),
+                    format!("no load balancer has id {id:?}"),
+                    "name the id of an [[lbs]] entry (or leave lb out for the default one)",
+                );
+            }
+        }
+
         let mut frontend_names = HashSet::new();
         let mut listeners = HashSet::new();
         for (i, f) in self.frontends.iter().enumerate() {
             let at = format!("frontends[{i}]");
+            let lb = self.lb_of(&f.lb);
+            for name in
+                std::iter::once(&f.default_backend).chain(f.backends.iter().map(|r| &r.backend))
+            {
+                if let Some(b) = self.backends.iter().find(|b| &b.name == name)
+                    && self.lb_of(&b.lb) != lb
+                {
+                    problem(
+                        format!("{at}.default_backend"),
+                        format!(
+                            "backend {name:?} belongs to load balancer {:?}, this frontend to {lb:?}",
+                            self.lb_of(&b.lb)
+                        ),
+                        "use a backend of the frontend's own load balancer",
+                    );
+                }
+            }
             if !frontend_names.insert(f.name.as_str()) {
                 problem(
                     format!("{at}.name"),
@@ -818,6 +941,27 @@ impl Config {
 }
 
 impl Config {
+    /// The id of the load balancer an entity with `lb` belongs to.
+    pub fn lb_of<'a>(&'a self, lb: &'a Option<String>) -> &'a str {
+        match lb {
+            Some(id) => id,
+            None => self.lbs.first().map_or(DEFAULT_LB, |l| l.id.as_str()),
+        }
+    }
+
+    /// The load balancer with `id`; with no `lbs` listed, only the default "1" exists.
+    pub fn lb(&self, id: &str) -> Option<LoadBalancer> {
+        if self.lbs.is_empty() {
+            return (id == DEFAULT_LB).then(|| LoadBalancer {
+                id: DEFAULT_LB.into(),
+                name: "default".into(),
+                description: String::new(),
+                public_ports: Vec::new(),
+            });
+        }
+        self.lbs.iter().find(|l| l.id == id).cloned()
+    }
+
     /// Whether the userspace proxy serves this frontend (XDP passes its packets): http mode,
     /// or a tcp backend that sends a PROXY header (bytes XDP cannot insert).
     pub fn in_userspace(&self, f: &Frontend) -> bool {

@@ -14,7 +14,10 @@ use lb_common::maps::PROG_LB;
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
+use std::sync::{Arc, RwLock};
+
 use crate::{
+    api,
     config::Config,
     dataplane::{BYTES_PER_FLOW, Dataplane, monotonic_now_ns, on_bpffs, pin_dir, remove_pins},
     health::{self, Health},
@@ -39,6 +42,8 @@ pub struct Daemon {
     prober: Prober,
     /// The userspace proxy, started when a frontend needs it.
     proxy: Option<crate::proxy::Proxy>,
+    /// The REST API, when `[api] listen` is set: what it reads, and its changes.
+    api: Option<ApiLink>,
     detach_on_exit: bool,
 }
 
@@ -128,7 +133,15 @@ impl Prober {
     }
 }
 
+/// What the daemon shares with the API thread.
+struct ApiLink {
+    current: Arc<RwLock<Config>>,
+    servers: Arc<api::ServerViews>,
+    changes: mpsc::UnboundedReceiver<api::Change>,
+}
+
 enum Event {
+    Api(Box<api::Change>),
     Stop,
     Reload(&'static str),
     Gc,
@@ -179,8 +192,23 @@ impl Daemon {
             checks: HashMap::new(),
             prober: Prober::new()?,
             proxy: None,
+            api: None,
             detach_on_exit: options.detach_on_exit,
         };
+        if let Some(listen) = config.api.listen {
+            let tokens = api::Tokens::load(config.api.token_file.as_deref())?;
+            let (tx, changes) = mpsc::unbounded_channel();
+            let current = Arc::new(RwLock::new(config.clone()));
+            let servers = Arc::new(api::ServerViews::default());
+            let shared = Arc::new(api::Api::new(current.clone(), servers.clone(), tx, tokens));
+            api::serve(listen, shared)?;
+            info!(%listen, "REST API at /v1 (OpenAPI document at /v1/openapi.json)");
+            daemon.api = Some(ApiLink {
+                current,
+                servers,
+                changes,
+            });
+        }
         if let Some(listen) = config.metrics.listen {
             let shared = metrics::Shared::default();
             metrics::serve(listen, shared.clone())?;
@@ -233,8 +261,71 @@ impl Daemon {
             info!(%iface, "XDP detached");
         }
         info!(slots_written = written, "config applied");
+        if let Some(link) = &self.api {
+            *link.current.write().expect("config lock") = config.clone();
+        }
         self.config = config;
+        self.publish_servers();
         Ok(())
+    }
+
+    /// A change from the API: apply it, then persist it; if either fails, the running
+    /// config and the file stay as they were.
+    fn on_api_change(&mut self, change: api::Change) {
+        let old = self.config.clone();
+        let result = self.install(change.config.clone()).and_then(|()| {
+            api::persist(&self.path, &change.config).context("persisting the config file")
+        });
+        if let Err(e) = &result {
+            error!(error = %format!("{e:#}"), "API change failed; restoring the running config");
+            if let Err(e) = self.install(old) {
+                error!(error = %format!("{e:#}"), "restoring the previous config failed");
+            }
+        } else {
+            info!("API change applied and saved");
+        }
+        self.file_stamp = stamp(&self.path);
+        let _ = change.reply.send(result.map_err(|e| format!("{e:#}")));
+    }
+
+    /// Each server's health, weight and open flows, for the API.
+    fn publish_servers(&self) {
+        let Some(link) = &self.api else { return };
+        let inventory = self.dataplane.inventory();
+        let mut views = std::collections::BTreeMap::new();
+        for backend in &self.config.backends {
+            let port = backend.port.get().unwrap_or_default();
+            let list = backend
+                .resolved_servers(&self.config.computers)
+                .into_iter()
+                .map(|s| {
+                    let health = match self.health.get(&(backend.name.clone(), s.address)) {
+                        None => "unchecked",
+                        Some(h) if h.up => "up",
+                        Some(_) => "down",
+                    };
+                    let xdp = inventory
+                        .servers
+                        .iter()
+                        .find(|i| i.present && i.backend == backend.name && i.address == s.address)
+                        .and_then(|i| self.dataplane.server_active(i.id).ok());
+                    let proxy = self
+                        .proxy
+                        .as_ref()
+                        .and_then(|p| p.active(&backend.name, s.address));
+                    api::ServerView {
+                        address: s.address.to_string(),
+                        port,
+                        weight: s.weight,
+                        max_conn: (s.max_conn > 0).then_some(s.max_conn),
+                        health: health.into(),
+                        active: xdp.unwrap_or(0) + proxy.unwrap_or(0),
+                    }
+                })
+                .collect();
+            views.insert(backend.name.clone(), list);
+        }
+        *link.servers.write().expect("servers lock") = views;
     }
 
     /// Apply `config` with unhealthy servers given weight 0.
@@ -299,6 +390,7 @@ impl Daemon {
         if let Err(e) = self.apply(&config) {
             error!(error = %format!("{e:#}"), up, "applying a health change failed");
         }
+        self.publish_servers();
     }
 
     /// Re-read the config file. An invalid file is reported and the running config stays.
@@ -321,6 +413,7 @@ impl Daemon {
 
     /// Expire flows, reconcile counts, and refresh the metrics snapshot.
     fn tick(&mut self) {
+        self.publish_servers();
         let timeouts = self.config.dataplane.timeouts();
         let report = match self.dataplane.gc(monotonic_now_ns(), &timeouts) {
             Ok(report) => report,
@@ -368,6 +461,12 @@ impl Daemon {
                     _ = gc.tick() => Event::Gc,
                     _ = watch.tick() => Event::Watch,
                     Some(report) = self.prober.rx.recv() => Event::Probe(report),
+                    Some(change) = async {
+                        match &mut self.api {
+                            Some(link) => link.changes.recv().await,
+                            None => std::future::pending().await,
+                        }
+                    } => Event::Api(Box::new(change)),
                 }
             });
             match event {
@@ -380,6 +479,7 @@ impl Daemon {
                 }
                 Event::Gc => self.tick(),
                 Event::Probe(report) => self.on_probe(report),
+                Event::Api(change) => self.on_api_change(*change),
             }
         }
         warn!("signal received; detaching");

@@ -9,28 +9,39 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 /// `options.health_check` of a backend, as written in the config.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheck {
     #[serde(rename = "type")]
     pub kind: String,
-    /// Defaults to the server's port.
-    pub port: Option<u16>,
-    pub interval: Option<String>,
-    pub timeout: Option<String>,
-    pub rise: Option<u32>,
-    pub fall: Option<u32>,
-    /// http: request line and Host header.
-    pub method: Option<String>,
+    /// http: the request's path, method and Host header.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
-    pub host_header: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// Defaults to the server's port.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
     /// http: "200", "200,204" or "200-399"; default any 2xx or 3xx.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub expected_code: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_header: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rise: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fall: Option<u32>,
     /// mysql: log in as this user (no password) and quit; postgres: the startup user.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
     /// A DOWN server's established flows: "keep" (default) lets them run on, "reset"
     /// answers the client's next packet of each with a TCP RST (HAProxy's
     /// `on-marked-down shutdown-sessions`).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub on_down: Option<String>,
 }
 

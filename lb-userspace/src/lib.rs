@@ -1,4 +1,5 @@
 //! The lb daemon: config, the plan written to the maps, and the data plane.
+pub mod api;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;

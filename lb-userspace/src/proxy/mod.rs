@@ -401,6 +401,21 @@ impl Proxy {
         Ok(())
     }
 
+    /// Open connections of a server of a backend the proxy serves.
+    pub fn active(&self, backend: &str, address: IpAddr) -> Option<u64> {
+        let routes = self.shared.routes.read().unwrap().clone();
+        let server = routes
+            .backends
+            .get(backend)?
+            .balancer
+            .servers
+            .iter()
+            .find(|s| s.address.ip() == address)?
+            .active
+            .load(std::sync::atomic::Ordering::Relaxed);
+        Some(u64::from(server))
+    }
+
     fn listen(&self, addr: SocketAddr, spec: &ListenerSpec) -> Result<Vec<JoinHandle<()>>> {
         let tls = spec.certificate.as_deref().map(tls_acceptor).transpose()?;
         let mut tasks = Vec::new();
