@@ -1,5 +1,6 @@
 //! The lb daemon: config, the plan written to the maps, and the data plane.
 pub mod api;
+pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;

@@ -32,6 +32,45 @@ enum Output {
     Json,
 }
 
+/// How to reach the REST API.
+#[derive(clap::Args)]
+struct ApiArgs {
+    /// The daemon's API (`[api] listen`).
+    #[arg(
+        long,
+        env = "LB_API_URL",
+        default_value = "http://127.0.0.1:8081",
+        global = true
+    )]
+    api: String,
+    /// Bearer token (a line of `[api] token_file`).
+    #[arg(long, env = "LB_API_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    /// Load balancer id (default: the first the API lists).
+    #[arg(long, env = "LB_ID", global = true)]
+    lb: Option<String>,
+    /// Output format.
+    #[arg(long, short, value_enum, default_value_t = Output::Table, global = true)]
+    output: Output,
+}
+
+#[derive(Subcommand)]
+enum Action {
+    List,
+    Get {
+        name: String,
+    },
+    /// Replace NAME with the JSON document in FILE ("-" for stdin), or create it.
+    Put {
+        name: String,
+        #[arg(long, short)]
+        file: String,
+    },
+    Delete {
+        name: String,
+    },
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum LogFormat {
     Text,
@@ -64,14 +103,33 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Frontends and servers of the running daemon (health, weight, open flows, rates), read
-    /// from its metrics endpoint (`[metrics] listen` in the config).
+    /// The running daemon: with --config, frontends and servers with rates from its metrics
+    /// endpoint (`[metrics] listen`); without, every backend's servers from the REST API.
     Status {
         #[arg(long, short)]
-        config: PathBuf,
-        /// Output format.
-        #[arg(long, short, value_enum, default_value_t = Output::Table)]
-        output: Output,
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Backends of a load balancer, through the REST API.
+    Backends {
+        #[command(subcommand)]
+        action: Action,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Frontends of a load balancer, through the REST API.
+    Frontends {
+        #[command(subcommand)]
+        action: Action,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// A backend's servers with live health, weight and open flows, through the REST API.
+    Servers {
+        backend: String,
+        #[command(flatten)]
+        api: ApiArgs,
     },
     /// Attach the pass-only XDP program to an interface (for the far end of a veth, so that
     /// frames lb redirects into the veth are delivered) and wait until SIGINT/SIGTERM.
@@ -124,7 +182,24 @@ fn main() -> ExitCode {
             }
         },
         Command::Peer { interfaces } => peer(&interfaces),
-        Command::Status { config, output } => status(&config, output),
+        Command::Status {
+            config: Some(config),
+            api,
+        } => status(&config, api.output),
+        Command::Status { config: None, api } => api_command(&api, |client, lb| {
+            let status = lb_userspace::cli::status(client, lb)?;
+            Ok((lb_userspace::cli::status_table(&status), status))
+        }),
+        Command::Backends { action, api } => entity_command(&api, "backends", action),
+        Command::Frontends { action, api } => entity_command(&api, "frontends", action),
+        Command::Servers { backend, api } => api_command(&api, |client, lb| {
+            let servers = client.call(
+                "GET",
+                &format!("/v1/lbs/{lb}/backends/{backend}/servers"),
+                None,
+            )?;
+            Ok((lb_userspace::cli::servers_table(&servers), servers))
+        }),
         Command::Stop { config } => match Config::load(&config) {
             Ok(c) => {
                 let dir = lb_userspace::dataplane::pin_dir(&c.dataplane.pin_path);
@@ -148,6 +223,72 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Run `f` against the API and print its (table, JSON) answer in the chosen format.
+fn api_command(
+    args: &ApiArgs,
+    f: impl FnOnce(&lb_userspace::cli::Client, &str) -> Result<(String, serde_json::Value)>,
+) -> Result<()> {
+    let client = lb_userspace::cli::Client::new(&args.api, args.token.clone())?;
+    let lb = client.lb(args.lb.clone())?;
+    let result = f(&client, &lb);
+    if let (Output::Json, Err(e)) = (args.output, &result)
+        && let Some(failure) = e.downcast_ref::<lb_userspace::cli::ApiFailure>()
+    {
+        // Scripts get the API's error document as it was.
+        println!("{}", serde_json::to_string_pretty(&failure.body)?);
+    }
+    let (table, json) = result?;
+    match args.output {
+        Output::Table => print!("{table}"),
+        Output::Json => println!("{}", serde_json::to_string_pretty(&json)?),
+    }
+    Ok(())
+}
+
+/// `lb backends|frontends list|get|put|delete`.
+fn entity_command(args: &ApiArgs, kind: &str, action: Action) -> Result<()> {
+    use lb_userspace::cli::{ApiFailure, backends_table, frontends_table, read_document};
+    api_command(args, |client, lb| {
+        let base = format!("/v1/lbs/{lb}/{kind}");
+        let pretty = |v: &serde_json::Value| serde_json::to_string_pretty(v).map(|s| s + "\n");
+        match action {
+            Action::List => {
+                let list = client.call("GET", &base, None)?;
+                let table = if kind == "backends" {
+                    backends_table(&list)
+                } else {
+                    frontends_table(&list)
+                };
+                Ok((table, list))
+            }
+            Action::Get { name } => {
+                let one = client.call("GET", &format!("{base}/{name}"), None)?;
+                Ok((pretty(&one)?, one))
+            }
+            Action::Put { name, file } => {
+                let body = read_document(&file)?;
+                let stored = match client.call("PUT", &format!("{base}/{name}"), Some(&body)) {
+                    Err(e)
+                        if e.downcast_ref::<ApiFailure>()
+                            .is_some_and(|f| f.status == 404) =>
+                    {
+                        client.call("POST", &base, Some(&body))?
+                    }
+                    other => other?,
+                };
+                Ok((pretty(&stored)?, stored))
+            }
+            Action::Delete { name } => {
+                client.call("DELETE", &format!("{base}/{name}"), None)?;
+                Ok((
+                    format!("deleted {kind} {name}\n"),
+                    serde_json::json!({ "deleted": name }),
+                ))
+            }
+        }
+    })
 }
 
 fn status(path: &std::path::Path, output: Output) -> Result<()> {

@@ -387,6 +387,52 @@ token_file = "{tokens}"
     assert_eq!(status, 200);
     assert!(json(&body)["paths"]["/v1/lbs/{lb_id}/backends/{backend_name}"]["put"].is_object());
 
+    // The CLI: tables, JSON, and the API's errors as given.
+    let lb_path = lb.to_str().unwrap().to_string();
+    let cli = |args: &[&str]| {
+        let mut full = vec![lb_path.as_str()];
+        full.extend_from_slice(args);
+        full.extend_from_slice(&["--api", API, "--token", "secret-rw"]);
+        ns.exec(&full).unwrap()
+    };
+    let list = cli(&["backends", "list"]);
+    assert!(
+        list.starts_with("NAME") && list.contains("demo-servers") && list.contains("api-backend"),
+        "{list}"
+    );
+    let servers: serde_json::Value = json(&cli(&["servers", "demo-servers", "-o", "json"]));
+    assert_eq!(servers["servers"][0]["address"], "198.18.13.2");
+    assert!(cli(&["frontends", "list"]).contains("198.18.100.1"));
+    assert!(cli(&["status"]).contains("backend demo-servers (tcp): 1/1 servers up"));
+    let bad = dir.0.join("bad.json");
+    std::fs::write(
+        &bad,
+        only_server3.replace("\"weight\": 5", "\"weight\": 101"),
+    )
+    .unwrap();
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.name,
+            &lb_path,
+            "backends",
+            "put",
+            "demo-servers",
+            "--file",
+        ])
+        .arg(&bad)
+        .args(["--api", API, "--token", "secret-rw"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("422 invalid_config")
+            && stderr.contains("(field: servers.addresses[0].weight)"),
+        "{stderr}"
+    );
+
     // Durable: a restarted daemon comes back with the changes.
     wait_for_log(
         &log,
