@@ -318,6 +318,7 @@ pub struct LbView {
 #[serde(deny_unknown_fields)]
 pub struct NewLb {
     /// Chosen by lb (the next free number) when absent.
+    #[schema(min_length = 1)]
     pub id: Option<String>,
     pub name: String,
     #[serde(default)]
@@ -347,6 +348,7 @@ pub struct ServerList {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewPublicPort {
+    #[schema(minimum = 1, maximum = 65535)]
     pub port: u16,
     #[serde(default)]
     pub desc: String,
@@ -360,6 +362,7 @@ pub struct PublicPortCreated {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PublicPortRef {
+    #[schema(minimum = 1, maximum = 65535)]
     pub port: u16,
 }
 

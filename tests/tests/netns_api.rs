@@ -454,3 +454,84 @@ token_file = "{tokens}"
     assert_eq!((status, json(&body)), (200, json(SEED_RESPONSE)));
     drop(dir);
 }
+
+/// Schemathesis (PyPI, installed by `cargo xtask setup`) against the daemon's OpenAPI
+/// document, every check on, the auth checks included: no 5xx, no failure.
+#[test]
+fn schemathesis_finds_no_failure() {
+    if !require_root("netns_api schemathesis") {
+        return;
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let schemathesis = root.join(".tools/venv/bin/schemathesis");
+    assert!(
+        schemathesis.is_file(),
+        "{} is missing: run `cargo xtask setup` (cargo xtask test does)",
+        schemathesis.display()
+    );
+    let lb = lb_binary().unwrap();
+    let ns = NetNs::new(&format!("lbs{}", std::process::id())).unwrap();
+    let dir = ScratchDir::new("schemathesis").unwrap();
+    let tokens = dir.0.join("tokens");
+    std::fs::write(&tokens, "rw st-token\n").unwrap();
+    let path = dir.0.join("lb.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[[lbs]]
+id = "1"
+name = "fuzzed"
+
+[computers]
+"23" = "198.18.11.2"
+
+[[backends]]
+name = "b1"
+mode = "http"
+balancing_method = "roundrobin"
+port = 8080
+servers = {{ type = "addresses", addresses = [{{ address = "198.18.11.2" }}] }}
+
+[api]
+listen = "127.0.0.1:8081"
+token_file = "{tokens}"
+
+[dataplane]
+pin_path = "{pins}"
+"#,
+            tokens = tokens.display(),
+            pins = dir.0.join("unpinned").display()
+        ),
+    )
+    .unwrap();
+    let _daemon = start_logged(&ns, &lb, &["run", "--config", path.to_str().unwrap()]).unwrap();
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns.name])
+        .arg(&schemathesis)
+        .arg("--config-file")
+        .arg(root.join("tests/api/schemathesis.toml"))
+        .args([
+            "run",
+            &format!("{API}/v1/openapi.json"),
+            "-H",
+            "Authorization: Bearer st-token",
+            "--checks",
+            "all",
+            "--max-examples",
+            "30",
+            "--generation-deterministic",
+            "--request-timeout",
+            "10",
+        ])
+        .current_dir(&dir.0)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "schemathesis failed:\n{report}");
+    assert!(
+        report.contains("passed") && !report.contains("failed"),
+        "{report}"
+    );
+    drop(dir);
+}

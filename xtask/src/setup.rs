@@ -17,7 +17,8 @@ const BPF_LINKER_VERSION: &str = "0.13";
 /// namespaces and veths, ethtool to turn off veth checksum offload, nft, haproxy, nginx,
 /// iperf3 and wrk as systems to compare with and load generators, and real PostgreSQL,
 /// MariaDB, Redis and openssl servers for health-check tests; curl as a real HTTP client;
-/// python3 for a test server that digests request bodies.
+/// python3 for a test server that digests request bodies, and python3-venv for
+/// schemathesis (from PyPI), which tests the REST API against its OpenAPI document.
 const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
     "ethtool",
@@ -32,7 +33,11 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "mariadb-server",
     "redis-server",
     "python3",
+    "python3-venv",
 ];
+
+/// Schemathesis, pinned: its checks are part of the test suite.
+const SCHEMATHESIS: &str = "schemathesis==4.32.5";
 
 pub fn setup(root: &Path) -> Result<Tools> {
     let tools_dir = root.join(".tools");
@@ -42,6 +47,7 @@ pub fn setup(root: &Path) -> Result<Tools> {
     rust_src()?;
     bpf_linker(&tools_dir)?;
     debian_packages()?;
+    schemathesis(&tools_dir)?;
     Ok(tools)
 }
 
@@ -129,6 +135,25 @@ fn bpf_linker(tools_dir: &Path) -> Result<()> {
             .arg(tools_dir)
             .env("LLVM_PREFIX", &prefix),
     )
+}
+
+/// A virtualenv in .tools/venv with schemathesis (the netns API test runs it).
+fn schemathesis(tools_dir: &Path) -> Result<()> {
+    let venv = tools_dir.join("venv");
+    let marker = venv.join(SCHEMATHESIS);
+    if marker.exists() {
+        return Ok(());
+    }
+    eprintln!("setup: installing {SCHEMATHESIS} into {}", venv.display());
+    crate::run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    crate::run(Command::new(venv.join("bin/pip")).args([
+        "install",
+        "-q",
+        "--disable-pip-version-check",
+        SCHEMATHESIS,
+    ]))?;
+    std::fs::write(marker, "")?;
+    Ok(())
 }
 
 fn debian_packages() -> Result<()> {
