@@ -273,7 +273,10 @@ impl Daemon {
     /// config and the file stay as they were.
     fn on_api_change(&mut self, change: api::Change) {
         let old = self.config.clone();
+        let started = std::time::Instant::now();
+        let mut applied = Duration::ZERO;
         let result = self.install(change.config.clone()).and_then(|()| {
+            applied = started.elapsed();
             api::persist(&self.path, &change.config).context("persisting the config file")
         });
         if let Err(e) = &result {
@@ -282,7 +285,11 @@ impl Daemon {
                 error!(error = %format!("{e:#}"), "restoring the previous config failed");
             }
         } else {
-            info!("API change applied and saved");
+            info!(
+                applied_ms = applied.as_secs_f64() * 1e3,
+                saved_ms = (started.elapsed() - applied).as_secs_f64() * 1e3,
+                "API change applied and saved"
+            );
         }
         self.file_stamp = stamp(&self.path);
         let _ = change.reply.send(result.map_err(|e| format!("{e:#}")));
