@@ -360,10 +360,13 @@ impl Dataplane {
         } else {
             1 - (state.info.active & 1)
         };
-        // A new backend fills one half and goes live; the other half is filled whole by the
-        // next change, and from then on a change writes only a difference. (Filling both at
-        // once doubled the time before a new 500-server backend took traffic: 80 ms.)
-        let halves: &[u32] = std::slice::from_ref(&half);
+        // A new backend fills both halves (one batch syscall each), so every later change
+        // writes only a difference.
+        let halves: &[u32] = if is_new {
+            &[0, 1]
+        } else {
+            std::slice::from_ref(&half)
+        };
         let mut written = 0;
         for &fill in halves {
             let f = fill as usize;
