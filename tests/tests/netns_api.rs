@@ -90,9 +90,24 @@ fn call(
     token: Option<&str>,
     body: Option<&str>,
 ) -> (u16, String, String) {
+    call_in(&ns.name, method, path, token, body)
+}
+
+/// The same, from the namespace named `ns` (for other threads).
+fn call_in(
+    ns: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (u16, String, String) {
     let url = format!("{API}{path}");
     let auth = token.map(|t| format!("Authorization: Bearer {t}"));
     let mut args = vec![
+        "ip",
+        "netns",
+        "exec",
+        ns,
         "curl",
         "-sS",
         "--max-time",
@@ -109,7 +124,7 @@ fn call(
     if let Some(b) = body {
         args.extend(["-H", "Content-Type: application/json", "-d", b]);
     }
-    let out = ns.exec(&args).unwrap();
+    let out = lb_tests::netns::sh(&args).unwrap();
     let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
     let status = head
         .split_whitespace()
@@ -359,6 +374,85 @@ token_file = "{tokens}"
         answering(&topo),
         server3,
         "rejected changes changed nothing"
+    );
+
+    // A change that validates but cannot be applied (the proxy cannot listen on an address
+    // this host does not have): 409, and neither the running state nor the file changes.
+    let file_before = std::fs::read(&path).unwrap();
+    let unbindable = r#"{"name": "web", "mode": "http", "address": "198.18.200.1",
+        "binds": [{"port": 80}], "default_backend": "api-backend"}"#;
+    let (status, _, body) = call(
+        ns,
+        "POST",
+        "/v1/lbs/42/frontends",
+        Some("secret-rw"),
+        Some(unbindable),
+    );
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(json(&body)["error"]["code"], "apply_failed");
+    assert!(
+        body.contains("ip addr add 198.18.200.1/32 dev lo"),
+        "the fix is named: {body}"
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), file_before);
+    assert_eq!(
+        call(
+            ns,
+            "GET",
+            "/v1/lbs/42/frontends/web",
+            Some("secret-ro"),
+            None
+        )
+        .0,
+        404
+    );
+    assert_eq!(answering(&topo), server3);
+
+    // Eight writers at once: each is answered 200, one after another; the daemon and the
+    // file end with the same one of them.
+    let writers: Vec<_> = (1..=8)
+        .map(|w| {
+            let body = only_server3.replace("\"weight\": 5", &format!("\"weight\": {w}"));
+            let name = ns.name.clone();
+            std::thread::spawn(move || {
+                call_in(
+                    &name,
+                    "PUT",
+                    "/v1/lbs/42/backends/demo-servers",
+                    Some("secret-rw"),
+                    Some(&body),
+                )
+                .0
+            })
+        })
+        .collect();
+    for w in writers {
+        assert_eq!(w.join().unwrap(), 200);
+    }
+    let (_, _, body) = call(
+        ns,
+        "GET",
+        "/v1/lbs/42/backends/demo-servers",
+        Some("secret-ro"),
+        None,
+    );
+    let weight = json(&body)["servers"]["addresses"][0]["weight"]
+        .as_i64()
+        .unwrap();
+    let saved = lb_userspace::config::Config::load(&path).unwrap();
+    let saved_weight = match &saved
+        .backends
+        .iter()
+        .find(|b| b.name == "demo-servers")
+        .unwrap()
+        .servers
+    {
+        lb_userspace::config::Servers::Addresses { addresses } => addresses[0].weight,
+        other => panic!("{other:?}"),
+    };
+    assert!(
+        (1..=8).contains(&weight) && weight == saved_weight,
+        "{weight} vs {saved_weight}"
     );
 
     // Public ports, and a frontend listed.
