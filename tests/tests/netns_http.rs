@@ -87,6 +87,27 @@ binds = [{{ port = 8083 }}]
 default_backend = "sticky"
 
 [[frontends]]
+name = "weighted"
+mode = "http"
+address = "{VIP}"
+binds = [{{ port = 8091 }}]
+default_backend = "weighted"
+
+[[frontends]]
+name = "first"
+mode = "http"
+address = "{VIP}"
+binds = [{{ port = 8092 }}]
+default_backend = "first"
+
+[[frontends]]
+name = "least"
+mode = "http"
+address = "{VIP}"
+binds = [{{ port = 8093 }}]
+default_backend = "least"
+
+[[frontends]]
 name = "pp-http"
 mode = "http"
 address = "{VIP}"
@@ -156,6 +177,25 @@ balancing_method = "roundrobin"
 options = {{ sticky_session = {{ type = "cookie", cookie = "SERVERID", ttl = "5m" }} }}
 
 [[backends]]
+name = "weighted"
+mode = "http"
+balancing_method = "roundrobin"
+port = 8080
+servers = {{ type = "addresses", addresses = [{{ address = "198.18.11.2", weight = 1 }}, {{ address = "198.18.12.2", weight = 2 }}, {{ address = "198.18.13.2", weight = 0 }}] }}
+
+[[backends]]
+name = "first"
+mode = "http"
+balancing_method = "first"
+{web}
+
+[[backends]]
+name = "least"
+mode = "http"
+balancing_method = "leastconn"
+{web}
+
+[[backends]]
 name = "api"
 mode = "http"
 balancing_method = "first"
@@ -210,17 +250,42 @@ options = {{ tls = true, tls_verify = true }}
     let vip = VIP.to_string();
     let url = |port: u16, path: &str| format!("http://{vip}:{port}{path}");
 
-    // Round robin over three servers, 30 requests on one keep-alive connection each.
-    let mut counts = BTreeMap::new();
-    for _ in 0..30 {
-        *counts
-            .entry(first_word(&curl(c, &[&url(80, "/")])))
-            .or_insert(0) += 1;
-    }
+    let tally = |port: u16, n: usize| {
+        let mut counts = BTreeMap::new();
+        for _ in 0..n {
+            *counts
+                .entry(first_word(&curl(c, &[&url(port, "/")])))
+                .or_insert(0) += 1;
+        }
+        counts
+    };
+    // Round robin over three servers: 30 requests, 10 each.
+    let counts = tally(80, 30);
     assert_eq!(
         counts.values().copied().collect::<Vec<_>>(),
         vec![10, 10, 10],
         "{counts:?}"
+    );
+
+    // Weights 1:2:0 in the proxy: exactly 10/20/0 of 30; `first` keeps to the first server
+    // while it has room; `leastconn` with nothing open rotates its ties.
+    let weighted = tally(8091, 30);
+    assert_eq!(
+        (
+            weighted.get("server1"),
+            weighted.get("server2"),
+            weighted.get("server3")
+        ),
+        (Some(&10), Some(&20), None),
+        "{weighted:?}"
+    );
+    let first = tally(8092, 10);
+    assert_eq!(first.get("server1"), Some(&10), "{first:?}");
+    let least = tally(8093, 30);
+    assert_eq!(
+        least.values().copied().collect::<Vec<_>>(),
+        vec![10, 10, 10],
+        "{least:?}"
     );
 
     // X-Forwarded-*: a client's own values are replaced unless it is trusted.
