@@ -400,46 +400,19 @@ fn lb_field(config: &Config, id: &str) -> Option<String> {
 }
 
 /// An entity as the API shows it: without `lb`, which the path says.
-fn shown<T: Clone + HasLb>(entity: &T) -> T {
+fn shown<K: Kind>(entity: &K) -> K {
     let mut e = entity.clone();
     e.set_lb(None);
     e
 }
 
-trait HasLb {
+/// Backends or frontends: where they live in the config and what they are called.
+trait Kind: Clone + DeserializeOwned + Serialize {
+    const PLURAL: &'static str;
+    const SINGULAR: &'static str;
     fn lb(&self) -> &Option<String>;
     fn set_lb(&mut self, lb: Option<String>);
     fn name(&self) -> &str;
-}
-
-impl HasLb for Backend {
-    fn lb(&self) -> &Option<String> {
-        &self.lb
-    }
-    fn set_lb(&mut self, lb: Option<String>) {
-        self.lb = lb;
-    }
-    fn name(&self) -> &str {
-        &self.name
-    }
-}
-
-impl HasLb for Frontend {
-    fn lb(&self) -> &Option<String> {
-        &self.lb
-    }
-    fn set_lb(&mut self, lb: Option<String>) {
-        self.lb = lb;
-    }
-    fn name(&self) -> &str {
-        &self.name
-    }
-}
-
-/// Backends or frontends: where they live in the config and what they are called.
-trait Kind: HasLb + Clone + DeserializeOwned + Serialize {
-    const PLURAL: &'static str;
-    const SINGULAR: &'static str;
     fn list(config: &Config) -> &Vec<Self>;
     fn list_mut(config: &mut Config) -> &mut Vec<Self>;
     /// Called before `old` is removed or renamed to `new` (None: deleted).
@@ -447,6 +420,15 @@ trait Kind: HasLb + Clone + DeserializeOwned + Serialize {
 }
 
 impl Kind for Backend {
+    fn lb(&self) -> &Option<String> {
+        &self.lb
+    }
+    fn set_lb(&mut self, lb: Option<String>) {
+        self.lb = lb;
+    }
+    fn name(&self) -> &str {
+        &self.name
+    }
     const PLURAL: &'static str = "backends";
     const SINGULAR: &'static str = "backend";
     fn list(config: &Config) -> &Vec<Self> {
@@ -494,6 +476,15 @@ impl Kind for Backend {
 }
 
 impl Kind for Frontend {
+    fn lb(&self) -> &Option<String> {
+        &self.lb
+    }
+    fn set_lb(&mut self, lb: Option<String>) {
+        self.lb = lb;
+    }
+    fn name(&self) -> &str {
+        &self.name
+    }
     const PLURAL: &'static str = "frontends";
     const SINGULAR: &'static str = "frontend";
     fn list(config: &Config) -> &Vec<Self> {

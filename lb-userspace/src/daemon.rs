@@ -298,7 +298,15 @@ impl Daemon {
     /// Each server's health, weight and open flows, for the API.
     fn publish_servers(&self) {
         let Some(link) = &self.api else { return };
-        let inventory = self.dataplane.inventory();
+        // Data-plane ids of the servers present, by (backend, address).
+        let ids: HashMap<(String, IpAddr), u32> = self
+            .dataplane
+            .inventory()
+            .servers
+            .into_iter()
+            .filter(|i| i.present)
+            .map(|i| ((i.backend, i.address), i.id))
+            .collect();
         let mut views = std::collections::BTreeMap::new();
         for backend in &self.config.backends {
             let port = backend.port.get().unwrap_or_default();
@@ -306,16 +314,15 @@ impl Daemon {
                 .resolved_servers(&self.config.computers)
                 .into_iter()
                 .map(|s| {
-                    let health = match self.health.get(&(backend.name.clone(), s.address)) {
+                    let key = (backend.name.clone(), s.address);
+                    let health = match self.health.get(&key) {
                         None => "unchecked",
                         Some(h) if h.up => "up",
                         Some(_) => "down",
                     };
-                    let xdp = inventory
-                        .servers
-                        .iter()
-                        .find(|i| i.present && i.backend == backend.name && i.address == s.address)
-                        .and_then(|i| self.dataplane.server_active(i.id).ok());
+                    let xdp = ids
+                        .get(&key)
+                        .and_then(|&id| self.dataplane.server_active(id).ok());
                     let proxy = self
                         .proxy
                         .as_ref()

@@ -38,6 +38,27 @@ pub fn server6_addr(i: usize) -> Ipv6Addr {
     Ipv6Addr::new(0x2001, 2, 0, 0x11 + i as u16, 0, 0, 0, 2)
 }
 
+/// A tcp frontend `name` on VIP:`port`, full NAT through SNAT_ADDR, XDP on the client link
+/// and the links of `servers` servers, with backend `name`: the start of most netns configs.
+pub fn nat_frontend_toml(name: &str, port: u16, servers: usize) -> String {
+    let links: Vec<String> = std::iter::once("\"eth-c\"".to_string())
+        .chain((1..=servers).map(|i| format!("\"s{i}\"")))
+        .collect();
+    format!(
+        r#"
+[[frontends]]
+name = "{name}"
+mode = "tcp"
+address = "{VIP}"
+binds = [{{ port = {port} }}]
+default_backend = "{name}"
+interfaces = [{}]
+snat_address = "{SNAT_ADDR}"
+"#,
+        links.join(", ")
+    )
+}
+
 pub fn server_name(i: usize) -> String {
     format!("server{}", i + 1)
 }

@@ -7,7 +7,10 @@ use std::{net::SocketAddr, time::Duration};
 
 use lb_tests::{
     require_root,
-    topology::{SERVER_PORT, Topology, VIP, lb_binary, server_name, start_logged, wait_for_log},
+    topology::{
+        SERVER_PORT, Topology, VIP, lb_binary, nat_frontend_toml, server_name, start_logged,
+        wait_for_log,
+    },
     traffic::{drive_tcp, metric, scrape_metrics},
 };
 
@@ -25,16 +28,7 @@ fn traffic_follows_tcp_health_checks() {
     let _servers = topo.start_name_servers(SERVER_PORT).unwrap();
     // Server 4 (198.18.14.2) never exists.
     let config = format!(
-        r#"
-[[frontends]]
-name = "web"
-mode = "tcp"
-address = "{VIP}"
-binds = [{{ port = 80 }}]
-default_backend = "web"
-interfaces = ["eth-c", "s1", "s2", "s3"]
-snat_address = "198.18.2.1"
-
+        r#"{web}
 [[backends]]
 name = "web"
 mode = "tcp"
@@ -51,7 +45,8 @@ listen = "198.18.0.1:9100"
 
 [dataplane]
 gc_interval = "200ms"
-"#
+"#,
+        web = nat_frontend_toml("web", 80, 3)
     );
     let path = std::env::temp_dir().join(format!("lbh{}.toml", std::process::id()));
     std::fs::write(&path, config).unwrap();
@@ -254,16 +249,7 @@ fn established_flows_of_a_down_server_are_reset_when_configured() {
     topo.start_peers(&lb).unwrap();
     let _servers = topo.start_name_servers(SERVER_PORT).unwrap();
     let config = format!(
-        r#"
-[[frontends]]
-name = "web"
-mode = "tcp"
-address = "{VIP}"
-binds = [{{ port = 80 }}]
-default_backend = "web"
-interfaces = ["eth-c", "s1", "s2", "s3"]
-snat_address = "198.18.2.1"
-
+        r#"{web}
 [[backends]]
 name = "web"
 mode = "tcp"
@@ -273,7 +259,8 @@ servers = {{ type = "addresses", addresses = [
   {{ address = "198.18.11.2" }}, {{ address = "198.18.12.2" }}, {{ address = "198.18.13.2" }},
 ] }}
 options = {{ health_check = {{ type = "tcp", interval = "200ms", timeout = "150ms", rise = 1, fall = 2, on_down = "reset" }} }}
-"#
+"#,
+        web = nat_frontend_toml("web", 80, 3)
     );
     let path = std::env::temp_dir().join(format!("lbr{}.toml", std::process::id()));
     std::fs::write(&path, config).unwrap();

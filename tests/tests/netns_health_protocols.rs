@@ -10,7 +10,7 @@ use std::{net::IpAddr, time::Duration};
 use lb_tests::{
     require_root,
     services::{start_mariadb, start_postgres, start_redis, start_tls_server},
-    topology::{Topology, VIP, lb_binary, start_logged, wait_for_log},
+    topology::{Topology, VIP, lb_binary, nat_frontend_toml, start_logged, wait_for_log},
     traffic::{metric, scrape_metrics},
 };
 
@@ -51,20 +51,7 @@ options = {{ {check} }}
             server(dead)
         )
     };
-    let frontend = |name: &str, port: u16| {
-        format!(
-            r#"
-[[frontends]]
-name = "{name}"
-mode = "tcp"
-address = "{VIP}"
-binds = [{{ port = {port} }}]
-default_backend = "{name}"
-interfaces = ["eth-c", "s1", "s2", "s3", "s4"]
-snat_address = "198.18.2.1"
-"#
-        )
-    };
+    let frontend = |name: &str, port: u16| nat_frontend_toml(name, port, 4);
     let mut config = String::new();
     for (name, port, live, dead, check) in [
         ("pg", 5432, 1, 2, check("postgres", ", user = \"postgres\"")),

@@ -6,7 +6,10 @@ use std::{net::SocketAddr, time::Duration};
 
 use lb_tests::{
     require_root,
-    topology::{SERVER_PORT, Topology, VIP, lb_binary, server_name, start_logged, wait_for_log},
+    topology::{
+        SERVER_PORT, Topology, VIP, lb_binary, nat_frontend_toml, server_name, start_logged,
+        wait_for_log,
+    },
     traffic::{LongConn, exchange_all},
 };
 
@@ -16,16 +19,7 @@ fn config(servers: &[(usize, u32)]) -> String {
         .map(|(i, w)| format!(r#"{{ address = "198.18.{}.2", weight = {w} }}"#, 11 + i))
         .collect();
     format!(
-        r#"
-[[frontends]]
-name = "web"
-mode = "tcp"
-address = "{VIP}"
-binds = [{{ port = 80 }}]
-default_backend = "web"
-interfaces = ["eth-c", "s1", "s2", "s3"]
-snat_address = "198.18.2.1"
-
+        r#"{web}
 [[backends]]
 name = "web"
 mode = "tcp"
@@ -33,7 +27,8 @@ balancing_method = "leastconn"
 port = {SERVER_PORT}
 servers = {{ type = "addresses", addresses = [{}] }}
 "#,
-        list.join(", ")
+        list.join(", "),
+        web = nat_frontend_toml("web", 80, 3)
     )
 }
 

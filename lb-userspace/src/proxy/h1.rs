@@ -22,6 +22,8 @@ use tokio::{
 };
 use tracing::{debug, warn};
 
+use crate::config::HttpConfig;
+
 use super::{
     BackendRoute, FrontendRoute, Shared,
     http::ConnInfo,
@@ -404,11 +406,11 @@ where
 fn prepare(
     buf: &[u8],
     shared: &Shared,
+    http: &HttpConfig,
     frontend: &FrontendRoute,
     conn: ConnInfo,
     out: &mut Vec<u8>,
 ) -> Parsed {
-    let http = shared.http();
     let too_large = || {
         Parsed::Answer(
             error_response(
@@ -770,10 +772,12 @@ pub async fn serve<S>(
         };
         // The whole head within request_timeout of waiting for it (slowloris), which also
         // bounds how long an idle keep-alive connection stays.
-        let head_wait = Wait::Until(Instant::now() + shared.http().request_timeout());
+        // The limits are read once per request: a reload applies from the next one.
+        let http = shared.http();
+        let head_wait = Wait::Until(Instant::now() + http.request_timeout());
         let prepared = loop {
             if !buf.is_empty() {
-                match prepare(&buf, &shared, &route, conn, &mut out) {
+                match prepare(&buf, &shared, &http, &route, conn, &mut out) {
                     Parsed::Ready(p) => break p,
                     Parsed::Answer(bytes, close) => {
                         let written = client.write_all(&bytes).await.is_ok();
@@ -802,7 +806,7 @@ pub async fn serve<S>(
             prepared,
         };
         match exchange(
-            &shared,
+            &http,
             conn,
             &mut client,
             &mut buf,
@@ -823,7 +827,7 @@ pub async fn serve<S>(
 
 /// Send one request to a server (trying others on failure) and relay its response.
 async fn exchange<S>(
-    shared: &Shared,
+    http: &HttpConfig,
     conn: ConnInfo,
     client: &mut S,
     buf: &mut BytesMut,
@@ -838,7 +842,6 @@ where
         head,
         prepared: req,
     } = request;
-    let http = shared.http();
     let backend = &req.backend;
     let answer = |status, detail: &str| error_response(status, detail, !req.keep_alive);
     let mut tried = [usize::MAX; 3];
