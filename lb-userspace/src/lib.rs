@@ -1,4 +1,7 @@
-//! The lb daemon: config, the plan written to the maps, and the data plane.
+//! The lb daemon and its CLI. From the top down: `daemon` (the event loop) drives
+//! `api`, `metrics`, `health`, `proxy` and `dataplane`, which all consume the typed
+//! `config`; `cli` talks to a running daemon through the API; `tls` is shared by the
+//! health checks and the proxy.
 pub mod api;
 pub mod cli;
 pub mod config;
@@ -6,11 +9,8 @@ pub mod daemon;
 pub mod dataplane;
 pub mod health;
 pub mod metrics;
-pub mod neighbours;
-pub mod plan;
-pub mod probe;
 pub mod proxy;
-pub mod status;
+pub mod tls;
 
 /// The config of `cargo xtask run`'s demo topology (see `lb_tests::topology`): one VIP with a
 /// TCP and a UDP bind, three servers weighted 1:1:2.

@@ -103,8 +103,9 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// The running daemon: with --config, frontends and servers with rates from its metrics
-    /// endpoint (`[metrics] listen`); without, every backend's servers from the REST API.
+    /// The running daemon through its REST API: frontends with open flows, totals and rates;
+    /// each backend's servers with configured and effective weight, health and open flows.
+    /// With --config, the API is the one that config's `[api]` names.
     Status {
         #[arg(long, short)]
         config: Option<PathBuf>,
@@ -174,7 +175,14 @@ fn main() -> ExitCode {
                     fresh,
                     detach_on_exit,
                 };
-                lb_userspace::daemon::Daemon::start(&path, c, options).and_then(|d| d.run())
+                admin_runtime().and_then(|rt| {
+                    rt.block_on(async {
+                        lb_userspace::daemon::Daemon::start(&path, c, options)
+                            .await?
+                            .run()
+                            .await
+                    })
+                })
             }
             Err(e) => {
                 eprint!("{e}");
@@ -182,14 +190,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Peer { interfaces } => peer(&interfaces),
-        Command::Status {
-            config: Some(config),
-            api,
-        } => status(&config, api.output),
-        Command::Status { config: None, api } => api_command(&api, |client, lb| {
-            let status = lb_userspace::cli::status(client, lb)?;
-            Ok((lb_userspace::cli::status_table(&status), status))
-        }),
+        Command::Status { config, api } => status(config.as_deref(), &api),
         Command::Backends { action, api } => entity_command(&api, "backends", action),
         Command::Frontends { action, api } => entity_command(&api, "frontends", action),
         Command::Servers { backend, api } => api_command(&api, |client, lb| {
@@ -291,20 +292,32 @@ fn entity_command(args: &ApiArgs, kind: &str, action: Action) -> Result<()> {
     })
 }
 
-fn status(path: &std::path::Path, output: Output) -> Result<()> {
-    let config = Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let listen = config.metrics.listen.ok_or_else(|| {
-        anyhow::anyhow!(
-            "{}: lb status reads the daemon's metrics; set [metrics] listen = \"127.0.0.1:9100\" and reload",
-            path.display()
-        )
-    })?;
-    let status = lb_userspace::status::collect(listen)?;
-    match output {
-        Output::Table => print!("{}", lb_userspace::status::table(&status)),
+/// `lb status`, through the API named by `--api` or by the config file's `[api]`.
+fn status(config: Option<&std::path::Path>, args: &ApiArgs) -> Result<()> {
+    let client = match config {
+        Some(path) => {
+            let config = Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+            lb_userspace::cli::Client::for_config(&config, args.token.clone())?
+        }
+        None => lb_userspace::cli::Client::new(&args.api, args.token.clone())?,
+    };
+    let lb = client.lb(args.lb.clone())?;
+    let status = client.status(&lb)?;
+    match args.output {
+        Output::Table => print!("{}", lb_userspace::cli::status_table(&status)),
         Output::Json => println!("{}", serde_json::to_string_pretty(&status)?),
     }
     Ok(())
+}
+
+/// The daemon's one runtime for the API, metrics, probes, netlink and its own event loop;
+/// map I/O runs on its blocking threads. (The proxy's workers have runtimes of their own.)
+fn admin_runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("admin")
+        .enable_all()
+        .build()?)
 }
 
 fn peer(interfaces: &[String]) -> Result<()> {

@@ -1,10 +1,11 @@
 //! Prometheus metrics at `[metrics] listen`, `/metrics`, with HAProxy's exporter names under
 //! an `lb_` prefix where they fit. The daemon renders a snapshot of the maps on every
-//! garbage-collection tick; a small HTTP server thread serves the latest one.
+//! garbage-collection tick; the admin runtime serves the latest one.
 
 use std::{
-    net::SocketAddr,
-    sync::{Arc, RwLock},
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, RwLock, atomic::AtomicU64},
 };
 
 use anyhow::{Context as _, Result};
@@ -13,8 +14,6 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
-
-use std::{collections::HashMap, net::IpAddr, sync::atomic::AtomicU64};
 
 use crate::{
     dataplane::{Dataplane, GcReport},
@@ -222,35 +221,26 @@ pub fn render(
     Ok(text)
 }
 
-/// Serve `GET /metrics` at `listen` from a thread of its own.
+/// Serve `GET /metrics` at `listen` on the admin runtime (call within it).
 pub fn serve(listen: SocketAddr, shared: Shared) -> Result<()> {
     let listener = std::net::TcpListener::bind(listen)
         .with_context(|| format!("metrics: cannot listen on {listen} ([metrics] listen)"))?;
     listener.set_nonblocking(true)?;
-    std::thread::Builder::new()
-        .name("metrics".into())
-        .spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("metrics runtime");
-            rt.block_on(async move {
-                let listener =
-                    tokio::net::TcpListener::from_std(listener).expect("metrics listener");
-                let app = axum::Router::new().route(
-                    "/metrics",
-                    axum::routing::get(move || {
-                        let text = shared.read().map(|t| t.clone()).unwrap_or_default();
-                        async move {
-                            (
-                                [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
-                                text,
-                            )
-                        }
-                    }),
-                );
-                let _ = axum::serve(listener, app).await;
-            });
-        })?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let text = shared.read().map(|t| t.clone()).unwrap_or_default();
+            async move {
+                (
+                    [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+                    text,
+                )
+            }
+        }),
+    );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
     Ok(())
 }

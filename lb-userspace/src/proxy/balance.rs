@@ -12,6 +12,8 @@ use std::{
 
 use lb_common::maglev::{MaglevServer, build_table};
 
+use crate::config::Method;
+
 /// One server as the proxy sees it. `active` survives config updates (the `Arc` is kept for
 /// servers that stay), so leastconn and max_conn see connections opened before a reload.
 #[derive(Debug)]
@@ -71,25 +73,6 @@ impl Drop for ActiveGuard {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Method {
-    RoundRobin,
-    LeastConn,
-    First,
-    Source,
-}
-
-impl Method {
-    pub fn parse(name: &str) -> Method {
-        match name {
-            "leastconn" => Method::LeastConn,
-            "first" => Method::First,
-            "source" | "maglev" => Method::Source,
-            _ => Method::RoundRobin,
-        }
-    }
-}
-
 /// The servers of one backend and the selection state.
 #[derive(Debug)]
 pub struct Balancer {
@@ -105,7 +88,8 @@ pub struct Balancer {
 
 impl Balancer {
     pub fn new(method: Method, servers: Vec<Arc<ServerState>>, table_size: u32) -> Balancer {
-        let table = if method == Method::Source {
+        // Through the proxy, maglev is the source hash: its 5-tuple differs per connection.
+        let table = if method.uses_maglev() {
             let members: Vec<MaglevServer> = servers
                 .iter()
                 .enumerate()
@@ -138,7 +122,7 @@ impl Balancer {
         let ok = |i: usize| !exclude.contains(&i) && self.servers[i].usable();
         match self.method {
             Method::First => (0..self.servers.len()).find(|&i| ok(i)),
-            Method::LeastConn => {
+            Method::Leastconn => {
                 let n = self.servers.len();
                 let start = self.cursor.fetch_add(1, Ordering::Relaxed);
                 let mut best: Option<usize> = None;
@@ -161,7 +145,7 @@ impl Balancer {
                 }
                 best
             }
-            Method::Source if !self.table.is_empty() => {
+            Method::Source | Method::Maglev if !self.table.is_empty() => {
                 let mut h = std::hash::DefaultHasher::new();
                 client.to_canonical().hash(&mut h);
                 let i = self.table[(h.finish() % self.table.len() as u64) as usize] as usize;
@@ -173,7 +157,7 @@ impl Balancer {
                     self.round_robin(&ok)
                 }
             }
-            Method::Source | Method::RoundRobin => self.round_robin(&ok),
+            Method::Source | Method::Maglev | Method::Roundrobin => self.round_robin(&ok),
         }
     }
 
@@ -235,7 +219,7 @@ mod tests {
 
     #[test]
     fn round_robin_follows_weights_exactly() {
-        let b = balancer(Method::RoundRobin, &[1, 1, 2, 0], 0);
+        let b = balancer(Method::Roundrobin, &[1, 1, 2, 0], 0);
         let client = |_| IpAddr::from([198, 18, 0, 2]);
         assert_eq!(shares(&b, 400, client), vec![100, 100, 200, 0]);
     }
@@ -262,7 +246,7 @@ mod tests {
 
     #[test]
     fn leastconn_prefers_lowest_load_per_weight() {
-        let b = balancer(Method::LeastConn, &[1, 2], 0);
+        let b = balancer(Method::Leastconn, &[1, 2], 0);
         let c = IpAddr::from([198, 18, 0, 2]);
         let mut guards = Vec::new();
         for _ in 0..30 {
@@ -292,7 +276,7 @@ mod tests {
 
     #[test]
     fn excluded_and_down_servers_are_skipped() {
-        let mut b = balancer(Method::RoundRobin, &[1, 1, 1], 0);
+        let mut b = balancer(Method::Roundrobin, &[1, 1, 1], 0);
         let c = IpAddr::from([198, 18, 0, 2]);
         for _ in 0..10 {
             assert_ne!(b.pick(c, &[0]), Some(0));

@@ -22,11 +22,11 @@ use tokio::{
 };
 use tracing::{debug, warn};
 
-use crate::config::HttpConfig;
+use crate::config::{HttpConfig, MAX_REQUEST_HEADERS};
 
 use super::{
-    BackendRoute, FrontendRoute, Shared,
-    http::ConnInfo,
+    policy::ConnInfo,
+    routes::{BackendRoute, FrontendRoute, Shared},
     upstream::{Pool, Upstream},
 };
 
@@ -35,7 +35,6 @@ pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Headers a response may carry at most (a server's, so not the client limit).
 const MAX_RESPONSE_HEADERS: usize = 128;
 /// The most `[http] max_headers` can allow.
-pub const MAX_REQUEST_HEADERS: usize = 512;
 const READ_SIZE: usize = 16 * 1024;
 
 /// How a message's body is delimited (RFC 9112 6).
@@ -506,7 +505,7 @@ fn prepare(
         .iter()
         .find(|h| header_is(h.name, "host"))
         .and_then(|h| std::str::from_utf8(h.value).ok());
-    let host = super::http::without_port(host_header.or(authority).unwrap_or(""));
+    let host = super::policy::without_port(host_header.or(authority).unwrap_or(""));
     let path = origin.split('?').next().unwrap_or("/");
 
     if frontend.redirect_ssl && !conn.tls {
@@ -544,7 +543,7 @@ fn prepare(
             .iter()
             .filter(|h| header_is(h.name, "cookie"))
             .filter_map(|h| std::str::from_utf8(h.value).ok())
-            .find_map(|v| super::http::cookie_in(v, &c.name))
+            .find_map(|v| super::policy::cookie_in(v, &c.name))
             .and_then(|v| backend.balancer.by_cookie(v))
     });
     let preferred = cookie_server.or_else(|| backend.sticky_source(conn.client.ip()));
@@ -574,7 +573,7 @@ fn prepare(
         {
             continue;
         }
-        if super::http::FORWARDED_HEADERS
+        if super::policy::FORWARDED_HEADERS
             .iter()
             .any(|f| header_is(name, f))
         {
@@ -633,7 +632,7 @@ fn prepare(
         http11,
         keep_alive,
         retry_after_send: body == Framing::Empty
-            && super::http::is_idempotent_method(method)
+            && super::policy::is_idempotent_method(method)
             && !upgrade,
         head_method: method == "HEAD",
         upgrade,
@@ -698,7 +697,7 @@ fn rewrite_response(
         }
         if let Some(c) = cookie
             && header_is(name, "set-cookie")
-            && super::http::sets_cookie(h.value, &c.name)
+            && super::policy::sets_cookie(h.value, &c.name)
         {
             continue;
         }
@@ -774,7 +773,7 @@ pub async fn serve<S>(
         // bounds how long an idle keep-alive connection stays.
         // The limits are read once per request: a reload applies from the next one.
         let http = shared.http();
-        let head_wait = Wait::Until(Instant::now() + http.request_timeout());
+        let head_wait = Wait::Until(Instant::now() + http.request_timeout);
         let prepared = loop {
             if !buf.is_empty() {
                 match prepare(&buf, &shared, &http, &route, conn, &mut out) {
@@ -901,7 +900,7 @@ where
         }
         out.clear();
         out.extend_from_slice(head);
-        let body_wait = Wait::Until(Instant::now() + http.body_timeout());
+        let body_wait = Wait::Until(Instant::now() + http.body_timeout);
         match relay(client, buf, &mut up.io, out, req.body, body_wait).await {
             Ok(()) => {}
             Err(RelayError::Source(e)) => {
@@ -919,7 +918,7 @@ where
             }
         }
         // The response head, within server_timeout.
-        let response_wait = Wait::Until(Instant::now() + http.server_timeout());
+        let response_wait = Wait::Until(Instant::now() + http.server_timeout);
         let response = loop {
             if !up.buf.is_empty() {
                 out.clear();
@@ -945,7 +944,7 @@ where
                     let _ = client
                         .write_all(&answer(
                             StatusCode::GATEWAY_TIMEOUT,
-                            &format!("server did not answer within {:?}", http.server_timeout()),
+                            &format!("server did not answer within {:?}", http.server_timeout),
                         ))
                         .await;
                     return if req.keep_alive {
@@ -986,7 +985,7 @@ where
             client,
             out,
             response.body,
-            Wait::EachRead(http.server_timeout()),
+            Wait::EachRead(http.server_timeout),
         )
         .await;
         return match relayed {

@@ -15,18 +15,14 @@ use tokio::{
     net::TcpStream,
 };
 
+use crate::config::ProxyVersion;
+
 /// How to reach the servers of a backend.
 #[derive(Clone)]
 pub struct Dialer {
     pub connect_timeout: Duration,
     pub proxy_protocol: Option<ProxyVersion>,
     pub tls: Option<Arc<rustls::ClientConfig>>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ProxyVersion {
-    V1,
-    V2,
 }
 
 /// The PROXY protocol header for a connection from `client` to `local` (the VIP).
@@ -147,7 +143,7 @@ impl AsyncWrite for ServerStream {
     }
 }
 
-pub type Sender = hyper::client::conn::http1::SendRequest<super::http::ProxyBody>;
+pub type Sender = hyper::client::conn::http1::SendRequest<super::body::ProxyBody>;
 
 /// A connection that can wait in a pool; a closed one is skipped.
 pub trait Reusable {
@@ -231,35 +227,6 @@ impl<T: Reusable> Pool<T> {
             list.push(conn);
         }
     }
-}
-
-/// Root certificates for `tls_verify`: the file's CAs, or the system's.
-pub fn client_config(verify: bool, ca: Option<&str>) -> anyhow::Result<Arc<rustls::ClientConfig>> {
-    use rustls::pki_types::{CertificateDer, pem::PemObject as _};
-    if !verify {
-        return Ok(crate::probe::insecure_client_config());
-    }
-    let mut roots = rustls::RootCertStore::empty();
-    match ca {
-        Some(path) => {
-            for cert in CertificateDer::pem_file_iter(path)
-                .map_err(|e| anyhow::anyhow!("tls_ca {path:?}: {e}"))?
-            {
-                roots.add(cert.map_err(|e| anyhow::anyhow!("tls_ca {path:?}: {e}"))?)?;
-            }
-        }
-        None => {
-            for cert in rustls_native_certs::load_native_certs().certs {
-                let _ = roots.add(cert);
-            }
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
 }
 
 #[cfg(test)]

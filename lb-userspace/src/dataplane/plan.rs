@@ -14,7 +14,7 @@ use lb_common::{
     },
 };
 
-use crate::config::{Config, Forwarding, Protocol};
+use crate::config::{Config, Forwarding, Method, OnDown, Protocol};
 
 /// Stable ids for frontends (by name), backends (by name) and servers (by backend, address
 /// and port). An id is never handed out twice, so a stale reference (a tracked flow, a
@@ -74,13 +74,14 @@ pub fn addr16(ip: IpAddr) -> Addr {
     }
 }
 
-pub fn method_id(name: &str) -> u32 {
-    match name {
-        "source" => METHOD_SOURCE,
-        "roundrobin" => METHOD_ROUNDROBIN,
-        "leastconn" => METHOD_LEASTCONN,
-        "first" => METHOD_FIRST,
-        _ => METHOD_MAGLEV,
+/// The data plane's id of a balancing method.
+pub fn method_id(method: Method) -> u32 {
+    match method {
+        Method::Source => METHOD_SOURCE,
+        Method::Roundrobin => METHOD_ROUNDROBIN,
+        Method::Leastconn => METHOD_LEASTCONN,
+        Method::First => METHOD_FIRST,
+        Method::Maglev => METHOD_MAGLEV,
     }
 }
 
@@ -104,14 +105,14 @@ impl Plan {
                 backend_id < MAX_BACKENDS,
                 "more than {MAX_BACKENDS} backends in this daemon's lifetime; restart lb"
             );
-            let port = backend.port.get().unwrap_or_default();
+            let port = backend.port.number;
             let mut members = Vec::new();
             let mut list = Vec::new();
             let resets = backend
                 .options
                 .health_check
                 .as_ref()
-                .is_some_and(|c| c.resets_flows());
+                .is_some_and(|c| c.on_down() == OnDown::Reset);
             for mut s in backend.resolved_servers(&config.computers) {
                 let mut flags = SERVER_PRESENT;
                 if !up(&backend.name, s.address) {
@@ -150,7 +151,7 @@ impl Plan {
                 });
                 list.push(id);
             }
-            let method = method_id(&backend.balancing_method);
+            let method = method_id(backend.balancing_method);
             let table = match method {
                 METHOD_MAGLEV | METHOD_SOURCE => build_table(&members, Config::table_size(backend)),
                 METHOD_ROUNDROBIN => round_robin_sequence(

@@ -1,370 +1,28 @@
-//! The REST API (`[api] listen`): the product's `/v1/lbs/...` surface over the same config
-//! the file holds. A change is validated by `Config::validate` (the file's rules), handed to
-//! the daemon, which applies it through the reload path and then persists the file
-//! atomically; writers are serialised, and a change that fails to apply leaves the running
-//! state and the file as they were.
+//! The `/v1` routes and their handlers: load balancers, frontends, backends, servers,
+//! status and public ports, over a copy of the running config.
 
-use std::{
-    collections::BTreeMap,
-    net::SocketAddr,
-    sync::{Arc, RwLock},
-};
+use std::sync::Arc;
 
-use anyhow::{Context as _, Result};
 use axum::{
     Json, Router,
     body::Bytes,
-    extract::{Path, Request, State},
-    http::{HeaderValue, Method, StatusCode, header},
-    middleware::{self, Next},
-    response::{IntoResponse, Response},
+    extract::{Path, State},
+    http::{StatusCode, header},
+    middleware,
     routing::get,
 };
-use serde::{Deserialize, Serialize, de::DeserializeOwned};
-use subtle::ConstantTimeEq as _;
-use tokio::sync::{mpsc, oneshot};
-use utoipa::{OpenApi, ToSchema};
+use serde::{Serialize, de::DeserializeOwned};
+use utoipa::OpenApi;
 
+use super::{
+    auth::{BearerAuth, Tokens, authorize},
+    error::{ApiError, ApiResult, ErrorBody, parse_body},
+    state::Api,
+    types::*,
+};
 use crate::config::{Backend, Config, DEFAULT_LB, Frontend, LoadBalancer, PublicPort};
 
-/// A validated config for the daemon to apply and persist; the reply says how it went.
-pub struct Change {
-    pub config: Config,
-    pub reply: oneshot::Sender<Result<(), String>>,
-}
-
-/// A server of a backend as the API shows it: configured, and live from the data plane.
-#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
-pub struct ServerView {
-    pub address: String,
-    pub port: u16,
-    pub weight: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_conn: Option<u32>,
-    /// "up", "down" (failing its health check) or "unchecked" (no health check: up).
-    pub health: String,
-    /// Open flows (XDP) or connections (proxy) on this server now.
-    pub active: u64,
-}
-
-/// What the daemon publishes for the API: backend name -> its servers.
-pub type ServerViews = RwLock<BTreeMap<String, Vec<ServerView>>>;
-
-/// State the handlers share.
-pub struct Api {
-    /// The running config, as the daemon last installed it (reloads included).
-    pub current: Arc<RwLock<Config>>,
-    pub servers: Arc<ServerViews>,
-    writer: tokio::sync::Mutex<()>,
-    changes: mpsc::UnboundedSender<Change>,
-    tokens: Tokens,
-}
-
-/// Bearer tokens and whether each may change things.
-pub struct Tokens(Vec<(Vec<u8>, bool)>);
-
-impl Tokens {
-    /// From `[api] token_file` (`rw TOKEN` / `ro TOKEN` lines) and LB_API_TOKEN /
-    /// LB_API_READONLY_TOKEN.
-    pub fn load(file: Option<&std::path::Path>) -> Result<Tokens> {
-        let mut tokens = Vec::new();
-        if let Some(path) = file {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("api.token_file {}: cannot read it", path.display()))?;
-            for (n, line) in text.lines().enumerate() {
-                let line = line.split('#').next().unwrap_or("").trim();
-                if line.is_empty() {
-                    continue;
-                }
-                let (write, token) = match line.split_once(char::is_whitespace) {
-                    Some(("rw", t)) => (true, t.trim()),
-                    Some(("ro", t)) => (false, t.trim()),
-                    _ => anyhow::bail!(
-                        "{}:{}: expected `rw TOKEN` or `ro TOKEN` (the token itself is not shown)",
-                        path.display(),
-                        n + 1
-                    ),
-                };
-                tokens.push((token.as_bytes().to_vec(), write));
-            }
-        }
-        for (var, write) in [("LB_API_TOKEN", true), ("LB_API_READONLY_TOKEN", false)] {
-            if let Ok(t) = std::env::var(var)
-                && !t.trim().is_empty()
-            {
-                tokens.push((t.trim().as_bytes().to_vec(), write));
-            }
-        }
-        anyhow::ensure!(
-            !tokens.is_empty(),
-            "[api] listen is set but there is no token: set api.token_file or LB_API_TOKEN"
-        );
-        Ok(Tokens(tokens))
-    }
-
-    /// Some(may write) for a known token. Every token is compared, each in constant time.
-    fn check(&self, presented: &[u8]) -> Option<bool> {
-        let mut found: Option<bool> = None;
-        for (token, write) in &self.0 {
-            if bool::from(token.as_slice().ct_eq(presented)) {
-                found = Some(found.unwrap_or(false) || *write);
-            }
-        }
-        found
-    }
-}
-
-/// `{"error": {"code", "message", "field"}}` with its status.
-#[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-    field: Option<String>,
-}
-
-#[derive(Serialize, Deserialize, ToSchema)]
-pub struct ErrorBody {
-    pub error: ErrorDetail,
-}
-
-#[derive(Serialize, Deserialize, ToSchema)]
-pub struct ErrorDetail {
-    pub code: String,
-    pub message: String,
-    /// The field of the request body (or path) at fault, when there is one.
-    pub field: Option<String>,
-}
-
-impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-            field: None,
-        }
-    }
-
-    fn field(mut self, field: impl Into<String>) -> ApiError {
-        self.field = Some(field.into());
-        self
-    }
-
-    fn not_found(what: &str) -> ApiError {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("{what} does not exist"),
-        )
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = ErrorBody {
-            error: ErrorDetail {
-                code: self.code.into(),
-                message: self.message,
-                field: self.field,
-            },
-        };
-        let mut response = (self.status, Json(body)).into_response();
-        if self.status == StatusCode::UNAUTHORIZED {
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"lb\""),
-            );
-        }
-        response
-    }
-}
-
-type ApiResult<T> = Result<T, ApiError>;
-
-/// Parse a JSON body, naming the field at fault.
-fn parse_body<T: DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
-    let mut de = serde_json::Deserializer::from_slice(body);
-    let parsed: Result<T, _> = serde_path_to_error::deserialize(&mut de);
-    let value = parsed.map_err(|e| {
-        let inner = e.inner();
-        let path = e.path().to_string();
-        let message = inner.to_string();
-        if inner.is_syntax() || inner.is_eof() {
-            return ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "malformed_json",
-                format!("the body is not valid JSON: {message}"),
-            );
-        }
-        // serde names a missing or unknown field in its message, not in the path.
-        let named = message.split('`').nth(1).filter(|_| {
-            message.starts_with("missing field") || message.starts_with("unknown field")
-        });
-        let field = match (path.as_str(), named) {
-            (".", Some(n)) => n.to_string(),
-            (p, Some(n)) => format!("{p}.{n}"),
-            (p, None) => p.to_string(),
-        };
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_field",
-            format!("{field}: {message}"),
-        )
-        .field(field)
-    })?;
-    de.end().map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "malformed_json",
-            format!("trailing data: {e}"),
-        )
-    })?;
-    Ok(value)
-}
-
-/// Validate `config` with the file's rules; problems of entity `prefix` (such as
-/// `backends[3]`) are named relative to the request body.
-fn validate(config: &Config, prefix: &str) -> ApiResult<()> {
-    let problems = config.validate();
-    let Some(first) = problems.first() else {
-        return Ok(());
-    };
-    let relative = |field: &str| {
-        field
-            .strip_prefix(prefix)
-            .map(|f| f.trim_start_matches('.').to_string())
-            .unwrap_or_else(|| field.to_string())
-    };
-    let message = problems
-        .iter()
-        .map(|p| format!("{}: {} (fix: {})", relative(&p.field), p.message, p.fix))
-        .collect::<Vec<_>>()
-        .join("; ");
-    Err(
-        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_config", message)
-            .field(relative(&first.field)),
-    )
-}
-
-impl Api {
-    pub fn new(
-        current: Arc<RwLock<Config>>,
-        servers: Arc<ServerViews>,
-        changes: mpsc::UnboundedSender<Change>,
-        tokens: Tokens,
-    ) -> Api {
-        Api {
-            current,
-            servers,
-            writer: tokio::sync::Mutex::new(()),
-            changes,
-            tokens,
-        }
-    }
-
-    fn config(&self) -> Config {
-        self.current.read().expect("config lock").clone()
-    }
-
-    /// Apply a change made to a copy of the running config, one writer at a time.
-    async fn change<T>(
-        &self,
-        edit: impl FnOnce(&mut Config) -> ApiResult<(T, String)>,
-    ) -> ApiResult<T> {
-        let _writer = self.writer.lock().await;
-        let mut config = self.config();
-        let (value, prefix) = edit(&mut config)?;
-        validate(&config, &prefix)?;
-        let (reply, result) = oneshot::channel();
-        self.changes.send(Change { config, reply }).map_err(|_| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "stopping",
-                "the daemon is stopping",
-            )
-        })?;
-        match result.await {
-            Ok(Ok(())) => Ok(value),
-            Ok(Err(e)) => Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "apply_failed",
-                format!("the change could not be applied, nothing was changed: {e}"),
-            )),
-            Err(_) => Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "stopping",
-                "the daemon is stopping",
-            )),
-        }
-    }
-}
-
 type Shared = State<Arc<Api>>;
-
-/// A load balancer as the API shows it.
-#[derive(Serialize, Deserialize, ToSchema)]
-pub struct LbView {
-    pub id: String,
-    pub name: String,
-    pub description: String,
-    pub status: String,
-    pub frontends: usize,
-    pub backends: usize,
-    pub public_ports: Vec<PublicPort>,
-}
-
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NewLb {
-    /// Chosen by lb (the next free number) when absent.
-    #[schema(min_length = 1)]
-    pub id: Option<String>,
-    pub name: String,
-    #[serde(default)]
-    pub description: String,
-}
-
-#[derive(Serialize, Deserialize, ToSchema)]
-pub struct LbList {
-    pub lbs: Vec<LbView>,
-}
-
-#[derive(Serialize, Deserialize, ToSchema)]
-pub struct BackendList {
-    pub backends: Vec<Backend>,
-}
-
-#[derive(Serialize, Deserialize, ToSchema)]
-pub struct FrontendList {
-    pub frontends: Vec<Frontend>,
-}
-
-#[derive(Serialize, Deserialize, ToSchema)]
-pub struct ServerList {
-    pub servers: Vec<ServerView>,
-}
-
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NewPublicPort {
-    #[schema(minimum = 1, maximum = 65535)]
-    pub port: u16,
-    #[serde(default)]
-    pub desc: String,
-}
-
-#[derive(Serialize, Deserialize, ToSchema)]
-pub struct PublicPortCreated {
-    pub public_port: u16,
-}
-
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct PublicPortRef {
-    #[schema(minimum = 1, maximum = 65535)]
-    pub port: u16,
-}
 
 fn lb_view(config: &Config, lb: LoadBalancer) -> LbView {
     let count = |of: &Option<String>| config.lb_of(of) == lb.id;
@@ -752,13 +410,53 @@ async fn backend_servers(
 ) -> ApiResult<Json<ServerList>> {
     get_entity::<Backend>(&api, &lb_id, &name)?;
     let servers = api
-        .servers
+        .live
         .read()
-        .expect("servers lock")
+        .expect("live lock")
+        .servers
         .get(&name)
         .cloned()
         .unwrap_or_default();
     Ok(Json(ServerList { servers }))
+}
+
+/// The status of a load balancer: its frontends with open flows, totals and rates, its
+/// backends' servers with configured and effective weight, health and open flows.
+#[utoipa::path(get, path = "/v1/lbs/{lb_id}/status", params(("lb_id" = String, Path)), responses((status = 200, body = Status), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+async fn lb_status(State(api): Shared, Path(lb_id): Path<String>) -> ApiResult<Json<Status>> {
+    let config = api.config();
+    require_lb(&config, &lb_id)?;
+    let live = api.live.read().expect("live lock").clone();
+    let mut status = Status {
+        lb: lb_id.clone(),
+        conntrack_entries: live.conntrack_entries,
+        conntrack_capacity: live.conntrack_capacity,
+        ..Status::default()
+    };
+    for f in config
+        .frontends
+        .iter()
+        .filter(|f| config.lb_of(&f.lb) == lb_id)
+    {
+        let mut shown = live.frontends.get(&f.name).cloned().unwrap_or_default();
+        shown.name = f.name.clone();
+        status.frontends.push(shown);
+    }
+    for b in config
+        .backends
+        .iter()
+        .filter(|b| config.lb_of(&b.lb) == lb_id)
+    {
+        let servers = live.servers.get(&b.name).cloned().unwrap_or_default();
+        status.backends.push(BackendStatus {
+            backend: b.name.clone(),
+            mode: b.mode.to_string(),
+            servers_up: servers.iter().filter(|s| s.up).count(),
+            servers: servers.len(),
+        });
+        status.servers.extend(servers);
+    }
+    Ok(Json(status))
 }
 
 /// List a load balancer's frontends.
@@ -906,7 +604,7 @@ async fn delete_public_port(
     info(title = "lb API", description = "The load balancer's REST API (the OpenScaler object model)."),
     paths(
         list_lbs, create_lb, get_lb, delete_lb,
-        list_backends, create_backend, get_backend, put_backend, delete_backend, backend_servers,
+        list_backends, create_backend, get_backend, put_backend, delete_backend, backend_servers, lb_status,
         list_frontends, create_frontend, get_frontend, put_frontend, delete_frontend,
         create_public_port, delete_public_port,
     ),
@@ -914,51 +612,11 @@ async fn delete_public_port(
 )]
 pub struct ApiDoc;
 
-struct BearerAuth;
-
-impl utoipa::Modify for BearerAuth {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
-        );
-    }
-}
-
-/// Bearer auth: 401 without a known token, 403 when a read-only token tries a change.
-async fn authorize(State(api): Shared, request: Request, next: Next) -> Response {
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let Some(write) = presented.and_then(|t| api.tokens.check(t.as_bytes())) else {
-        return ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "a valid `Authorization: Bearer <token>` header is required",
-        )
-        .into_response();
-    };
-    let reads = matches!(*request.method(), Method::GET | Method::HEAD);
-    if !write && !reads {
-        return ApiError::new(
-            StatusCode::FORBIDDEN,
-            "read_only",
-            "this token may only read; use a read-write (`rw`) token to change things",
-        )
-        .into_response();
-    }
-    next.run(request).await
-}
-
-pub fn router(api: Arc<Api>) -> Router {
+pub fn router(api: Arc<Api>, tokens: Arc<Tokens>) -> Router {
     let v1 = Router::new()
         .route("/v1/lbs", get(list_lbs).post(create_lb))
         .route("/v1/lbs/{lb_id}", get(get_lb).delete(delete_lb))
+        .route("/v1/lbs/{lb_id}/status", get(lb_status))
         .route(
             "/v1/lbs/{lb_id}/backends",
             get(list_backends).post(create_backend),
@@ -983,7 +641,7 @@ pub fn router(api: Arc<Api>) -> Router {
             "/v1/lbs/{lb_id}/public_ports",
             axum::routing::post(create_public_port).delete(delete_public_port),
         )
-        .route_layer(middleware::from_fn_with_state(api.clone(), authorize))
+        .route_layer(middleware::from_fn_with_state(tokens, authorize))
         .with_state(api);
     let doc = ApiDoc::openapi()
         .to_pretty_json()
@@ -993,99 +651,4 @@ pub fn router(api: Arc<Api>) -> Router {
         get(move || async move { ([(header::CONTENT_TYPE, "application/json")], doc) }),
     )
     .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
-}
-
-/// Serve the API on its own thread.
-pub fn serve(listen: SocketAddr, api: Arc<Api>) -> Result<()> {
-    let listener = std::net::TcpListener::bind(listen)
-        .with_context(|| format!("api: cannot listen on {listen} ([api] listen)"))?;
-    listener.set_nonblocking(true)?;
-    std::thread::Builder::new()
-        .name("api".into())
-        .spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("api runtime");
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).expect("api listener");
-                let _ = axum::serve(listener, router(api)).await;
-            });
-        })?;
-    Ok(())
-}
-
-/// Write `config` to `path` atomically: a temporary file beside it, fsync, rename, fsync
-/// of the directory. A crash leaves the old file or the new one, never a mix.
-pub fn persist(path: &std::path::Path, config: &Config) -> Result<()> {
-    use std::io::Write as _;
-    let text = toml::to_string(config).context("rendering the config as TOML")?;
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("lb.toml")
-    ));
-    let mut file =
-        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    file.write_all(b"# Written by lb's REST API; edit it or use the API.\n")?;
-    file.write_all(text.as_bytes())?;
-    file.sync_all()?;
-    drop(file);
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
-    std::fs::File::open(dir)?.sync_all()?;
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_persisted_config_reads_back_the_same() {
-        let text = include_str!("../../examples/full.toml");
-        let config = Config::parse("full.toml", text).unwrap();
-        let dir = std::env::temp_dir().join(format!("lb-persist-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("lb.toml");
-        persist(&path, &config).unwrap();
-        let again = Config::load(&path).unwrap();
-        std::fs::remove_dir_all(&dir).unwrap();
-        assert_eq!(again, config);
-    }
-
-    #[test]
-    fn tokens_are_matched_whole_and_by_kind() {
-        let tokens = Tokens(vec![
-            (b"write-me".to_vec(), true),
-            (b"read-me".to_vec(), false),
-        ]);
-        assert_eq!(tokens.check(b"write-me"), Some(true));
-        assert_eq!(tokens.check(b"read-me"), Some(false));
-        assert_eq!(tokens.check(b"read-m"), None);
-        assert_eq!(tokens.check(b""), None);
-    }
-
-    #[test]
-    fn body_errors_name_the_field() {
-        let err = |body: &str| parse_body::<Backend>(&Bytes::from(body.to_string())).unwrap_err();
-        let e = err(
-            r#"{"name": "a", "balancing_method": "first", "port": 1, "servers": {"type": "addresses", "addresses": []}}"#,
-        );
-        assert_eq!(
-            (e.status, e.field.as_deref()),
-            (StatusCode::UNPROCESSABLE_ENTITY, Some("mode"))
-        );
-        let e = err(
-            r#"{"name": "a", "mode": "tcp", "balancing_method": "first", "port": 1, "servers": {"type": "addresses", "addresses": []}, "options": {"tls": "yes"}}"#,
-        );
-        assert_eq!(e.field.as_deref(), Some("options.tls"));
-        let e = err("{");
-        assert_eq!((e.status, e.field), (StatusCode::BAD_REQUEST, None));
-    }
 }

@@ -1,14 +1,15 @@
 //! The probes of each health-check type, as a real client of the protocol would speak it.
 //! Each returns `Ok` for a healthy server or the reason it is not, in words fit for a log.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::net::SocketAddr;
 
 use tokio::{
     io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
     net::TcpStream,
 };
 
-use crate::health::{HealthCheck, ProbeResult};
+use super::state::ProbeResult;
+use crate::config::{CheckKind, HealthCheck};
 
 /// Run one probe of `check` against `target`, within the check's timeout.
 pub async fn probe(check: &HealthCheck, target: SocketAddr) -> ProbeResult {
@@ -26,14 +27,13 @@ async fn probe_inner(check: &HealthCheck, target: SocketAddr) -> ProbeResult {
             _ => format!("connect: {e}"),
         })?;
     let _ = conn.set_nodelay(true);
-    match check.kind.as_str() {
-        "tcp" => Ok(()),
-        "redis" => redis(&mut conn).await,
-        "http" => http(check, target, &mut conn).await,
-        "mysql" => mysql(check, &mut conn).await,
-        "postgres" => postgres(check, &mut conn).await,
-        "tls" => tls(check, target, conn).await,
-        other => Err(format!("check type {other:?} is not implemented")),
+    match check.kind {
+        CheckKind::Tcp => Ok(()),
+        CheckKind::Redis => redis(&mut conn).await,
+        CheckKind::Http => http(check, target, &mut conn).await,
+        CheckKind::Mysql => mysql(check, &mut conn).await,
+        CheckKind::Postgres => postgres(check, &mut conn).await,
+        CheckKind::Tls => tls(check, target, conn).await,
     }
 }
 
@@ -95,7 +95,7 @@ async fn http<S: AsyncRead + AsyncWrite + Unpin>(
                 line.lines().next().unwrap_or("")
             )
         })?;
-    let expected = check.expected()?;
+    let expected = check.expected();
     if expected.accepts(code) {
         Ok(())
     } else {
@@ -246,71 +246,11 @@ async fn tls(check: &HealthCheck, target: SocketAddr, conn: TcpStream) -> ProbeR
             .map_err(|e| format!("host_header {host:?} is not a TLS server name: {e}"))?,
         None => rustls::pki_types::ServerName::IpAddress(target.ip().into()),
     };
-    let connector = tokio_rustls::TlsConnector::from(insecure_client_config());
+    let connector = tokio_rustls::TlsConnector::from(crate::tls::insecure_client_config());
     let mut stream = connector
         .connect(name, conn)
         .await
         .map_err(|e| format!("TLS handshake: {e}"))?;
     let _ = stream.shutdown().await;
     Ok(())
-}
-
-/// A rustls client that accepts any certificate; the handshake signatures are still checked.
-pub fn insecure_client_config() -> Arc<rustls::ClientConfig> {
-    use rustls::{
-        DigitallySignedStruct, SignatureScheme,
-        client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
-        pki_types::{CertificateDer, ServerName, UnixTime},
-    };
-    #[derive(Debug)]
-    struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
-    impl ServerCertVerifier for AnyCertificate {
-        fn verify_server_cert(
-            &self,
-            _: &CertificateDer<'_>,
-            _: &[CertificateDer<'_>],
-            _: &ServerName<'_>,
-            _: &[u8],
-            _: UnixTime,
-        ) -> Result<ServerCertVerified, rustls::Error> {
-            Ok(ServerCertVerified::assertion())
-        }
-        fn verify_tls12_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls12_signature(
-                message,
-                cert,
-                dss,
-                &self.0.signature_verification_algorithms,
-            )
-        }
-        fn verify_tls13_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls13_signature(
-                message,
-                cert,
-                dss,
-                &self.0.signature_verification_algorithms,
-            )
-        }
-        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-            self.0.signature_verification_algorithms.supported_schemes()
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default TLS versions")
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
-        .with_no_client_auth();
-    Arc::new(config)
 }

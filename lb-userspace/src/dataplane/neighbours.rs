@@ -20,18 +20,31 @@ use tracing::{debug, warn};
 
 /// Mark the next hop towards each address as managed. Returns how many entries were set;
 /// an address without a route is logged and skipped.
+///
+/// The daemon calls it on a blocking thread of its admin runtime, whose netlink runs on
+/// that runtime; callers outside one (tests, tools) get a runtime for the call.
 pub fn manage(addresses: &[IpAddr]) -> Result<usize> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
+    match tokio::runtime::Handle::try_current() {
+        Ok(admin) => admin.block_on(manage_async(addresses)),
+        Err(_) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(manage_async(addresses)),
+    }
+}
+
+async fn manage_async(addresses: &[IpAddr]) -> Result<usize> {
+    {
         let (connection, handle, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
         tokio::spawn(connection);
         // Entries an operator pinned (permanent, noarp) are left as they are.
         let mut pinned = std::collections::HashSet::new();
         let mut dump = handle.neighbours().get().execute();
         while let Some(neighbour) = dump.try_next().await.context("listing neighbours")? {
-            if matches!(neighbour.header.state, NeighbourState::Permanent | NeighbourState::Noarp) {
+            if matches!(
+                neighbour.header.state,
+                NeighbourState::Permanent | NeighbourState::Noarp
+            ) {
                 for attr in &neighbour.attributes {
                     match attr {
                         NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => {
@@ -73,7 +86,11 @@ pub fn manage(addresses: &[IpAddr]) -> Result<usize> {
             if pinned.contains(&(oif, next_hop)) {
                 continue;
             }
-            let mut request = handle.neighbours().add(oif, next_hop).state(NeighbourState::None).replace();
+            let mut request = handle
+                .neighbours()
+                .add(oif, next_hop)
+                .state(NeighbourState::None)
+                .replace();
             request
                 .message_mut()
                 .attributes
@@ -83,9 +100,11 @@ pub fn manage(addresses: &[IpAddr]) -> Result<usize> {
                     debug!(%addr, %next_hop, oif, "neighbour managed");
                     done += 1;
                 }
-                Err(e) => warn!(%addr, %next_hop, error = %e, "could not mark the neighbour managed"),
+                Err(e) => {
+                    warn!(%addr, %next_hop, error = %e, "could not mark the neighbour managed")
+                }
             }
         }
         Ok(done)
-    })
+    }
 }

@@ -3,37 +3,26 @@
 //! retries, and the sticky cookie on the way back.
 
 use std::{
-    future::Future as _,
     net::SocketAddr,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
-    time::Duration,
 };
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt as _, Empty, Full, combinators::BoxBody};
+use http_body_util::BodyExt as _;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::rt::TokioIo;
 use tracing::{debug, warn};
 
 use super::{
-    BackendRoute, FrontendRoute, Shared,
     balance::ActiveGuard,
+    body::{BoxError, DeadlineBody, ProxyBody, empty, error},
+    policy::{ConnInfo, FORWARDED_HEADERS, cookie_in, is_idempotent_method, without_port},
+    routes::{BackendRoute, FrontendRoute, Shared},
     upstream::{Pool, Sender},
 };
-
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-pub type ProxyBody = BoxBody<Bytes, BoxError>;
-
-/// What the proxy knows of a client connection.
-#[derive(Clone, Copy, Debug)]
-pub struct ConnInfo {
-    pub client: SocketAddr,
-    pub local: SocketAddr,
-    pub tls: bool,
-}
 
 /// Headers that describe one hop's connection, never forwarded (RFC 9110 7.6.1).
 const HOP_BY_HOP: &[&str] = &[
@@ -45,79 +34,6 @@ const HOP_BY_HOP: &[&str] = &[
     "transfer-encoding",
     "upgrade",
 ];
-
-pub fn full(text: impl Into<Bytes>) -> ProxyBody {
-    Full::new(text.into()).map_err(|e| match e {}).boxed()
-}
-
-fn empty() -> ProxyBody {
-    Empty::new().map_err(|e| match e {}).boxed()
-}
-
-/// A short plain-text error response, closing the connection when asked.
-pub fn error(status: StatusCode, detail: &str, close: bool) -> Response<ProxyBody> {
-    let mut r = Response::new(full(format!(
-        "{} {}: {detail}\n",
-        status.as_u16(),
-        status.canonical_reason().unwrap_or("")
-    )));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    if close {
-        r.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
-    r
-}
-
-/// A body that fails when its deadline passes: a client sending its body slowly cannot hold
-/// a server connection for ever.
-pub struct DeadlineBody<B> {
-    inner: B,
-    deadline: Pin<Box<tokio::time::Sleep>>,
-}
-
-impl<B> DeadlineBody<B> {
-    pub fn new(inner: B, within: Duration) -> Self {
-        DeadlineBody {
-            inner,
-            deadline: Box::pin(tokio::time::sleep(within)),
-        }
-    }
-}
-
-impl<B> Body for DeadlineBody<B>
-where
-    B: Body<Data = Bytes> + Unpin,
-    B::Error: Into<BoxError>,
-{
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
-            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
-        }
-        match self.deadline.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Some(Err("request body deadline passed".into()))),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
 
 /// A response body that keeps its server's connection counted until it is done, and
 /// returns the connection to its pool once the body was read to the end.
@@ -211,37 +127,6 @@ fn request_host(req: &Request<Incoming>) -> Option<String> {
         .or_else(|| req.uri().authority().map(|a| a.as_str()))?;
     Some(without_port(host).to_string())
 }
-
-/// A Host value without its port; IPv6 brackets are kept whole.
-pub fn without_port(host: &str) -> &str {
-    match host.rsplit_once(':') {
-        Some((name, port)) if port.parse::<u16>().is_ok() && !name.ends_with(':') => name,
-        _ => host,
-    }
-}
-
-/// The value of cookie `name` in one Cookie header value.
-pub fn cookie_in<'a>(header: &'a str, name: &str) -> Option<&'a str> {
-    header
-        .split(';')
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.trim())
-}
-
-/// Whether a Set-Cookie value sets cookie `name` (insert mode owns that name).
-pub fn sets_cookie(value: &[u8], name: &str) -> bool {
-    let value = value.trim_ascii_start();
-    value.starts_with(name.as_bytes()) && value.get(name.len()) == Some(&b'=')
-}
-
-/// Request headers only a trusted proxy may send: anyone else's are removed.
-pub const FORWARDED_HEADERS: [&str; 4] = [
-    "x-forwarded-for",
-    "x-forwarded-port",
-    "x-forwarded-proto",
-    "forwarded",
-];
 
 fn redirect_to_https(req: &Request<Incoming>, port: u16) -> Response<ProxyBody> {
     let host = request_host(req).unwrap_or_default();
@@ -389,7 +274,7 @@ async fn forward(
     let mut body = Some(if body_empty {
         empty()
     } else {
-        DeadlineBody::new(body, http.body_timeout()).boxed()
+        DeadlineBody::new(body, http.body_timeout).boxed()
     });
 
     let mut tried = Vec::new();
@@ -438,13 +323,13 @@ async fn forward(
         };
         let upstream_req = Request::from_parts(request_head, request_body);
         let mut sender = sender;
-        let sent = tokio::time::timeout(http.server_timeout(), sender.send_request(upstream_req));
+        let sent = tokio::time::timeout(http.server_timeout, sender.send_request(upstream_req));
         let mut response = match sent.await {
             Err(_) => {
                 warn!(backend = %backend.name, server = %server.address, "server timeout");
                 return error(
                     StatusCode::GATEWAY_TIMEOUT,
-                    &format!("server did not answer within {:?}", http.server_timeout()),
+                    &format!("server did not answer within {:?}", http.server_timeout),
                     false,
                 );
             }
@@ -515,11 +400,6 @@ async fn forward(
         );
     }
     error(StatusCode::BAD_GATEWAY, &last_error, false)
-}
-
-/// RFC 9110 9.2.2: may be sent again after a failed attempt.
-pub fn is_idempotent_method(m: &str) -> bool {
-    matches!(m, "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE")
 }
 
 /// A new HTTP/1.1 connection to `server` (PROXY header and TLS per the backend).

@@ -1,0 +1,25 @@
+//! The config: one typed model (`model`, with the value types of `values`), loaded in one
+//! place (`load`: read, parse, validate, check files), its rules (`validate`), errors that
+//! name file:line, field and fix (`error`, `locate`), and saving API changes into the
+//! operator's file (`persist`). The planner, health checks, the proxy and the API all
+//! consume the same `Config`.
+
+mod error;
+mod load;
+mod locate;
+mod model;
+mod persist;
+mod toml_merge;
+mod validate;
+pub mod values;
+
+pub use error::{ConfigError, Problem};
+pub use model::*;
+pub use persist::persist;
+pub use values::{
+    AclCriterion, CheckKind, Cidr, ExpectedCodes, Forwarding, Method, Mode, OnDown, Port, Protocol,
+    ProxyVersion, RouteCond, StickyKind,
+};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,221 @@
+//! The config's loading and validation, through the file format.
+
+use super::*;
+
+const GOOD: &str = r#"
+[[frontends]]
+name = "web"
+mode = "tcp"
+address = "198.18.100.1"
+binds = [{ port = 80 }, { port = 53, protocol = "udp" }]
+default_backend = "app"
+interfaces = ["eth0"]
+snat_address = "198.18.2.1"
+
+[[backends]]
+name = "app"
+mode = "tcp"
+balancing_method = "maglev"
+port = "8080"
+servers = { type = "addresses", addresses = [
+  { address = "198.18.11.2", weight = 1 },
+  { address = "198.18.12.2", weight = 2 },
+] }
+"#;
+
+fn errors(text: &str) -> ConfigError {
+    Config::parse("lb.toml", text).expect_err("config should be rejected")
+}
+
+#[test]
+fn every_example_config_is_valid() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            seen += 1;
+        }
+    }
+    assert!(seen >= 2);
+}
+
+#[test]
+fn dsr_needs_equal_ports() {
+    let text = GOOD.replace("snat_address = \"198.18.2.1\"", "forwarding = \"dsr\"");
+    let e = errors(&text);
+    assert_eq!(e.problems[0].1.field, "frontends[0].binds");
+    assert!(
+        e.problems[0]
+            .1
+            .message
+            .contains("DSR cannot translate ports")
+    );
+}
+
+#[test]
+fn good_config_parses() {
+    let c = Config::parse("lb.toml", GOOD).unwrap();
+    assert_eq!(c.backends[0].port.number, 8080);
+    assert_eq!(c.frontends[0].binds[1].protocol, Protocol::Udp);
+    assert_eq!(c.interfaces(), vec!["eth0".to_string()]);
+}
+
+#[test]
+fn weight_out_of_range_names_field_and_line() {
+    let e = errors(&GOOD.replace("weight = 2", "weight = 101"));
+    let (line, p) = &e.problems[0];
+    assert_eq!(p.field, "backends[0].servers.addresses[1].weight");
+    assert_eq!(*line, Some(18));
+    let shown = e.to_string();
+    assert!(shown.contains("lb.toml:18:"), "{shown}");
+    assert!(shown.contains("fix:"), "{shown}");
+}
+
+#[test]
+fn mode_mismatch_unknown_backend_and_bad_address_are_reported() {
+    let e = errors(&GOOD.replacen(r#"mode = "tcp""#, r#"mode = "http""#, 1));
+    assert!(
+        e.problems
+            .iter()
+            .any(|(l, p)| p.field == "frontends[0].mode"
+                && p.message.contains("differs")
+                && *l == Some(4))
+    );
+
+    let e = errors(&GOOD.replace(r#"default_backend = "app""#, r#"default_backend = "nope""#));
+    assert_eq!(e.problems[0].1.field, "frontends[0].default_backend");
+    assert_eq!(e.problems[0].0, Some(7));
+
+    let e = errors(&GOOD.replace("198.18.12.2", "198.18.12.999"));
+    assert_eq!(
+        e.problems[0].1.field,
+        "backends[0].servers.addresses[1].address"
+    );
+    assert_eq!(e.problems[0].0, Some(18));
+}
+
+#[test]
+fn more_than_500_servers_is_rejected() {
+    let servers: Vec<String> = (0..501)
+        .map(|i| {
+            format!(
+                "{{ address = \"198.18.{}.{}\" }}",
+                20 + i / 250,
+                1 + i % 250
+            )
+        })
+        .collect();
+    let text = GOOD.replace(
+        "{ address = \"198.18.11.2\", weight = 1 },",
+        &format!("{},", servers.join(",")),
+    );
+    let e = errors(&text);
+    assert!(
+        e.problems
+            .iter()
+            .any(|(_, p)| p.field == "backends[0].servers.addresses"
+                && p.message.contains("at most 500"))
+    );
+}
+
+#[test]
+fn http_frontends_are_validated_field_by_field() {
+    let http = r#"
+[[frontends]]
+name = "site"
+mode = "http"
+address = "198.18.100.3"
+binds = [{ port = 80, use_http3 = true }, { port = 443, ssl = true }]
+default_backend = "site"
+acls = [{ name = "a", criterion = "path_end", value = "/x" }]
+backends = [{ backend = "nope", cond = "unless", test = "b" }]
+options = { trusted_proxies = ["198.18.0.0/33"] }
+
+[[backends]]
+name = "site"
+mode = "http"
+balancing_method = "maglev"
+port = 80
+servers = { type = "addresses", addresses = [{ address = "198.18.11.2" }] }
+options = { tls_verify = true, proxy_protocol = "v3" }
+"#;
+    let e = errors(http);
+    let fields: Vec<&str> = e.problems.iter().map(|(_, p)| p.field.as_str()).collect();
+    for field in [
+        "frontends[0].binds[0].use_http3",
+        "frontends[0].binds[1].ssl_certificate",
+        "frontends[0].acls[0].criterion",
+        "frontends[0].backends[0].cond",
+        "frontends[0].backends[0].test",
+        "frontends[0].backends[0].backend",
+        "frontends[0].options.trusted_proxies[0]",
+        "backends[0].balancing_method",
+        "backends[0].options.tls_verify",
+        "backends[0].options.proxy_protocol",
+    ] {
+        assert!(fields.contains(&field), "{field} not in {fields:?}");
+    }
+    assert!(e.problems.iter().all(|(line, _)| line.is_some()), "{e}");
+}
+
+#[test]
+fn options_methods_and_dataplane_are_validated() {
+    let e = errors(&GOOD.replace("\"maglev\"", "\"fastest\""));
+    assert!(e.problems[0].1.message.contains("unknown balancing_method"));
+
+    let with_options = GOOD.replace(
+        "port = \"8080\"",
+        "port = \"8080\"\noptions = { table_size = 65536, sticky_session = { type = \"cookie\" }, health_check = { type = \"smtp\", on_down = \"close\", user = \"x\" } }",
+    );
+    let e = errors(&with_options);
+    let fields: Vec<&str> = e.problems.iter().map(|(_, p)| p.field.as_str()).collect();
+    assert!(
+        fields.contains(&"backends[0].options.table_size"),
+        "{fields:?}"
+    );
+    assert!(
+        fields.contains(&"backends[0].options.sticky_session.type"),
+        "{fields:?}"
+    );
+    for field in ["type", "on_down", "user"] {
+        let field = format!("backends[0].options.health_check.{field}");
+        assert!(
+            fields.contains(&field.as_str()),
+            "{field} not in {fields:?}"
+        );
+    }
+
+    let small = GOOD.replace(
+        "port = \"8080\"",
+        "port = \"8080\"\noptions = { table_size = 101 }",
+    );
+    let e = errors(&small);
+    assert!(e.problems[0].1.message.contains("100 x 2 servers"), "{e}");
+
+    let max_conn = GOOD.replace("weight = 2 }", "weight = 2, max_conn = 10 }");
+    let e = errors(&max_conn);
+    assert_eq!(
+        e.problems[0].1.field,
+        "backends[0].servers.addresses[1].max_conn"
+    );
+    assert!(Config::parse("t", &max_conn.replace("\"maglev\"", "\"first\"")).is_ok());
+
+    let e = errors(&format!("{GOOD}\n[dataplane]\nudp_timeout = \"soon\"\n"));
+    assert_eq!(e.problems[0].1.field, "dataplane.udp_timeout");
+    assert_eq!(e.problems[0].0, Some(22));
+}
+
+#[test]
+fn sticky_ttl_defaults_to_five_minutes() {
+    let c = Config::parse(
+        "t",
+        &GOOD.replace(
+            "port = \"8080\"",
+            "port = \"8080\"\noptions = { sticky_session = { type = \"source_ip\" } }",
+        ),
+    )
+    .unwrap();
+    assert_eq!(Config::sticky_ttl_s(&c.backends[0]), 300);
+}

@@ -1,0 +1,597 @@
+//! The config's rules, checked once when a file or an API change is loaded. Every problem
+//! is reported at once, each with its field path, what is wrong and how to fix it.
+
+use std::collections::HashSet;
+
+use super::{
+    error::Problem,
+    model::{Backend, Config, Frontend, MAX_REQUEST_HEADERS, MAX_TABLE_SIZE, MAX_WEIGHT, Servers},
+    values::{CheckKind, Forwarding, Method, Mode, Protocol, StickyKind, one_of},
+};
+
+impl Config {
+    /// Check every rule; an empty list means the config is valid.
+    pub fn validate(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        let mut problem = |field: String, message: String, fix: &str| {
+            out.push(Problem {
+                field,
+                message,
+                fix: fix.to_string(),
+            })
+        };
+
+        let mut backend_names = HashSet::new();
+        for (i, b) in self.backends.iter().enumerate() {
+            let at = format!("backends[{i}]");
+            if b.name.trim().is_empty() {
+                problem(
+                    format!("{at}.name"),
+                    "a backend needs a name".into(),
+                    "set name = \"...\"",
+                );
+            } else if !backend_names.insert(b.name.as_str()) {
+                problem(
+                    format!("{at}.name"),
+                    format!("backend name {:?} is used twice", b.name),
+                    "give each backend a unique name",
+                );
+            }
+            let method = b.balancing_method;
+            self.validate_options(b, &at, &mut problem);
+            match &b.servers {
+                Servers::Addresses { addresses } => {
+                    if addresses.len() > lb_common::maps::MAX_SERVERS_PER_BACKEND as usize {
+                        problem(
+                            format!("{at}.servers.addresses"),
+                            format!("{} servers; a backend has at most 500", addresses.len()),
+                            "split the servers across backends",
+                        );
+                    }
+                    let mut seen = HashSet::new();
+                    for (j, s) in addresses.iter().enumerate() {
+                        let sat = format!("{at}.servers.addresses[{j}]");
+                        if s.max_conn.is_some() && !method.enforces_max_conn() {
+                            problem(
+                                format!("{sat}.max_conn"),
+                                format!(
+                                    "max_conn is enforced only by first and leastconn, not {method}"
+                                ),
+                                "remove max_conn, or use balancing_method = \"first\" or \"leastconn\"",
+                            );
+                        }
+                        if s.weight > MAX_WEIGHT {
+                            problem(
+                                format!("{sat}.weight"),
+                                format!("weight {} is outside 0..100", s.weight),
+                                "use a weight from 0 (drain) to 100",
+                            );
+                        }
+                        let a = s.address;
+                        if a.is_unspecified() || a.is_multicast() {
+                            problem(
+                                format!("{sat}.address"),
+                                format!("{a} cannot be a server address"),
+                                "use the server's unicast address",
+                            );
+                        } else if !seen.insert(a) {
+                            problem(
+                                format!("{sat}.address"),
+                                format!("server {a} is listed twice"),
+                                "list each server once; use weight for a larger share",
+                            );
+                        }
+                    }
+                }
+                Servers::Computer { computer_ids } => {
+                    if computer_ids.len() > lb_common::maps::MAX_SERVERS_PER_BACKEND as usize {
+                        problem(
+                            format!("{at}.servers.computer_ids"),
+                            format!("{} servers; a backend has at most 500", computer_ids.len()),
+                            "split the servers across backends",
+                        );
+                    }
+                    for (j, id) in computer_ids.iter().enumerate() {
+                        if !self.computers.contains_key(id) {
+                            problem(
+                                format!("{at}.servers.computer_ids[{j}]"),
+                                format!("computer id {id:?} is not in [computers]"),
+                                "add it to [computers] as \"id\" = \"address\"",
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        let dp = &self.dataplane;
+        for (field, value) in [
+            ("tcp_syn_timeout", &dp.tcp_syn_timeout),
+            ("tcp_established_timeout", &dp.tcp_established_timeout),
+            ("tcp_closing_timeout", &dp.tcp_closing_timeout),
+            ("udp_timeout", &dp.udp_timeout),
+            ("gc_interval", &dp.gc_interval),
+        ] {
+            if value.is_zero() {
+                problem(
+                    format!("dataplane.{field}"),
+                    "a zero duration never comes".into(),
+                    "write a duration such as \"500ms\", \"10s\", \"5m\" or \"1h\"",
+                );
+            }
+        }
+        if dp.conntrack_size < 1024 {
+            problem(
+                "dataplane.conntrack_size".into(),
+                format!("{} flows is too small", dp.conntrack_size),
+                "use at least 1024 (the default is 1048576)",
+            );
+        }
+        if self.backends.len() > lb_common::maps::MAX_BACKENDS as usize {
+            problem(
+                "backends".into(),
+                format!(
+                    "{} backends; this build supports {}",
+                    self.backends.len(),
+                    lb_common::maps::MAX_BACKENDS
+                ),
+                "merge backends",
+            );
+        }
+
+        let mut lb_ids = HashSet::new();
+        for (i, lb) in self.lbs.iter().enumerate() {
+            if lb.id.trim().is_empty() || !lb_ids.insert(lb.id.as_str()) {
+                problem(
+                    format!("lbs[{i}].id"),
+                    format!("load balancer id {:?} is empty or used twice", lb.id),
+                    "give each [[lbs]] entry a unique, non-empty id",
+                );
+            }
+        }
+        for (kind, at, lb) in self
+            .frontends
+            .iter()
+            .enumerate()
+            .map(|(i, f)| ("frontends", i, &f.lb))
+            .chain(
+                self.backends
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| ("backends", i, &b.lb)),
+            )
+        {
+            if let Some(id) = lb
+                && self.lb(id).is_none()
+            {
+                problem(
+                    format!("{kind}[{at}].lb"),
+                    format!("no load balancer has id {id:?}"),
+                    "name the id of an [[lbs]] entry (or leave lb out for the default one)",
+                );
+            }
+        }
+
+        let mut frontend_names = HashSet::new();
+        let mut listeners = HashSet::new();
+        for (i, f) in self.frontends.iter().enumerate() {
+            let at = format!("frontends[{i}]");
+            let lb = self.lb_of(&f.lb);
+            for name in
+                std::iter::once(&f.default_backend).chain(f.backends.iter().map(|r| &r.backend))
+            {
+                if let Some(b) = self.backends.iter().find(|b| &b.name == name)
+                    && self.lb_of(&b.lb) != lb
+                {
+                    problem(
+                        format!("{at}.default_backend"),
+                        format!(
+                            "backend {name:?} belongs to load balancer {:?}, this frontend to {lb:?}",
+                            self.lb_of(&b.lb)
+                        ),
+                        "use a backend of the frontend's own load balancer",
+                    );
+                }
+            }
+            if !frontend_names.insert(f.name.as_str()) {
+                problem(
+                    format!("{at}.name"),
+                    format!("frontend name {:?} is used twice", f.name),
+                    "give each frontend a unique name",
+                );
+            }
+            self.validate_http_frontend(f, &at, &mut problem);
+            match self.backends.iter().find(|b| b.name == f.default_backend) {
+                None => problem(
+                    format!("{at}.default_backend"),
+                    format!("no backend is named {:?}", f.default_backend),
+                    "name one of the [[backends]] entries",
+                ),
+                Some(b) => {
+                    if f.forwarding == Forwarding::Dsr
+                        && let Some(bind) = f.binds.iter().find(|bind| bind.port != b.port.number)
+                    {
+                        problem(
+                            format!("{at}.binds"),
+                            format!(
+                                "DSR cannot translate ports, but bind port {} differs from backend {:?} port {}",
+                                bind.port, b.name, b.port.number
+                            ),
+                            "with forwarding = \"dsr\", give the backend the same port as every bind",
+                        );
+                    }
+                    if b.mode != f.mode {
+                        problem(
+                            format!("{at}.mode"),
+                            format!(
+                                "frontend mode {} differs from backend {:?} mode {}",
+                                f.mode, b.name, b.mode
+                            ),
+                            "a frontend and its backends must have the same mode",
+                        );
+                    }
+                    for s in b.resolved_servers(&self.computers) {
+                        if s.address.is_ipv4() != f.address.is_ipv4() {
+                            problem(
+                                format!("{at}.address"),
+                                format!(
+                                    "frontend address {} and server {} of backend {:?} are different IP families",
+                                    f.address, s.address, b.name
+                                ),
+                                "use servers of the frontend's family (NAT46/64 is not supported)",
+                            );
+                        }
+                    }
+                }
+            }
+            if f.binds.is_empty() {
+                problem(
+                    format!("{at}.binds"),
+                    "a frontend needs at least one bind".into(),
+                    "add binds = [{ port = 80 }]",
+                );
+            }
+            for (j, b) in f.binds.iter().enumerate() {
+                if b.port == 0 {
+                    problem(
+                        format!("{at}.binds[{j}].port"),
+                        "port 0 cannot be bound".into(),
+                        "use a port from 1 to 65535",
+                    );
+                }
+                if !listeners.insert((f.address, b.port, b.protocol)) {
+                    problem(
+                        format!("{at}.binds[{j}]"),
+                        format!("{}:{} ({}) is bound twice", f.address, b.port, b.protocol),
+                        "each address, port and protocol may be bound by one frontend only",
+                    );
+                }
+            }
+            let in_xdp = !self.in_userspace(f);
+            if in_xdp && f.interfaces.is_empty() {
+                problem(
+                    format!("{at}.interfaces"),
+                    "a tcp frontend needs the interfaces to attach XDP to".into(),
+                    "list them, for example interfaces = [\"eth0\"]",
+                );
+            }
+            match f.snat_address {
+                None if in_xdp && f.forwarding == Forwarding::Nat => problem(
+                    format!("{at}.snat_address"),
+                    "a tcp frontend needs an SNAT address for full NAT".into(),
+                    "set snat_address to an address of this host that servers route back to",
+                ),
+                Some(a) if a.is_ipv4() != f.address.is_ipv4() => problem(
+                    format!("{at}.snat_address"),
+                    format!(
+                        "snat_address {a} is not of the same family as address {}",
+                        f.address
+                    ),
+                    "use an SNAT address of the frontend's family",
+                ),
+                _ => {}
+            }
+        }
+        let h = &self.http;
+        for (field, value) in [
+            ("connect_timeout", &h.connect_timeout),
+            ("server_timeout", &h.server_timeout),
+            ("request_timeout", &h.request_timeout),
+            ("body_timeout", &h.body_timeout),
+        ] {
+            if value.is_zero() {
+                problem(
+                    format!("http.{field}"),
+                    "a zero timeout expires at once".into(),
+                    "use a number with a unit, such as \"500ms\", \"10s\" or \"2m\"",
+                );
+            }
+        }
+        let max = MAX_REQUEST_HEADERS;
+        if !(1..=max).contains(&h.max_headers) {
+            problem(
+                "http.max_headers".into(),
+                format!("max_headers {} is outside 1..={max}", h.max_headers),
+                "use a count such as 100 (the default)",
+            );
+        }
+        if !(1024..=1 << 20).contains(&h.max_header_bytes) {
+            problem(
+                "http.max_header_bytes".into(),
+                format!(
+                    "max_header_bytes {} is outside 1024..=1048576",
+                    h.max_header_bytes
+                ),
+                "use a size in bytes such as 16384 (the default)",
+            );
+        }
+        if !(1..=256).contains(&h.workers) {
+            problem(
+                "http.workers".into(),
+                format!("workers {} is outside 1..=256", h.workers),
+                "use about one worker per core, such as 2 (the default)",
+            );
+        }
+        out
+    }
+
+    fn validate_http_frontend(
+        &self,
+        f: &Frontend,
+        at: &str,
+        problem: &mut impl FnMut(String, String, &str),
+    ) {
+        let http = f.mode == Mode::Http;
+        for (j, bind) in f.binds.iter().enumerate() {
+            let at = format!("{at}.binds[{j}]");
+            if bind.use_http3 == Some(true) {
+                problem(
+                    format!("{at}.use_http3"),
+                    "HTTP/3 is not supported".into(),
+                    "remove use_http3 (HTTP/1.1 and HTTP/2 are served)",
+                );
+            }
+            if bind.ssl == Some(true) || bind.ssl_certificate.is_some() {
+                if !http {
+                    problem(
+                        format!("{at}.ssl"),
+                        "TLS termination needs mode \"http\"".into(),
+                        "remove ssl and ssl_certificate, or use mode = \"http\"",
+                    );
+                }
+                match &bind.ssl_certificate {
+                    None => problem(
+                        format!("{at}.ssl_certificate"),
+                        "ssl = true needs a certificate".into(),
+                        "set ssl_certificate to a PEM file with the certificate chain and key",
+                    ),
+                    Some(path) if bind.ssl != Some(true) => problem(
+                        format!("{at}.ssl"),
+                        format!("ssl_certificate {path:?} is set but ssl is not true"),
+                        "set ssl = true, or remove ssl_certificate",
+                    ),
+                    // Whether the file can be read is checked by loading (`check_files`).
+                    Some(_) => {}
+                }
+            }
+            if http && bind.protocol == Protocol::Udp {
+                problem(
+                    format!("{at}.protocol"),
+                    "an http frontend cannot bind UDP".into(),
+                    "remove protocol = \"udp\"",
+                );
+            }
+        }
+        if http && f.forwarding == Forwarding::Dsr {
+            problem(
+                format!("{at}.forwarding"),
+                "an http frontend is a proxy; it cannot use direct server return".into(),
+                "remove forwarding = \"dsr\"",
+            );
+        }
+        let mut acl_names = HashSet::new();
+        for (j, acl) in f.acls.iter().enumerate() {
+            if !http {
+                problem(
+                    format!("{at}.acls"),
+                    "ACLs need mode \"http\"".into(),
+                    "remove acls, or use mode = \"http\"",
+                );
+                break;
+            }
+            if !acl_names.insert(acl.name.as_str()) {
+                problem(
+                    format!("{at}.acls[{j}].name"),
+                    format!("ACL name {:?} is used twice", acl.name),
+                    "give each ACL of a frontend a unique name",
+                );
+            }
+        }
+        for (j, rule) in f.backends.iter().enumerate() {
+            let at = format!("{at}.backends[{j}]");
+            if !f.acls.iter().any(|a| a.name == rule.test) {
+                problem(
+                    format!("{at}.test"),
+                    format!("no ACL of this frontend is named {:?}", rule.test),
+                    "name one of the frontend's acls",
+                );
+            }
+            match self.backends.iter().find(|b| b.name == rule.backend) {
+                None => problem(
+                    format!("{at}.backend"),
+                    format!("no backend is named {:?}", rule.backend),
+                    "name one of the [[backends]] entries",
+                ),
+                Some(b) if b.mode != f.mode => problem(
+                    format!("{at}.backend"),
+                    format!(
+                        "backend {:?} has mode {}, the frontend {}",
+                        b.name, b.mode, f.mode
+                    ),
+                    "a frontend and its backends must have the same mode",
+                ),
+                Some(_) => {}
+            }
+        }
+        if f.options.redirect_ssl == Some(true) && !f.binds.iter().any(|b| b.ssl == Some(true)) {
+            problem(
+                format!("{at}.options.redirect_ssl"),
+                "redirect_ssl sends clients to https, but no bind has ssl = true".into(),
+                "add a bind with ssl = true and ssl_certificate",
+            );
+        }
+        if !http && (f.options.redirect_ssl.is_some() || f.options.forward_for.is_some()) {
+            problem(
+                format!("{at}.options"),
+                "redirect_ssl and forward_for need mode \"http\"".into(),
+                "remove them, or use mode = \"http\"",
+            );
+        }
+    }
+
+    fn validate_options(
+        &self,
+        b: &Backend,
+        at: &str,
+        problem: &mut impl FnMut(String, String, &str),
+    ) {
+        let o = &b.options;
+        let servers = b
+            .resolved_servers(&self.computers)
+            .len()
+            .max(match &b.servers {
+                Servers::Addresses { addresses } => addresses.len(),
+                Servers::Computer { computer_ids } => computer_ids.len(),
+            });
+        if let Some(m) = o.table_size {
+            if !b.balancing_method.uses_maglev() {
+                problem(
+                    format!("{at}.options.table_size"),
+                    format!(
+                        "table_size applies to source and maglev, not {}",
+                        b.balancing_method
+                    ),
+                    "remove table_size",
+                );
+            } else if !lb_common::maglev::is_prime(m) || m > MAX_TABLE_SIZE {
+                problem(
+                    format!("{at}.options.table_size"),
+                    format!("table_size {m} is not a prime up to {MAX_TABLE_SIZE}"),
+                    "use a prime such as 251, 4093, 16381 or 65537",
+                );
+            }
+        }
+        if b.balancing_method.uses_maglev()
+            && u64::from(Config::table_size(b)) < 100 * servers as u64
+        {
+            problem(
+                format!("{at}.options.table_size"),
+                format!(
+                    "table_size {} is less than 100 x {servers} servers, so shares would be uneven",
+                    Config::table_size(b)
+                ),
+                "use a prime of at least 100 x the server count (65537 fits 500 servers)",
+            );
+        }
+        if let Some(s) = &o.sticky_session {
+            if s.kind == StickyKind::Cookie && b.mode == Mode::Tcp {
+                problem(
+                    format!("{at}.options.sticky_session.type"),
+                    "cookie stickiness needs mode \"http\"; a tcp backend cannot see cookies"
+                        .into(),
+                    "use type = \"source_ip\"",
+                );
+            }
+            if let Some(ttl) = s.ttl
+                && ttl.as_secs() == 0
+            {
+                problem(
+                    format!("{at}.options.sticky_session.ttl"),
+                    format!(
+                        "{} is not a duration of at least one second",
+                        humantime::format_duration(ttl)
+                    ),
+                    "write a duration such as \"30s\" or \"5m\"",
+                );
+            }
+        }
+        let http_only = |field: &str, set: bool, problem: &mut dyn FnMut(String, String, &str)| {
+            if set && b.mode == Mode::Tcp {
+                problem(
+                    format!("{at}.options.{field}"),
+                    format!("{field} needs mode \"http\""),
+                    "remove it, or make the backend (and its frontends) mode = \"http\"",
+                );
+            }
+        };
+        {
+            let mut p = |a: String, b: String, c: &str| problem(a, b, c);
+            http_only("tls", o.tls == Some(true), &mut p);
+            http_only("forward_for", o.forward_for == Some(true), &mut p);
+        }
+        if o.tls_verify == Some(true) && o.tls != Some(true) {
+            problem(
+                format!("{at}.options.tls_verify"),
+                "tls_verify checks the certificates of TLS connections, but tls is off".into(),
+                "set tls = true, or remove tls_verify",
+            );
+        }
+        if o.tls_ca.is_some() && o.tls_verify != Some(true) {
+            problem(
+                format!("{at}.options.tls_ca"),
+                "tls_ca is only used with tls_verify = true".into(),
+                "set tls_verify = true, or remove tls_ca",
+            );
+        }
+        if b.mode == Mode::Http && !Method::HTTP.contains(&b.balancing_method) {
+            problem(
+                format!("{at}.balancing_method"),
+                format!(
+                    "\"{}\" is not a method of http backends",
+                    b.balancing_method
+                ),
+                &format!("use one of: {}", one_of(Method::HTTP)),
+            );
+        }
+        if let Some(check) = &o.health_check {
+            let at = format!("{at}.options.health_check");
+            let kind = check.kind;
+            if check.user.is_some() && !matches!(kind, CheckKind::Mysql | CheckKind::Postgres) {
+                problem(
+                    format!("{at}.user"),
+                    format!("user means nothing to a \"{kind}\" check"),
+                    "remove it, or use type = \"mysql\" or \"postgres\"",
+                );
+            }
+            for (field, value) in [("interval", check.interval), ("timeout", check.timeout)] {
+                if value.is_some_and(|d| d.is_zero()) {
+                    problem(
+                        format!("{at}.{field}"),
+                        "a zero duration is not a positive duration".into(),
+                        "write a duration such as \"500ms\" or \"2s\"",
+                    );
+                }
+            }
+            for (field, value) in [("rise", check.rise), ("fall", check.fall)] {
+                if value == Some(0) {
+                    problem(
+                        format!("{at}.{field}"),
+                        format!("{field} must be at least 1"),
+                        "use 1 or more",
+                    );
+                }
+            }
+            if kind != CheckKind::Http
+                && (check.path.is_some()
+                    || check.method.is_some()
+                    || check.host_header.is_some()
+                    || check.expected_code.is_some())
+            {
+                problem(
+                    at.clone(),
+                    "path, method, host_header and expected_code apply to http checks only".into(),
+                    "remove them, or use type = \"http\"",
+                );
+            }
+        }
+    }
+}

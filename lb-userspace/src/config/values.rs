@@ -1,0 +1,442 @@
+//! Value types of the config that are parsed once, when the file or an API body is read:
+//! the closed sets (spelled as the config spells them), ports, CIDRs, durations and
+//! expected HTTP codes.
+
+use std::{fmt, net::IpAddr, time::Duration};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
+
+/// A closed set of words: a serde enum whose `as_str` and `Display` give the config's own
+/// spelling, so messages say `tcp`, not `Tcp`.
+macro_rules! spelled {
+    ($(#[$meta:meta])* pub enum $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal,)+ }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, Serialize, utoipa::ToSchema)]
+        pub enum $name {
+            $($(#[$vmeta])* #[serde(rename = $text)] $variant,)+
+        }
+
+        impl $name {
+            /// Every word of the set, in the order the config reference lists them.
+            pub const ALL: &[$name] = &[$($name::$variant),+];
+
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)+
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+spelled! {
+    /// A frontend's or backend's protocol mode.
+    pub enum Mode {
+        Tcp = "tcp",
+        Http = "http",
+    }
+}
+
+spelled! {
+    /// A bind's transport protocol.
+    #[derive(Default)]
+    pub enum Protocol {
+        #[default]
+        Tcp = "tcp",
+        Udp = "udp",
+    }
+}
+
+spelled! {
+    /// How packets reach servers.
+    #[derive(Default)]
+    pub enum Forwarding {
+        /// Full NAT: servers see lb's SNAT address; replies come back through lb.
+        #[default]
+        Nat = "nat",
+        /// L2 direct server return: servers hold the VIP and answer clients directly.
+        Dsr = "dsr",
+    }
+}
+
+spelled! {
+    /// A backend's balancing method.
+    pub enum Method {
+        Roundrobin = "roundrobin",
+        Leastconn = "leastconn",
+        First = "first",
+        Source = "source",
+        Maglev = "maglev",
+    }
+}
+
+impl Method {
+    /// The methods of the userspace proxy (http backends): all but maglev.
+    pub const HTTP: &[Method] = &[
+        Method::Roundrobin,
+        Method::Leastconn,
+        Method::First,
+        Method::Source,
+    ];
+
+    /// Whether it enforces `max_conn` (it scans servers per new flow).
+    pub fn enforces_max_conn(self) -> bool {
+        matches!(self, Method::First | Method::Leastconn)
+    }
+
+    /// Whether it uses a Maglev table (and so `table_size`).
+    pub fn uses_maglev(self) -> bool {
+        matches!(self, Method::Source | Method::Maglev)
+    }
+}
+
+spelled! {
+    /// What an ACL tests.
+    pub enum AclCriterion {
+        /// The path begins with the value.
+        PathBeg = "path_beg",
+        /// The Host header equals the value (port ignored).
+        HdrHost = "hdr_host",
+    }
+}
+
+spelled! {
+    /// The condition of a routing rule.
+    pub enum RouteCond {
+        If = "if",
+    }
+}
+
+spelled! {
+    /// The PROXY protocol version a backend sends.
+    pub enum ProxyVersion {
+        /// Text.
+        V1 = "v1",
+        /// Binary.
+        V2 = "v2",
+    }
+}
+
+spelled! {
+    /// How a backend keeps a client on its server.
+    pub enum StickyKind {
+        SourceIp = "source_ip",
+        Cookie = "cookie",
+    }
+}
+
+spelled! {
+    /// The protocol of a health check.
+    pub enum CheckKind {
+        Tcp = "tcp",
+        Http = "http",
+        Mysql = "mysql",
+        Postgres = "postgres",
+        Redis = "redis",
+        Tls = "tls",
+    }
+}
+
+spelled! {
+    /// What happens to a DOWN server's established flows.
+    #[derive(Default)]
+    pub enum OnDown {
+        /// They run on.
+        #[default]
+        Keep = "keep",
+        /// The client's next packet of each is answered with a TCP RST (HAProxy's
+        /// `on-marked-down shutdown-sessions`).
+        Reset = "reset",
+    }
+}
+
+/// Separates what is wrong from how to fix it in the errors of these types, so that a
+/// config error can show both on their lines.
+pub const FIX: &str = "\nfix: ";
+
+/// Every word of a closed set, for a fix line: "use one of: tcp, http".
+pub fn one_of<T: fmt::Display>(all: &[T]) -> String {
+    all.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A port, written as an integer or a numeric string (the API accepts both); it is written
+/// back the way it came.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Port {
+    pub number: u16,
+    as_text: bool,
+}
+
+/// How a port may be written, for the OpenAPI document.
+#[derive(utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum PortDocument {
+    Number(i64),
+    Text(String),
+}
+
+impl Port {
+    pub fn new(number: u16) -> Port {
+        Port {
+            number,
+            as_text: false,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Port {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Written {
+            Number(i64),
+            Text(String),
+        }
+        let (number, as_text) = match Written::deserialize(d)? {
+            Written::Number(n) => (u16::try_from(n).ok(), false),
+            Written::Text(s) => (s.trim().parse::<u16>().ok(), true),
+        };
+        match number.filter(|p| *p != 0) {
+            Some(number) => Ok(Port { number, as_text }),
+            None => Err(de::Error::custom(format!(
+                "not a port number{FIX}use an integer (or numeric string) from 1 to 65535"
+            ))),
+        }
+    }
+}
+
+impl Serialize for Port {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.as_text {
+            s.serialize_str(&self.number.to_string())
+        } else {
+            s.serialize_u16(self.number)
+        }
+    }
+}
+
+/// An address or prefix: "198.18.0.0/24", "2001:2::/48", "198.18.0.1".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    pub net: IpAddr,
+    pub len: u8,
+}
+
+impl Cidr {
+    pub fn parse(text: &str) -> Option<Cidr> {
+        let (net, len) = match text.trim().split_once('/') {
+            Some((a, l)) => (a.parse::<IpAddr>().ok()?, l.parse::<u8>().ok()?),
+            None => {
+                let a = text.trim().parse::<IpAddr>().ok()?;
+                (a, if a.is_ipv4() { 32 } else { 128 })
+            }
+        };
+        let max = if net.is_ipv4() { 32 } else { 128 };
+        (len <= max).then_some(Cidr { net, len })
+    }
+
+    /// Whether `addr` is inside (IPv4-mapped addresses count as IPv4).
+    pub fn contains(self, addr: IpAddr) -> bool {
+        let addr = match addr {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.net, addr) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.len)).unwrap_or(0);
+                u32::from(n) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.len))
+                    .unwrap_or(0);
+                u128::from(n) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.net, self.len)
+    }
+}
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Cidr::parse(&text).ok_or_else(|| {
+            de::Error::custom(format!(
+                "{text:?} is not an address or CIDR{FIX}write an address or a prefix such as \"198.18.0.0/24\""
+            ))
+        })
+    }
+}
+
+impl Serialize for Cidr {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// Durations written as "500ms", "10s", "5m" or "1h" (humantime), for `#[serde(with)]`.
+pub mod duration {
+    use super::*;
+
+    fn parse<E: de::Error>(text: &str) -> Result<Duration, E> {
+        humantime::parse_duration(text.trim()).map_err(|e| {
+            E::custom(format!(
+                "{text:?} is not a duration ({e}){FIX}write a duration such as \"500ms\", \"10s\", \"5m\" or \"1h\""
+            ))
+        })
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        parse(&String::deserialize(d)?)
+    }
+
+    pub fn serialize<S: Serializer>(value: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_duration(*value))
+    }
+
+    /// The same for optional durations.
+    pub mod option {
+        use super::*;
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+            Option::<String>::deserialize(d)?
+                .map(|t| parse(&t))
+                .transpose()
+        }
+
+        pub fn serialize<S: Serializer>(value: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+            match value {
+                Some(v) => s.collect_str(&humantime::format_duration(*v)),
+                None => s.serialize_none(),
+            }
+        }
+    }
+}
+
+/// Which HTTP status codes count as healthy: "200", "200,204" or "200-399"; written back as
+/// it was written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExpectedCodes {
+    text: String,
+    ranges: Vec<(u16, u16)>,
+}
+
+impl Default for ExpectedCodes {
+    /// Any 2xx or 3xx.
+    fn default() -> Self {
+        ExpectedCodes {
+            text: "200-399".into(),
+            ranges: vec![(200, 399)],
+        }
+    }
+}
+
+impl ExpectedCodes {
+    /// Codes and ranges separated by commas.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut ranges = Vec::new();
+        for part in text.split(',').map(str::trim) {
+            let (lo, hi) = match part.split_once('-') {
+                Some((lo, hi)) => (lo.trim(), hi.trim()),
+                None => (part, part),
+            };
+            let code = |s: &str| {
+                s.parse::<u16>()
+                    .ok()
+                    .filter(|c| (100..=599).contains(c))
+                    .ok_or_else(|| format!("{s:?} is not an HTTP status code (100-599)"))
+            };
+            let (lo, hi) = (code(lo)?, code(hi)?);
+            if lo > hi {
+                return Err(format!("range {part:?} is backwards"));
+            }
+            ranges.push((lo, hi));
+        }
+        Ok(ExpectedCodes {
+            text: text.to_string(),
+            ranges,
+        })
+    }
+
+    pub fn accepts(&self, code: u16) -> bool {
+        self.ranges
+            .iter()
+            .any(|(lo, hi)| (*lo..=*hi).contains(&code))
+    }
+}
+
+impl<'de> Deserialize<'de> for ExpectedCodes {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        ExpectedCodes::parse(&text).map_err(|e| {
+            de::Error::custom(format!(
+                "{e}{FIX}write a code, a list such as \"200,204\", or a range such as \"200-399\""
+            ))
+        })
+    }
+}
+
+impl Serialize for ExpectedCodes {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidrs_contain_what_they_should() {
+        let net = Cidr::parse("198.18.0.0/24").unwrap();
+        assert!(net.contains("198.18.0.77".parse().unwrap()));
+        assert!(net.contains("::ffff:198.18.0.77".parse().unwrap()));
+        assert!(!net.contains("198.18.1.1".parse().unwrap()));
+        let six = Cidr::parse("2001:2::/48").unwrap();
+        assert!(six.contains("2001:2:0:11::2".parse().unwrap()));
+        assert!(Cidr::parse("198.18.0.1").is_some() && Cidr::parse("x/8").is_none());
+    }
+
+    #[test]
+    fn expected_codes() {
+        let default = ExpectedCodes::default();
+        assert!(
+            default.accepts(200)
+                && default.accepts(302)
+                && !default.accepts(404)
+                && !default.accepts(503)
+        );
+        let list = ExpectedCodes::parse("200, 204").unwrap();
+        assert!(list.accepts(204) && !list.accepts(201));
+        let range = ExpectedCodes::parse("200-399").unwrap();
+        assert!(range.accepts(399) && !range.accepts(400));
+        assert!(ExpectedCodes::parse("2xx").is_err());
+        assert!(ExpectedCodes::parse("399-200").is_err());
+    }
+
+    #[test]
+    fn words_are_spelled_as_the_config_spells_them() {
+        assert_eq!(Mode::Tcp.to_string(), "tcp");
+        assert_eq!(StickyKind::SourceIp.to_string(), "source_ip");
+        assert_eq!(one_of(Method::HTTP), "roundrobin, leastconn, first, source");
+        assert_eq!(
+            serde_json::to_string(&AclCriterion::PathBeg).unwrap(),
+            "\"path_beg\""
+        );
+    }
+}

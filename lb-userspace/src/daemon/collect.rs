@@ -1,0 +1,64 @@
+//! The garbage collector's task: a pass every `gc_interval` on a blocking thread, with map
+//! handles of its own, so that the daemon's events never wait behind a sweep of the
+//! connection table. Each pass's report goes to the daemon.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use lb_common::flow::Timeouts;
+use tokio::sync::{mpsc, watch};
+
+use crate::{
+    config::Config,
+    dataplane::{Collector, GcReport, monotonic_now_ns},
+};
+
+/// What a pass needs from the running config and data plane.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub interval: Duration,
+    pub timeouts: Timeouts,
+    /// Server ids whose open-flow counts are reconciled.
+    pub servers: Vec<u32>,
+}
+
+impl Settings {
+    pub fn of(config: &Config, servers: Vec<u32>) -> Settings {
+        Settings {
+            interval: config.dataplane.gc_interval,
+            timeouts: config.dataplane.timeouts(),
+            servers,
+        }
+    }
+}
+
+/// Start the collector on the admin runtime; returns where to send new settings and
+/// where the reports arrive.
+pub fn spawn(
+    mut collector: Collector,
+    config: &Config,
+) -> (
+    watch::Sender<Settings>,
+    mpsc::UnboundedReceiver<Result<GcReport>>,
+) {
+    let (settings, mut current) = watch::channel(Settings::of(config, Vec::new()));
+    let (reports, received) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let interval = current.borrow_and_update().interval;
+            tokio::time::sleep(interval).await;
+            let now = current.borrow().clone();
+            let pass = tokio::task::spawn_blocking(move || {
+                let report = collector.run(monotonic_now_ns(), &now.timeouts, &now.servers);
+                (collector, report)
+            })
+            .await;
+            let Ok((back, report)) = pass else { return };
+            collector = back;
+            if reports.send(report).is_err() {
+                return;
+            }
+        }
+    });
+    (settings, received)
+}

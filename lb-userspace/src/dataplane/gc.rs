@@ -1,0 +1,130 @@
+//! The connection-tracking garbage collector. It holds handles of its own to the maps it
+//! sweeps, so it runs on a thread of its own while the daemon keeps applying changes.
+
+use std::{collections::HashMap, os::fd::AsFd as _};
+
+use anyhow::{Context as _, Result, anyhow};
+use aya::maps::{Array, HashMap as BpfHashMap, MapData};
+use lb_common::{
+    flow::Timeouts,
+    maps::{
+        ENTRY_COUNTED, ENTRY_DSR, FlowKey, MAP_CONNTRACK, MAP_SERVER_ACTIVE, MAP_SNAT, NatEntry,
+    },
+};
+use tracing::debug;
+
+use super::Dataplane;
+
+/// A reverse entry younger than this is never an orphan: its flow's entry may be about to
+/// be inserted.
+const ORPHAN_GRACE_NS: u64 = 2_000_000_000;
+
+/// What one garbage-collection pass did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GcReport {
+    pub flows: usize,
+    pub expired: usize,
+    pub orphans: usize,
+    /// Open flows per server id after reconciliation.
+    pub active: HashMap<u32, u64>,
+    /// Open flows per frontend id.
+    pub active_per_frontend: HashMap<u32, u64>,
+}
+
+/// The maps a pass sweeps, through file descriptors of its own.
+pub struct Collector {
+    conntrack: BpfHashMap<MapData, FlowKey, NatEntry>,
+    snat: BpfHashMap<MapData, FlowKey, NatEntry>,
+    active: Array<MapData, u64>,
+}
+
+impl Dataplane {
+    /// A collector over this data plane's maps.
+    pub fn collector(&self) -> Result<Collector> {
+        // A second descriptor of the same kernel map, for a thread of its own.
+        let own = |name: &str| -> Result<aya::maps::Map> {
+            let (aya::maps::Map::HashMap(data)
+            | aya::maps::Map::LruHashMap(data)
+            | aya::maps::Map::Array(data)) = self.map_ref(name)?
+            else {
+                return Err(anyhow!("map {name} is not a hash or array map"));
+            };
+            let fd = data.fd().as_fd().try_clone_to_owned()?;
+            let data = MapData::from_fd(fd).with_context(|| format!("reopening map {name}"))?;
+            Ok(aya::maps::Map::from_map_data(data)?)
+        };
+        Ok(Collector {
+            conntrack: BpfHashMap::try_from(own(MAP_CONNTRACK)?)?,
+            snat: BpfHashMap::try_from(own(MAP_SNAT)?)?,
+            active: Array::try_from(own(MAP_SERVER_ACTIVE)?)?,
+        })
+    }
+
+    /// One pass now (see [`Collector::run`]) over every server this data plane knows.
+    pub fn gc(&mut self, now_ns: u64, timeouts: &Timeouts) -> Result<GcReport> {
+        let servers: Vec<u32> = self.servers.keys().copied().collect();
+        self.collector()?.run(now_ns, timeouts, &servers)
+    }
+}
+
+impl Collector {
+    /// Remove flows idle past their state's timeout (and reverse entries whose flow is
+    /// gone), then set the open-flow count of every server in `servers` from what
+    /// remains, so the counts the data plane keeps can never drift.
+    pub fn run(&mut self, now_ns: u64, timeouts: &Timeouts, servers: &[u32]) -> Result<GcReport> {
+        let mut report = GcReport::default();
+        let flows: Vec<(FlowKey, NatEntry)> =
+            self.conntrack.iter().filter_map(|r| r.ok()).collect();
+        report.flows = flows.len();
+        let mut expired = Vec::new();
+        for (key, entry) in &flows {
+            if timeouts.expired(entry.state, entry.last_seen_ns, now_ns) {
+                expired.push((*key, *entry));
+            } else if entry.flags & ENTRY_COUNTED != 0 {
+                *report.active.entry(entry.server_id).or_default() += 1;
+                *report
+                    .active_per_frontend
+                    .entry(u32::from(entry.frontend_id))
+                    .or_default() += 1;
+            }
+        }
+        for (key, _) in &expired {
+            let _ = self.conntrack.remove(key);
+        }
+        let reverse: Vec<(FlowKey, NatEntry)> = self.snat.iter().filter_map(|r| r.ok()).collect();
+        // A reverse entry is an orphan when its flow is gone (LRU eviction) now, not in the
+        // snapshot above (a flow may have opened since), and it is older than a grace period
+        // (the data plane inserts it just before the flow's own entry).
+        let orphans: Vec<FlowKey> = reverse
+            .iter()
+            .filter(|(key, entry)| {
+                now_ns.saturating_sub(entry.last_seen_ns) > ORPHAN_GRACE_NS
+                    && self.conntrack.get(&entry.reply_key(key.proto), 0).is_err()
+            })
+            .map(|(key, _)| *key)
+            .collect();
+        for (key, entry) in &expired {
+            if entry.flags & ENTRY_DSR == 0 {
+                let _ = self.snat.remove(&entry.reply_key(key.proto));
+            }
+        }
+        for key in &orphans {
+            let _ = self.snat.remove(key);
+        }
+        report.expired = expired.len();
+        report.orphans = orphans.len();
+        for id in servers {
+            self.active
+                .set(*id, report.active.get(id).copied().unwrap_or(0), 0)?;
+        }
+        if report.expired > 0 || report.orphans > 0 {
+            debug!(
+                flows = report.flows,
+                expired = report.expired,
+                orphans = report.orphans,
+                "conntrack gc"
+            );
+        }
+        Ok(report)
+    }
+}

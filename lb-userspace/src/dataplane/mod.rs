@@ -1,0 +1,250 @@
+//! The kernel side as userspace sees it. This file loads the embedded XDP object, pins its
+//! maps and attaches it; `plan` turns a config into what the maps hold, `write` writes it
+//! (double-buffered tables, only changed slots), `gc` expires flows, `counters` reads the
+//! per-CPU counters, `neighbours` keeps servers' next hops resolved, and `sys` holds the
+//! raw syscalls aya does not wrap.
+
+mod counters;
+mod gc;
+pub mod neighbours;
+pub mod plan;
+mod sys;
+mod write;
+
+use std::{
+    collections::{HashMap, HashSet},
+    path::Path,
+};
+
+use anyhow::{Context as _, Result, anyhow};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::DevMapHash,
+    programs::{Xdp, XdpMode},
+};
+use lb_common::maps::{
+    FrontendKey, MAP_CONNTRACK, MAP_SNAT, MAP_TX_PORTS, PROG_LB, PROG_PASS, ServerInfo,
+};
+use tracing::{info, warn};
+
+pub use gc::{Collector, GcReport};
+use plan::Ids;
+use sys::map_mut;
+pub use sys::{monotonic_now_ns, on_bpffs, pin_dir, remove_pins};
+use write::BackendState;
+
+/// The XDP object built by build.rs from lb-ebpf.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
+
+/// Kernel memory per tracked flow: a client-side and a server-side hash entry, each a
+/// 40-byte key, a 56-byte value and about 64 bytes of htab element overhead.
+pub const BYTES_PER_FLOW: u64 = 2 * (40 + 56 + 64);
+
+pub struct Dataplane {
+    ebpf: Ebpf,
+    ids: Ids,
+    backends: HashMap<u32, BackendState>,
+    /// Servers as last written, by id.
+    servers: HashMap<u32, ServerInfo>,
+    frontends: Vec<FrontendKey>,
+    managed_neighbours: HashSet<std::net::IpAddr>,
+    links: HashMap<(String, String), aya::programs::xdp::XdpLinkId>,
+    /// Where maps and links are pinned, if anywhere.
+    pins: Option<std::path::PathBuf>,
+}
+
+/// Frontend and server names behind the ids.
+#[derive(Debug, Default)]
+pub struct Inventory {
+    pub frontends: Vec<(u32, String)>,
+    pub servers: Vec<InventoryServer>,
+}
+
+#[derive(Debug)]
+pub struct InventoryServer {
+    pub id: u32,
+    pub backend: String,
+    pub address: std::net::IpAddr,
+    pub weight: u32,
+    /// Still in its backend (a removed server keeps its id and counters).
+    pub present: bool,
+}
+
+impl Dataplane {
+    /// Load (verify) both programs with the default table sizes; nothing is attached yet.
+    pub fn load() -> Result<Self> {
+        Self::load_with(lb_common::maps::CONNTRACK_ENTRIES)
+    }
+
+    /// Load with room for `conntrack_size` tracked flows.
+    pub fn load_with(conntrack_size: u32) -> Result<Self> {
+        Self::load_pinned(conntrack_size, None)
+    }
+
+    /// Load with maps pinned under `pins` (see [`pin_dir`]): maps already pinned there
+    /// (by an earlier daemon of the same layout version) are reused with their contents,
+    /// others are created and pinned, and links pinned there are taken over by `attach`.
+    pub fn load_pinned(conntrack_size: u32, pins: Option<&Path>) -> Result<Self> {
+        let mut loader = EbpfLoader::new();
+        loader
+            .map_max_entries(MAP_CONNTRACK, conntrack_size)
+            .map_max_entries(MAP_SNAT, conntrack_size);
+        if let Some(dir) = pins {
+            std::fs::create_dir_all(dir.join("links"))
+                .with_context(|| format!("creating the pin directory {}", dir.display()))?;
+            for name in lb_common::maps::PINNED_MAPS {
+                loader.map_pin_path(name, dir.join(name));
+            }
+        }
+        let mut ebpf = loader
+            .load(EBPF_OBJECT)
+            .context("loading the embedded XDP object")?;
+        for name in [PROG_LB, PROG_PASS] {
+            let prog: &mut Xdp = ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("program {name} is missing from the XDP object"))?
+                .try_into()?;
+            prog.load()
+                .with_context(|| format!("the kernel refused program {name}"))?;
+        }
+        Ok(Self {
+            ebpf,
+            ids: Ids::default(),
+            backends: HashMap::new(),
+            servers: HashMap::new(),
+            frontends: Vec::new(),
+            managed_neighbours: HashSet::new(),
+            links: HashMap::new(),
+            pins: pins.map(Path::to_path_buf),
+        })
+    }
+
+    pub fn program(&mut self, name: &str) -> Result<&mut Xdp> {
+        Ok(self
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("program {name} is missing"))?
+            .try_into()?)
+    }
+
+    /// Attach `prog` to `iface` in native mode, falling back to generic mode with a warning.
+    /// With pinning, a link an earlier daemon pinned for `iface` is taken over (its program
+    /// replaced atomically, so no packet misses XDP), and a new link is pinned.
+    pub fn attach(&mut self, prog: &str, iface: &str) -> Result<XdpMode> {
+        let link_pin = self.pins.as_ref().map(|d| d.join("links").join(iface));
+        if let Some(pin) = link_pin.as_ref().filter(|p| p.exists()) {
+            let pinned = aya::programs::links::PinnedLink::from_pin(pin)
+                .with_context(|| format!("opening the pinned link {}", pin.display()))?;
+            let link =
+                aya::programs::xdp::XdpLink::try_from(aya::programs::links::FdLink::from(pinned))?;
+            let id = self.program(prog)?.attach_to_link(link)?;
+            self.links.insert((prog.to_string(), iface.to_string()), id);
+            info!(%iface, "took over the pinned XDP link");
+            return Ok(XdpMode::Driver);
+        }
+        let xdp = self.program(prog)?;
+        let (link, mode) = match xdp.attach(iface, XdpMode::Driver) {
+            Ok(link) => (link, XdpMode::Driver),
+            Err(native) => {
+                warn!(%iface, error = %native, "native XDP failed; falling back to generic (slower) mode");
+                let link = xdp.attach(iface, XdpMode::Skb).with_context(|| {
+                    format!("attaching XDP to {iface}: is the interface name right?")
+                })?;
+                (link, XdpMode::Skb)
+            }
+        };
+        let link = match link_pin {
+            // Pinned, the link (and XDP) outlives this process.
+            Some(pin) => {
+                let xdp = self.program(prog)?;
+                let owned = xdp.take_link(link)?;
+                let fd_link = aya::programs::links::FdLink::try_from(owned)?;
+                let pinned = fd_link.pin(&pin)?;
+                xdp.attach_to_link(aya::programs::xdp::XdpLink::try_from(
+                    aya::programs::links::FdLink::from(pinned),
+                )?)?
+            }
+            None => link,
+        };
+        self.links
+            .insert((prog.to_string(), iface.to_string()), link);
+        Ok(mode)
+    }
+
+    /// Remove every pin: links (detaching XDP once this process lets go) and maps.
+    pub fn unpin_all(&self) -> Result<()> {
+        if let Some(dir) = &self.pins {
+            remove_pins(dir)?;
+        }
+        Ok(())
+    }
+
+    /// Detach `prog` from `iface` (a no-op if it is not attached there).
+    pub fn detach(&mut self, prog: &str, iface: &str) -> Result<()> {
+        if let Some(link) = self.links.remove(&(prog.to_string(), iface.to_string())) {
+            self.program(prog)?.detach(link)?;
+        }
+        Ok(())
+    }
+
+    /// Interfaces `prog` is attached to.
+    pub fn attached(&self, prog: &str) -> Vec<String> {
+        self.links
+            .keys()
+            .filter(|(p, _)| p == prog)
+            .map(|(_, iface)| iface.clone())
+            .collect()
+    }
+
+    /// Allow XDP_REDIRECT out of `ifindex`.
+    pub fn add_tx_port(&mut self, ifindex: u32) -> Result<()> {
+        let mut ports = DevMapHash::try_from(self.map(MAP_TX_PORTS)?)?;
+        ports.insert(ifindex, ifindex, None, 0)?;
+        Ok(())
+    }
+
+    fn map(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
+        map_mut(&mut self.ebpf, name)
+    }
+
+    pub(crate) fn map_ref(&self, name: &str) -> Result<&aya::maps::Map> {
+        self.ebpf
+            .map(name)
+            .ok_or_else(|| anyhow!("map {name} is missing from the XDP object"))
+    }
+
+    /// The ids of the servers the config has now.
+    pub fn server_ids(&self) -> Vec<u32> {
+        self.servers.keys().copied().collect()
+    }
+
+    /// Names and addresses behind the ids, for metrics and status.
+    pub fn inventory(&self) -> Inventory {
+        let servers = self
+            .ids
+            .servers()
+            .map(|((backend, address, _port), id)| {
+                let info = self.servers.get(&id);
+                InventoryServer {
+                    id,
+                    backend: backend.clone(),
+                    address: *address,
+                    weight: info.map_or(0, |s| s.weight),
+                    present: info.is_some(),
+                }
+            })
+            .collect();
+        Inventory {
+            frontends: self
+                .ids
+                .frontends()
+                .map(|(name, id)| (id, name.clone()))
+                .collect(),
+            servers,
+        }
+    }
+
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+}
