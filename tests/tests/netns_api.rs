@@ -414,7 +414,7 @@ token_file = "{tokens}"
         .unwrap()
         .servers
     {
-        lb_userspace::config::Servers::Addresses { addresses } => addresses[0].weight,
+        lb_userspace::config::Servers::Addresses { addresses } => i64::from(addresses[0].weight),
         other => panic!("{other:?}"),
     };
     assert!(

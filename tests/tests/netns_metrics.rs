@@ -27,9 +27,13 @@ fn metrics_count_the_traffic_that_was_sent() {
     topo.start_peers(&lb).unwrap();
     let _servers = topo.start_name_servers(SERVER_PORT).unwrap();
     let config = std::env::temp_dir().join(format!("lbm{}.toml", std::process::id()));
+    // `lb status --config` reads the daemon through the API that config names.
+    let tokens = std::env::temp_dir().join(format!("lbm{}.tokens", std::process::id()));
+    std::fs::write(&tokens, "ro status-reader\n").unwrap();
     let text = format!(
-        "{}\n[metrics]\nlisten = \"198.18.0.1:9100\"\n[dataplane]\ngc_interval = \"200ms\"\n",
-        lb_userspace::DEFAULT_DEMO_CONFIG
+        "{}\n[metrics]\nlisten = \"198.18.0.1:9100\"\n[dataplane]\ngc_interval = \"200ms\"\n[api]\nlisten = \"198.18.0.1:8081\"\ntoken_file = \"{}\"\n",
+        lb_userspace::DEFAULT_DEMO_CONFIG,
+        tokens.display()
     );
     std::fs::write(&config, text).unwrap();
     topo.start_lb(&lb, &config).unwrap();
@@ -107,6 +111,7 @@ fn metrics_count_the_traffic_that_was_sent() {
         ])
         .unwrap();
     let _ = std::fs::remove_file(&config);
+    let _ = std::fs::remove_file(&tokens);
     let status: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(status["frontends"][0]["name"], "demo");
     assert_eq!(status["frontends"][0]["flows_total"], 50);

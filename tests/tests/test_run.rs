@@ -17,7 +17,10 @@ use lb_tests::{
     packets::{Frame, L4, TCP_SYN, TCP_SYN_ACK, checksums_valid, icmp_error},
     require_root,
 };
-use lb_userspace::{config::Config, dataplane::Dataplane, plan::addr16};
+use lb_userspace::{
+    config::Config,
+    dataplane::{Dataplane, plan::addr16},
+};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;

@@ -291,7 +291,11 @@ impl Serialize for Cidr {
 
 /// Durations written as "500ms", "10s", "5m" or "1h" (humantime), for `#[serde(with)]`.
 pub mod duration {
-    use super::*;
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer, de};
+
+    use super::FIX;
 
     fn parse<E: de::Error>(text: &str) -> Result<Duration, E> {
         humantime::parse_duration(text.trim()).map_err(|e| {
@@ -311,7 +315,11 @@ pub mod duration {
 
     /// The same for optional durations.
     pub mod option {
-        use super::*;
+        use std::time::Duration;
+
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        use super::parse;
 
         pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
             Option::<String>::deserialize(d)?

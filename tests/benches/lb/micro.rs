@@ -171,8 +171,8 @@ pub fn run(quick: bool) -> Result<Vec<Row>> {
                 lb_common::maps::NatEntry,
             > = aya::maps::HashMap::try_from(map)?;
             let key = lb_common::maps::FlowKey {
-                src: lb_userspace::plan::addr16(IpAddr::V4(CLIENT)),
-                dst: lb_userspace::plan::addr16(IpAddr::V4(VIP)),
+                src: lb_userspace::dataplane::plan::addr16(IpAddr::V4(CLIENT)),
+                dst: lb_userspace::dataplane::plan::addr16(IpAddr::V4(VIP)),
                 sport: 40000u16.to_be(),
                 dport: 80u16.to_be(),
                 proto: 6,
