@@ -109,12 +109,13 @@ impl NetNs {
 fn terminate(child: &mut Child) {
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while std::time::Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
+    let exited = crate::wait_until(
+        "a child to exit after SIGTERM",
+        std::time::Duration::from_secs(5),
+        || Ok(child.try_wait()?.map(|_| ())),
+    );
+    if exited.is_ok() {
+        return;
     }
     let _ = child.kill();
     let _ = child.wait();

@@ -11,10 +11,10 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU16, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 
 use crate::netns::{NetNs, sh};
 
@@ -38,26 +38,18 @@ impl Drop for ScratchDir {
 
 /// Wait until something accepts TCP connections on `target`, from inside `ns`.
 pub fn wait_listening(ns: &NetNs, target: SocketAddr, timeout: Duration) -> Result<()> {
-    let ok = ns
-        .run(move || {
-            let deadline = Instant::now() + timeout;
-            while Instant::now() < deadline {
-                if TcpStream::connect_timeout(&target, Duration::from_millis(200)).is_ok() {
-                    return true;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            false
-        })?
-        .join()
-        .map_err(|_| anyhow::anyhow!("probe thread panicked"))?;
-    if !ok {
-        bail!(
-            "nothing listens on {target} in {} after {timeout:?}",
-            ns.name
-        );
-    }
-    Ok(())
+    let what = format!(
+        "something to accept TCP connections on {target} in {}",
+        ns.name
+    );
+    ns.run(move || {
+        crate::wait_until(&what, timeout, || {
+            TcpStream::connect_timeout(&target, Duration::from_millis(200))?;
+            Ok(Some(()))
+        })
+    })?
+    .join()
+    .map_err(|_| anyhow::anyhow!("probe thread panicked"))?
 }
 
 fn chown(path: &Path, user: &str) -> Result<()> {
@@ -269,6 +261,8 @@ impl ScriptedHttp {
             let _ = ready_tx.send(Ok(()));
             while !stop.load(Ordering::Relaxed) {
                 let Ok((mut conn, _)) = listener.accept() else {
+                    // Kept: the idle back-off of a nonblocking accept loop that must notice
+                    // `stop`; it waits for nothing in particular.
                     std::thread::sleep(Duration::from_millis(2));
                     continue;
                 };

@@ -231,8 +231,8 @@ pub fn start_logged(ns: &NetNs, lb_bin: &Path, args: &[&str]) -> Result<(u32, Lo
 
 /// Wait until `log` has at least `count` lines containing `needle` (at most `timeout`).
 pub fn wait_for_log(log: &Log, needle: &str, count: usize, timeout: Duration) -> Result<()> {
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
+    let what = format!("{count} log lines containing {needle:?}");
+    crate::wait_until(&what, timeout, || {
         let seen = log
             .lock()
             .unwrap()
@@ -240,13 +240,11 @@ pub fn wait_for_log(log: &Log, needle: &str, count: usize, timeout: Duration) ->
             .filter(|l| l.contains(needle))
             .count();
         if seen >= count {
-            return Ok(());
+            Ok(Some(()))
+        } else {
+            bail!("saw {seen}")
         }
-        if std::time::Instant::now() > deadline {
-            bail!("saw {seen} of {count} log lines containing {needle:?} within {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    })
 }
 
 /// The `lb` binary: `$LB_BIN`, or `target/<profile>/lb` next to the running executable

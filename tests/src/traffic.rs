@@ -70,6 +70,8 @@ pub fn start_name_servers(servers: &[(&NetNs, String)], port: u16) -> Result<Nam
                         let name = name.clone();
                         std::thread::spawn(move || serve_lines(conn, &name));
                     }
+                    // Kept: the idle back-off of a nonblocking accept loop that must
+                    // notice `stop`; it waits for nothing in particular.
                     Err(_) => std::thread::sleep(Duration::from_millis(2)),
                 }
             }
@@ -275,6 +277,32 @@ pub fn scrape_metrics(target: SocketAddr) -> Result<String> {
     Ok(text)
 }
 
+/// `GET /metrics` on `target` from `ns`, repeated until the text satisfies `ready` (at most
+/// `timeout`); returns that text. The daemon renders its metrics every gc_interval, so a
+/// scrape can lag what just happened: `ready` names a sample that shows the snapshot is
+/// recent enough, and `what` says which, for the timeout's message.
+pub fn scrape_metrics_when(
+    ns: &NetNs,
+    target: SocketAddr,
+    what: &str,
+    timeout: Duration,
+    ready: impl Fn(&str) -> bool + Send + 'static,
+) -> Result<String> {
+    let what = format!("metrics on {target} showing {what}");
+    ns.run(move || {
+        crate::wait_until(&what, timeout, || {
+            let text = scrape_metrics(target)?;
+            if ready(&text) {
+                Ok(Some(text))
+            } else {
+                bail!("the last scrape:\n{text}")
+            }
+        })
+    })?
+    .join()
+    .map_err(|_| anyhow::anyhow!("scrape thread panicked"))?
+}
+
 /// The value of the Prometheus sample whose line starts with `prefix`.
 pub fn metric(text: &str, prefix: &str) -> Option<f64> {
     text.lines()
@@ -329,6 +357,7 @@ pub fn raw_http(
                 break;
             }
             if !pause.is_zero() {
+                // Kept: the pacing is the point (a slow client, as slowloris), not a wait.
                 std::thread::sleep(pause);
             }
         }

@@ -14,9 +14,11 @@ use lb_common::maps::PROG_LB;
 use lb_tests::{
     require_root,
     topology::{
-        CLIENT_ADDR, CLIENT6_ADDR, SERVER_PORT, Topology, VIP, VIP6, lb_binary, server_name,
+        CLIENT_ADDR, CLIENT6_ADDR, SERVER_PORT, Topology, VIP, VIP6, lb_binary, server_addr,
+        server_name,
     },
     traffic::{LongConn, NameServers, Tally, drive_tcp, start_name_servers, udp_request_from},
+    wait_until,
 };
 use lb_userspace::{
     config::Config,
@@ -143,6 +145,34 @@ impl Bed {
     /// Run `f` in the client namespace and wait for it.
     fn client<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
         self.topo.client.run(f).unwrap().join().unwrap()
+    }
+
+    /// The open flows the data plane counts for server `i` (what `first` and `leastconn`
+    /// read).
+    fn open_flows(&self, i: usize) -> u64 {
+        let address = IpAddr::V4(server_addr(i));
+        let id = self
+            .dataplane
+            .inventory()
+            .servers
+            .into_iter()
+            .find(|s| s.present && s.address == address)
+            .unwrap_or_else(|| panic!("{address} is not in the data plane"))
+            .id;
+        self.dataplane.server_active(id).unwrap()
+    }
+
+    /// Wait until the data plane counts `open` flows on server `i`.
+    fn wait_open_flows(&self, i: usize, open: u64) {
+        wait_until(
+            &format!("{open} open flows counted on {}", server_name(i)),
+            std::time::Duration::from_secs(5),
+            || match self.open_flows(i) {
+                n if n == open => Ok(Some(())),
+                n => anyhow::bail!("{n} counted"),
+            },
+        )
+        .unwrap();
     }
 
     fn counter(&self, label: &str) -> u64 {
@@ -327,7 +357,7 @@ fn first_fills_server_one_to_max_conn_then_server_two() {
     // Closing one on server 1 makes room there again.
     let mut conns = conns;
     conns.remove(0);
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    bed.wait_open_flows(0, 4);
     let next = bed.client(|| LongConn::open(None, vip_tcp()).unwrap().server);
     assert_eq!(next, server_name(0));
     drop(conns);
@@ -366,7 +396,7 @@ fn leastconn_sends_new_flows_to_the_least_loaded_by_weight() {
     let (mut keep, closed): (Vec<_>, Vec<_>) =
         conns.into_iter().partition(|c| c.server != server_name(0));
     drop(closed);
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    bed.wait_open_flows(0, 0);
     let next = bed.client(|| {
         (0..2)
             .map(|_| LongConn::open(None, vip_tcp()).unwrap())

@@ -1,6 +1,6 @@
 //! Health checks in the `lb` daemon, against real servers: a server that never comes up gets
-//! no traffic; a server that dies loses its traffic within fall x interval + 1 s and no
-//! client connection fails after that; when it comes back it gets traffic again after rise
+//! no traffic; a server that dies loses its traffic once it is DOWN and no client
+//! connection fails after that; when it comes back it gets traffic again after rise
 //! successes.
 
 use std::{net::SocketAddr, time::Duration};
@@ -11,8 +11,20 @@ use lb_tests::{
         SERVER_PORT, Topology, VIP, lb_binary, nat_frontend_toml, server_name, start_logged,
         wait_for_log,
     },
-    traffic::{drive_tcp, metric, scrape_metrics},
+    traffic::{drive_tcp, metric, scrape_metrics_when},
+    wait_until,
 };
+
+/// Where the daemons of these tests serve metrics (from the client's side).
+const METRICS: ([u8; 4], u16) = ([198, 18, 0, 1], 9100);
+
+/// `lb_server_status` (1 when the server takes new flows) of `server` in `backend`.
+fn server_status(text: &str, backend: &str, server: &str) -> Option<f64> {
+    metric(
+        text,
+        &format!("lb_server_status{{backend=\"{backend}\",server=\"{server}\"}}"),
+    )
+}
 
 const INTERVAL_MS: u64 = 200;
 const FALL: u64 = 2;
@@ -75,8 +87,16 @@ gc_interval = "200ms"
             .iter()
             .any(|l| l.contains("server DOWN") && l.contains("198.18.13.2"))
     );
-    // fall x interval + 1 s after the death, no new connection may fail.
-    std::thread::sleep(Duration::from_millis(FALL * INTERVAL_MS + 1000));
+    // Once the DOWN is applied (the server is out of the selection table), no new
+    // connection may fail.
+    scrape_metrics_when(
+        &topo.client,
+        METRICS.into(),
+        "198.18.13.2 out of the selection (lb_server_status 0)",
+        Duration::from_secs(10),
+        |text| server_status(text, "web", "198.18.13.2") == Some(0.0),
+    )
+    .unwrap();
     let tally = drive_tcp(&topo.client, target, 300, 1, 2).unwrap();
     assert_eq!(tally.failed, 0, "{:?}", tally.errors);
     assert!(!tally.per_server.contains_key(&server_name(2)));
@@ -97,14 +117,16 @@ gc_interval = "200ms"
         tally.summary()
     );
 
-    // The check metrics tell the same story.
-    std::thread::sleep(Duration::from_millis(500));
-    let text = topo
-        .client
-        .run(|| scrape_metrics(([198, 18, 0, 1], 9100).into()).unwrap())
-        .unwrap()
-        .join()
-        .unwrap();
+    // The check metrics tell the same story, once the snapshot (taken every gc_interval)
+    // has the server back.
+    let text = scrape_metrics_when(
+        &topo.client,
+        METRICS.into(),
+        "198.18.13.2 back in the selection (lb_server_status 1)",
+        Duration::from_secs(10),
+        |text| server_status(text, "web", "198.18.13.2") == Some(1.0),
+    )
+    .unwrap();
     let sample = |name: &str, server: &str| {
         metric(
             &text,
@@ -174,17 +196,35 @@ gc_interval = "100ms"
     let (_pid, log) =
         start_logged(&topo.lb, &lb, &["run", "--config", path.to_str().unwrap()]).unwrap();
     let _ = std::fs::remove_file(&path);
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while health.answer_count() < script.len() + 3 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "probes stopped coming"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let probes = script.len() + 3;
+    wait_until(
+        &format!("the health server to answer {probes} probes"),
+        Duration::from_secs(20),
+        || match health.answer_count() {
+            n if n >= probes => Ok(Some(())),
+            n => anyhow::bail!("probes stopped coming after {n}"),
+        },
+    )
+    .unwrap();
     wait_for_log(&log, "server UP", 2, Duration::from_secs(5)).unwrap();
-    // Metrics are a snapshot taken every gc_interval.
-    std::thread::sleep(Duration::from_millis(500));
+    // Metrics are a snapshot taken every gc_interval: wait for one taken after the last UP,
+    // which counts every failed probe of the script and has the server selected.
+    let failed = script.iter().filter(|&&code| code != 200).count() as f64;
+    let text = scrape_metrics_when(
+        &topo.client,
+        METRICS.into(),
+        &format!("{failed} failed probes and the server selected"),
+        Duration::from_secs(10),
+        move |text| {
+            let failures = metric(
+                text,
+                "lb_server_check_failures_total{backend=\"flappy\",server=\"198.18.11.2\"}",
+            );
+            failures.is_some_and(|f| f >= failed)
+                && server_status(text, "flappy", "198.18.11.2") == Some(1.0)
+        },
+    )
+    .unwrap();
 
     // The rules, applied to what was answered.
     let (mut up, mut streak, mut transitions) = (false, 0, 0);
@@ -205,12 +245,6 @@ gc_interval = "100ms"
         "the script itself: UP, DOWN, UP"
     );
 
-    let text = topo
-        .client
-        .run(|| scrape_metrics(([198, 18, 0, 1], 9100).into()).unwrap())
-        .unwrap()
-        .join()
-        .unwrap();
     let sample = |name: &str| {
         metric(
             &text,

@@ -11,7 +11,7 @@ use lb_tests::{
     require_root,
     services::{start_mariadb, start_postgres, start_redis, start_tls_server},
     topology::{Topology, VIP, lb_binary, nat_frontend_toml, start_logged, wait_for_log},
-    traffic::{metric, scrape_metrics},
+    traffic::{metric, scrape_metrics_when},
 };
 
 fn server(i: u8) -> IpAddr {
@@ -145,15 +145,19 @@ options = {{ {check} }}
     topo.servers[2].stop(redis);
     wait_for_log(&log, "server DOWN", 1, Duration::from_secs(5)).unwrap();
     assert!(logged(&["server DOWN", &server(3).to_string(), "refused"]));
-    // Metrics are a snapshot taken every gc_interval.
-    std::thread::sleep(Duration::from_millis(500));
-
-    let text = topo
-        .client
-        .run(|| scrape_metrics(([198, 18, 0, 1], 9100).into()).unwrap())
-        .unwrap()
-        .join()
-        .unwrap();
+    // Metrics are a snapshot taken every gc_interval: wait for one taken after the DOWN.
+    let redis_status = format!(
+        "lb_server_status{{backend=\"redis\",server=\"{}\"}}",
+        server(3)
+    );
+    let text = scrape_metrics_when(
+        &topo.client,
+        ([198, 18, 0, 1], 9100).into(),
+        &format!("{redis_status} 0 (the stopped redis out of the selection)"),
+        Duration::from_secs(10),
+        move |text| metric(text, &redis_status) == Some(0.0),
+    )
+    .unwrap();
     let status = |backend: &str, s: u8| {
         metric(
             &text,

@@ -364,9 +364,14 @@ options = {{ tls = true, tls_verify = true }}
     assert_eq!(seen.len(), 1, "{seen:?}");
 
     // A WebSocket passes through the Upgrade: a real handshake and echoed messages.
+    // Bound before the client starts, so it is listening when the proxy connects.
+    let listener = topo.servers[0]
+        .run(|| std::net::TcpListener::bind(("198.18.11.2", 8090)).unwrap())
+        .unwrap()
+        .join()
+        .unwrap();
     let ws_server = topo.servers[0]
-        .run(|| {
-            let listener = std::net::TcpListener::bind(("198.18.11.2", 8090)).unwrap();
+        .run(move || {
             let (stream, _) = listener.accept().unwrap();
             let mut ws = tungstenite::accept(stream).unwrap();
             while let Ok(msg) = ws.read() {
@@ -377,7 +382,6 @@ options = {{ tls = true, tls_verify = true }}
             }
         })
         .unwrap();
-    std::thread::sleep(Duration::from_millis(100));
     let echoed = c
         .run(move || {
             let stream = TcpStream::connect((VIP, 8087)).unwrap();

@@ -15,9 +15,9 @@ use lb_tests::{
 
 /// Answers POST with the sha256 and length of the body it decoded (Content-Length or
 /// chunked), /chunked with a chunked body and a trailer, /until-close with a body ended by
-/// closing, /slow after 3 s; anything else with its path.
+/// closing, /slow only once the proxy has given up; anything else with its path.
 const SERVER: &str = r#"
-import hashlib, http.server, sys, time
+import hashlib, http.server, sys
 
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -59,8 +59,15 @@ class H(http.server.BaseHTTPRequestHandler):
             self.wfile.write(b"no length, ended by close")
             self.close_connection = True
         elif self.path == "/slow":
-            time.sleep(3)
-            self.reply("slow")
+            # Slower than server_timeout: no answer until the proxy gives up and closes the
+            # connection (reading sees its end; at most 10 s), then one that goes nowhere.
+            self.connection.settimeout(10)
+            try:
+                self.rfile.read(1)
+                self.reply("slow")
+            except OSError:
+                pass
+            self.close_connection = True
         else:
             self.reply("path=" + self.path)
 

@@ -1,16 +1,12 @@
 //! The daemon's Prometheus endpoint, scraped after known traffic.
 
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
 
 use lb_tests::{
     require_root,
     topology::{SERVER_PORT, Topology, VIP, VIP_TCP_PORT, lb_binary},
-    traffic::{drive_tcp, metric, scrape_metrics},
+    traffic::{drive_tcp, metric, scrape_metrics_when},
 };
-
-fn scrape(target: SocketAddr) -> String {
-    scrape_metrics(target).unwrap()
-}
 
 /// The value of the sample whose line starts with `prefix`.
 fn value(text: &str, prefix: &str) -> f64 {
@@ -40,13 +36,19 @@ fn metrics_count_the_traffic_that_was_sent() {
 
     let tally = drive_tcp(&topo.client, (VIP, VIP_TCP_PORT).into(), 50, 2, 2).unwrap();
     assert_eq!(tally.failed, 0);
-    std::thread::sleep(Duration::from_millis(600));
-    let text = topo
-        .client
-        .run(|| scrape(([198, 18, 0, 1], 9100).into()))
-        .unwrap()
-        .join()
-        .unwrap();
+    // The snapshot is taken every gc_interval: wait for one taken after the traffic, which
+    // has counted the 50 flows and seen every one of them closed.
+    let text = scrape_metrics_when(
+        &topo.client,
+        ([198, 18, 0, 1], 9100).into(),
+        "50 flows opened and none open any more",
+        Duration::from_secs(10),
+        |text| {
+            metric(text, "lb_frontend_sessions_total{frontend=\"demo\"}").is_some_and(|n| n >= 50.0)
+                && metric(text, "lb_frontend_current_sessions{frontend=\"demo\"}") == Some(0.0)
+        },
+    )
+    .unwrap();
     assert!(
         text.starts_with("HTTP/1.") && text.contains("200"),
         "{text}"

@@ -8,6 +8,7 @@ use lb_tests::{
     require_root,
     topology::{SERVER_PORT, Topology, VIP, lb_binary, start_logged, wait_for_log},
     traffic::{LongConn, exchange_all, udp_request},
+    wait_until,
 };
 
 #[test]
@@ -105,8 +106,18 @@ fn connections_survive_a_daemon_restart_and_lb_stop_detaches() {
             path.to_str().unwrap(),
         ])
         .unwrap();
-    std::thread::sleep(Duration::from_millis(200));
-    let link = topo.lb.exec(&["ip", "link", "show", "eth-c"]).unwrap();
+    let link = wait_until(
+        "XDP to be detached from eth-c after lb stop",
+        Duration::from_secs(5),
+        || {
+            let link = topo.lb.exec(&["ip", "link", "show", "eth-c"])?;
+            if link.contains("xdp") {
+                anyhow::bail!("still attached: {link}");
+            }
+            Ok(Some(link))
+        },
+    )
+    .unwrap();
     assert!(!link.contains("xdp"), "{link}");
     drop(conns);
     let _ = std::fs::remove_file(&path);

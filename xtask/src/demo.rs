@@ -57,6 +57,7 @@ pub fn run(duration: u64) -> Result<()> {
     let start = Instant::now();
     let deadline = start + Duration::from_secs(duration);
     while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+        // Kept: pacing of the once-a-second progress line, not a wait for anything.
         std::thread::sleep(Duration::from_secs(1));
         let t = tally.lock().unwrap().clone();
         println!("t={:>3}s {}", start.elapsed().as_secs(), t.summary());

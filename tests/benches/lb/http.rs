@@ -111,6 +111,7 @@ fn fixed_rate(target: SocketAddr, seconds: u64) -> Result<Vec<u64>> {
                 while start.elapsed() < Duration::from_secs(seconds) {
                     let now = Instant::now();
                     if next > now {
+                        // Kept: pacing to the fixed request rate, not a wait for anything.
                         std::thread::sleep(next - now);
                     }
                     next += gap;

@@ -7,7 +7,7 @@ use std::{
     process::Stdio,
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -18,6 +18,7 @@ use lb_tests::{
     packets::{Frame, L4},
     topology::{CLIENT_ADDR, SERVER_PORT, Topology, VIP, server_addr, start_and_wait_ready},
     traffic::tcp_session,
+    wait_until,
 };
 
 use crate::Row;
@@ -290,46 +291,30 @@ fn start_system(system: System, topo: &Topology, settings: &Settings) -> Result<
 }
 
 fn wait_until_serving(client: &NetNs, target: SocketAddr) -> Result<()> {
-    let ok = client
+    client
         .run(move || {
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while Instant::now() < deadline {
-                if tcp_session(target, 1).is_ok() {
-                    return true;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            false
+            wait_until(
+                &format!("{target} to answer a TCP exchange"),
+                Duration::from_secs(15),
+                || tcp_session(target, 1).map(|_| Some(())),
+            )
         })?
         .join()
-        .map_err(|_| anyhow::anyhow!("probe thread panicked"))?;
-    if !ok {
-        bail!("{target} did not answer within 15 s");
-    }
-    Ok(())
+        .map_err(|_| anyhow::anyhow!("probe thread panicked"))?
 }
 
 /// In each server, a UDP socket on the discard port that is never read: packets are
-/// received (and counted on the interface) without a reply or an ICMP error.
-fn start_discard_sinks(servers: &[NetNs]) -> Result<Vec<Arc<AtomicBool>>> {
+/// received (and counted on the interface) without a reply or an ICMP error. The sockets
+/// stay bound until the returned vector is dropped.
+fn start_discard_sinks(servers: &[NetNs]) -> Result<Vec<UdpSocket>> {
     let mut sinks = Vec::new();
     for ns in servers {
-        let stop = Arc::new(AtomicBool::new(false));
-        let keep = stop.clone();
-        let (tx, rx) = std::sync::mpsc::channel();
-        ns.run(move || {
-            let sock = UdpSocket::bind(("0.0.0.0", DISCARD_PORT));
-            let ok = sock.is_ok();
-            let _ = tx.send(sock.map(|_| ()).map_err(|e| e.to_string()));
-            if ok {
-                while !keep.load(Ordering::Relaxed) {
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-            }
-        })?;
-        rx.recv()?
-            .map_err(|e| anyhow::anyhow!("discard sink in {}: {e}", ns.name))?;
-        sinks.push(stop);
+        let sock = ns
+            .run(|| UdpSocket::bind(("0.0.0.0", DISCARD_PORT)))?
+            .join()
+            .map_err(|_| anyhow::anyhow!("discard sink thread panicked"))?
+            .with_context(|| format!("discard sink in {}", ns.name))?;
+        sinks.push(sock);
     }
     Ok(sinks)
 }
@@ -378,8 +363,20 @@ fn packet_rate(topo: &Topology, target: SocketAddr, settings: &Settings) -> Resu
         .run(move || raw_flood(&frame, "eth0", Duration::from_secs(seconds)))?
         .join()
         .map_err(|_| anyhow::anyhow!("generator thread panicked"))??;
-    std::thread::sleep(Duration::from_millis(300));
-    let after: u64 = topo.servers.iter().map(rx_packets).sum::<Result<u64>>()?;
+    // Frames still in flight when the generator stops are counted once the servers'
+    // counters have stopped growing (the same sum for at least 50 ms).
+    let mut last = (before, Instant::now());
+    let after = wait_until(
+        "the servers' rx_packets to stop growing",
+        Duration::from_secs(5),
+        || {
+            let now: u64 = topo.servers.iter().map(rx_packets).sum::<Result<u64>>()?;
+            if now != last.0 {
+                last = (now, Instant::now());
+            }
+            Ok((last.1.elapsed() >= Duration::from_millis(50)).then_some(now))
+        },
+    )?;
     let received = after - before;
     eprintln!(
         "bench: packet rate to {target}: sent {sent}, servers received {received} in {elapsed:?}"
@@ -502,6 +499,7 @@ fn latency(client: &NetNs, target: SocketAddr, seconds: u64) -> Result<(f64, f64
             let mut line = String::new();
             while start.elapsed() < Duration::from_secs(seconds) {
                 if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                    // Kept: pacing to the fixed request rate, not a wait for anything.
                     std::thread::sleep(wait);
                 }
                 next += interval;
