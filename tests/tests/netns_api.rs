@@ -234,6 +234,13 @@ token_file = "{tokens}"
     );
     let server3: std::collections::BTreeSet<String> = ["server3".to_string()].into();
     assert_eq!(answering(&topo), server3);
+    // The file is edited where the config changed: the operator's comments stay.
+    let saved = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        saved.contains("# Clients reach the VIP 198.18.100.1 through lb")
+            && saved.contains("{ address = \"198.18.13.2\", weight = 5 }"),
+        "{saved}"
+    );
     let (status, _, body) = call(
         ns,
         "GET",

@@ -219,3 +219,53 @@ fn sticky_ttl_defaults_to_five_minutes() {
     .unwrap();
     assert_eq!(Config::sticky_ttl_s(&c.backends[0]), 300);
 }
+
+#[test]
+fn unknown_fields_and_words_are_reported_together_each_at_its_line() {
+    let text = GOOD
+        .replace("weight = 1 }", "wieght = 1 }")
+        .replace("\"maglev\"", "\"fastest\"")
+        + "\n[dataplane]\nudp_timeout = \"1 fortnight\"\n";
+    let e = errors(&text);
+    let found: Vec<(Option<usize>, &str)> = e
+        .problems
+        .iter()
+        .map(|(line, p)| (*line, p.field.as_str()))
+        .collect();
+    for wanted in [
+        (Some(14), "backends[0].balancing_method"),
+        (Some(17), "backends[0].servers.addresses[0].wieght"),
+        (Some(22), "dataplane.udp_timeout"),
+    ] {
+        assert!(found.contains(&wanted), "{wanted:?} not in {found:?}");
+    }
+    let shown = e.to_string();
+    assert!(shown.contains("unknown field \"wieght\""), "{shown}");
+    assert!(shown.contains("fix: use one of: roundrobin, leastconn, first, source, maglev"));
+    assert!(shown.contains("fix: write a duration such as"), "{shown}");
+}
+
+#[test]
+fn messages_spell_values_as_the_config_does() {
+    let e = errors(&GOOD.replacen(r#"mode = "tcp""#, r#"mode = "http""#, 1));
+    let shown = e.to_string();
+    assert!(
+        shown.contains("frontend mode http differs from backend \"app\" mode tcp"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn durations_and_closed_sets_are_typed_once() {
+    let c = Config::parse(
+        "t",
+        &format!("{GOOD}\n[dataplane]\ntcp_syn_timeout = \"1m 30s\"\n"),
+    )
+    .unwrap();
+    assert_eq!(
+        c.dataplane.tcp_syn_timeout,
+        std::time::Duration::from_secs(90)
+    );
+    assert_eq!(c.backends[0].balancing_method, Method::Maglev);
+    assert_eq!(c.frontends[0].binds[1].protocol, Protocol::Udp);
+}

@@ -2,7 +2,7 @@
 //! the closed sets (spelled as the config spells them), ports, CIDRs, durations and
 //! expected HTTP codes.
 
-use std::{fmt, net::IpAddr, time::Duration};
+use std::{fmt, net::IpAddr};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 
