@@ -331,10 +331,7 @@ fn peer(interfaces: &[String]) -> Result<()> {
 
 /// Call `tick` every `interval` until SIGINT or SIGTERM.
 fn run_until_signal(interval: std::time::Duration, mut tick: impl FnMut()) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
+    admin_runtime()?.block_on(async {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate())?;
         let mut ticks = tokio::time::interval(interval);
