@@ -16,11 +16,12 @@ use lb_common::{
     hash::flow_hash,
     maps::{
         ENTRY_COUNTED, ENTRY_DSR, ENTRY_STICKY, FLOW_CLOSING, FLOW_SYN_SEEN, FLOW_UDP,
-        FRONTEND_FLAG_DSR, FRONTEND_FLAG_USERSPACE, FrontendInfo, FrontendKey, NatEntry, PROTO_TCP,
+        FRONTEND_FLAG_DSR, FRONTEND_FLAG_USERSPACE, FrontendInfo, FrontendKey, NatEntry,
         SERVER_RESET_FLOWS, SNAT_PORT_MAX, SNAT_PORT_MIN, SNAT_PORT_RETRIES, StickyEntry,
         StickyKey,
     },
     stats::Stat,
+    wire::IPPROTO_TCP,
 };
 use network_types::{
     ip::{Ipv4Hdr, Ipv6Hdr},
@@ -148,7 +149,7 @@ fn remember_client(backend_id: u32, client: &[u8; 16], server_id: u32, now: u64)
 #[inline(always)]
 fn choose_rewrite(pkt: &Packet, nat: &mut NatEntry) -> Result<(), u32> {
     let now = unsafe { bpf_ktime_get_ns() };
-    let is_tcp = pkt.key.proto == PROTO_TCP;
+    let is_tcp = pkt.key.proto == IPPROTO_TCP;
     if let Some(entry) = LB_CONNTRACK.get_ptr_mut(&pkt.key) {
         // SAFETY: map value pointer from a successful lookup.
         let entry = unsafe { &mut *entry };
@@ -205,7 +206,7 @@ fn end_flow_of_down_server(
     }
     let _ = LB_CONNTRACK.remove(&pkt.key);
     count(Stat::FLOW_CLOSED);
-    if pkt.key.proto == PROTO_TCP {
+    if pkt.key.proto == IPPROTO_TCP {
         return Err(ACTION_SEND_RST);
     }
     count(Stat::FLOW_RESET_REBALANCED);
@@ -220,7 +221,7 @@ fn track_reply(pkt: &Packet, reverse: &NatEntry, now: u64) {
     if let Some(entry) = LB_CONNTRACK.get_ptr_mut(&client_key) {
         // SAFETY: map value pointer from a successful lookup.
         let entry = unsafe { &mut *entry };
-        if pkt.key.proto == PROTO_TCP {
+        if pkt.key.proto == IPPROTO_TCP {
             track_tcp(entry, pkt, true);
         }
         touch(entry, &client_key.src, now);
@@ -230,7 +231,7 @@ fn track_reply(pkt: &Packet, reverse: &NatEntry, now: u64) {
 /// A packet of no tracked flow: a new flow if it is for a frontend, else the kernel's.
 #[inline(never)]
 fn open_flow(pkt: &Packet, nat: &mut NatEntry, now: u64) -> Result<(), u32> {
-    let is_tcp = pkt.key.proto == PROTO_TCP;
+    let is_tcp = pkt.key.proto == IPPROTO_TCP;
     let fkey = FrontendKey {
         addr: pkt.key.dst,
         port: pkt.key.dport,
@@ -289,7 +290,7 @@ fn new_flow(
     to_server.last_seen_ns = now;
     to_server.frontend_id = frontend.frontend_id as u16;
     to_server.backend_id = frontend.backend_id as u16;
-    to_server.state = if pkt.key.proto == PROTO_TCP {
+    to_server.state = if pkt.key.proto == IPPROTO_TCP {
         FLOW_SYN_SEEN
     } else {
         FLOW_UDP
@@ -416,7 +417,7 @@ fn rewrite(ctx: &XdpContext, pkt: &Packet, nat: &NatEntry) -> Option<()> {
     let mut l4_delta = addr_delta;
     l4_delta.word(pkt.key.sport, nat.sport);
     l4_delta.word(pkt.key.dport, nat.dport);
-    if pkt.key.proto == PROTO_TCP {
+    if pkt.key.proto == IPPROTO_TCP {
         let tcp: *mut TcpHdr = ptr_at(ctx, pkt.l4_offset)?;
         unsafe {
             (*tcp).source = nat.sport.to_ne_bytes();
