@@ -1,11 +1,9 @@
 //! Flow lifecycle: the TCP state a tracked flow is in, and when it expires.
 
-use crate::maps::{FLOW_CLOSING, FLOW_ESTABLISHED, FLOW_SYN_SEEN, FLOW_UDP};
-
-pub const TCP_FIN: u8 = 0x01;
-pub const TCP_SYN: u8 = 0x02;
-pub const TCP_RST: u8 = 0x04;
-pub const TCP_ACK: u8 = 0x10;
+use crate::{
+    maps::{FLOW_CLOSING, FLOW_ESTABLISHED, FLOW_SYN_SEEN, FLOW_UDP},
+    wire::{TCP_FIN, TCP_RST},
+};
 
 /// The state after a TCP packet with `flags`, sent by the client (`from_server` false) or the
 /// server. A FIN or RST from either side closes; the server's first answer establishes.
@@ -60,6 +58,7 @@ impl Timeouts {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::{TCP_ACK, TCP_SYN};
 
     #[test]
     fn handshake_data_and_close() {

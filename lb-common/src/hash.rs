@@ -70,7 +70,7 @@ pub fn hash_bytes(data: &[u8], seed: u32) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::maps::{PROTO_TCP, v4_mapped};
+    use crate::{maps::v4_mapped, wire::IPPROTO_TCP};
 
     #[test]
     fn matches_reference_murmur3_vectors() {
@@ -87,7 +87,7 @@ mod tests {
             dst: v4_mapped([198, 18, 100, 1]),
             sport: client_port.to_be(),
             dport: 80u16.to_be(),
-            proto: PROTO_TCP,
+            proto: IPPROTO_TCP,
             _pad: [0; 3],
         }
     }

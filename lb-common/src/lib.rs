@@ -11,3 +11,4 @@ pub mod hash;
 pub mod maglev;
 pub mod maps;
 pub mod stats;
+pub mod wire;

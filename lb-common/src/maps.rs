@@ -73,7 +73,8 @@ pub const MAP_BENCH_JUMP: &str = "BENCH_JUMP";
 /// Per-CPU iteration counter, mixed into the source port for new-flow runs.
 pub const MAP_BENCH_COUNTER: &str = "BENCH_COUNTER";
 /// Bytes of header `bench_restore` restores: Ethernet + IPv4 + TCP, all a NAT rewrite touches.
-pub const BENCH_RESTORE_LEN: u32 = 54;
+pub const BENCH_RESTORE_LEN: u32 =
+    (crate::wire::ETH_HLEN + crate::wire::IPV4_HLEN + crate::wire::TCP_HLEN) as u32;
 /// `BenchTemplate::mode`: make every iteration a new flow.
 pub const BENCH_MODE_NEW_FLOW: u32 = 1;
 
@@ -96,9 +97,6 @@ pub const SNAT_PORT_MIN: u16 = 10000;
 pub const SNAT_PORT_MAX: u16 = 32767;
 /// How many ports a new flow tries before it is dropped as "SNAT ports exhausted".
 pub const SNAT_PORT_RETRIES: u32 = 8;
-
-pub const PROTO_TCP: u8 = 6;
-pub const PROTO_UDP: u8 = 17;
 
 /// The frontend is served by the userspace proxy: XDP passes its packets to the kernel.
 pub const FRONTEND_FLAG_USERSPACE: u32 = 1;
@@ -364,7 +362,7 @@ mod tests {
             dport: 80u16.to_be(),
             ..Default::default()
         };
-        let k = e.reply_key(PROTO_TCP);
+        let k = e.reply_key(crate::wire::IPPROTO_TCP);
         assert_eq!(k.src, e.dst);
         assert_eq!(k.dst, e.src);
         assert_eq!(k.sport, e.dport);

@@ -11,9 +11,17 @@ use aya_ebpf::{
     maps::{Array, PerCpuArray, ProgramArray},
     programs::XdpContext,
 };
-use lb_common::maps::{BENCH_MODE_NEW_FLOW, BENCH_RESTORE_LEN, BenchTemplate};
+use lb_common::{
+    maps::{BENCH_MODE_NEW_FLOW, BENCH_RESTORE_LEN, BenchTemplate},
+    wire::{ETH_HLEN, IPV4_HLEN},
+};
 
 use crate::parse::{Packet, parse};
+
+/// In the template frame (Ethernet, IPv4 without options, TCP): the TCP source port, and the
+/// low byte of the IPv4 source address (the last of its 4 bytes at IPv4 offset 12).
+const SPORT_AT: u32 = (ETH_HLEN + IPV4_HLEN) as u32;
+const SRC_ADDR_LOW_AT: u32 = (ETH_HLEN + 15) as u32;
 
 #[map]
 static BENCH_TEMPLATE: Array<BenchTemplate> = Array::with_max_entries(1, 0);
@@ -64,13 +72,18 @@ pub fn bench_restore(ctx: XdpContext) -> u32 {
             && let Some(counter) = BENCH_COUNTER.get_ptr_mut(0)
         {
             *counter = (*counter).wrapping_add(1);
-            // Source port (bytes 34..36) and the low source-address byte (29) vary, so
-            // each iteration is a flow the balancer has not seen.
+            // The source port and the low source-address byte vary, so each iteration is a
+            // flow the balancer has not seen.
             let n = *counter;
             let mut port = [(n >> 8) as u8, n as u8];
             let mut addr = [(n >> 16) as u8];
-            bpf_xdp_store_bytes(ctx.as_ptr().cast(), 34, port.as_mut_ptr().cast(), 2);
-            bpf_xdp_store_bytes(ctx.as_ptr().cast(), 29, addr.as_mut_ptr().cast(), 1);
+            bpf_xdp_store_bytes(ctx.as_ptr().cast(), SPORT_AT, port.as_mut_ptr().cast(), 2);
+            bpf_xdp_store_bytes(
+                ctx.as_ptr().cast(),
+                SRC_ADDR_LOW_AT,
+                addr.as_mut_ptr().cast(),
+                1,
+            );
         }
         BENCH_JUMP.tail_call(&ctx, 0);
     }

@@ -16,8 +16,9 @@
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use lb_common::{
     checksum::CsumDelta,
-    maps::{ENTRY_DSR, NatEntry, PROTO_TCP},
+    maps::{ENTRY_DSR, NatEntry},
     stats::Stat,
+    wire::{IPPROTO_TCP, TCP_CHECKSUM_OFFSET, UDP_CHECKSUM_OFFSET},
 };
 
 use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
@@ -27,9 +28,6 @@ use crate::{
     maps::{LB_CONNTRACK, LB_SNAT, count},
     parse::{Packet, ptr_at},
 };
-
-const TCP_CHECKSUM_OFFSET: usize = 16;
-const UDP_CHECKSUM_OFFSET: usize = 6;
 
 #[inline(always)]
 pub fn translate(ctx: &XdpContext, pkt: &Packet, nat: &mut NatEntry) -> u32 {
@@ -218,7 +216,7 @@ fn rewrite_ports_and_checksums(
     }
     payload = payload.plus(port_delta);
     // The quoted transport checksum, when the error quotes that far.
-    let udp = pkt.key.proto != PROTO_TCP;
+    let udp = pkt.key.proto != IPPROTO_TCP;
     let checksum_at = inner_l4
         + if udp {
             UDP_CHECKSUM_OFFSET

@@ -3,8 +3,13 @@
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
-    maps::{Addr, FlowKey, PROTO_TCP, PROTO_UDP},
+    maps::{Addr, FlowKey},
     stats::Stat,
+    wire::{
+        ETH_HLEN, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, ICMP_DEST_UNREACH, ICMP_HLEN,
+        ICMPV6_DEST_UNREACH, ICMPV6_PKT_TOOBIG, IPPROTO_FRAGMENT, IPPROTO_ICMP, IPPROTO_ICMPV6,
+        IPPROTO_TCP, IPPROTO_UDP, IPV6_HLEN, TCP_ACK, TCP_FLAGS_OFFSET, TCP_SYN, VLAN_HLEN,
+    },
 };
 use network_types::{
     eth::EthHdr,
@@ -13,20 +18,11 @@ use network_types::{
     udp::UdpHdr,
 };
 
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
-const ETH_P_8021Q: u16 = 0x8100;
-const VLAN_HLEN: usize = 4;
-const IPPROTO_FRAGMENT: u8 = 44;
-const TCP_FLAG_SYN: u8 = 0x02;
-const TCP_FLAG_ACK: u8 = 0x10;
+// Offsets step by the wire lengths while `ptr_at` checks the header structs' sizes: the two
+// must agree.
+const _: () = assert!(EthHdr::LEN == ETH_HLEN && Ipv6Hdr::LEN == IPV6_HLEN);
+
 const MAX_HEADER_OFFSET: usize = 256;
-const IPPROTO_ICMP: u8 = 1;
-const IPPROTO_ICMPV6: u8 = 58;
-const ICMP_DEST_UNREACH: u8 = 3;
-const ICMPV6_DEST_UNREACH: u8 = 1;
-const ICMPV6_PKT_TOOBIG: u8 = 2;
-const ICMP_HEADER_LEN: usize = 8;
 
 /// A bounds-checked pointer to a `T` at `offset` bytes into the packet.
 #[inline(always)]
@@ -88,7 +84,7 @@ pub struct Scratch {
 impl Packet {
     #[inline(always)]
     pub fn is_tcp_syn(&self) -> bool {
-        self.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN
+        self.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
     }
 }
 
@@ -98,9 +94,10 @@ pub fn parse(ctx: &XdpContext, pkt: &mut Packet) -> Result<(), Stat> {
     let eth: *const EthHdr = ptr_at(ctx, 0).ok_or(Stat::PASS_TRUNCATED)?;
     // SAFETY: bounds checked by ptr_at.
     let mut ether_type = u16::from_be(unsafe { (*eth).ether_type });
-    let mut l3_offset = EthHdr::LEN;
+    let mut l3_offset = ETH_HLEN;
     if ether_type == ETH_P_8021Q {
-        let inner: *const [u8; 2] = ptr_at(ctx, EthHdr::LEN + 2).ok_or(Stat::PASS_TRUNCATED)?;
+        // The encapsulated ethertype follows the tag's 2-byte TCI.
+        let inner: *const [u8; 2] = ptr_at(ctx, ETH_HLEN + 2).ok_or(Stat::PASS_TRUNCATED)?;
         ether_type = u16::from_be_bytes(unsafe { *inner });
         l3_offset += VLAN_HLEN;
     }
@@ -137,27 +134,26 @@ pub fn parse(ctx: &XdpContext, pkt: &mut Packet) -> Result<(), Stat> {
                 return Err(Stat::PASS_FRAGMENT);
             }
             key.proto = ip.next_hdr;
-            len =
-                (l3_offset + Ipv6Hdr::LEN + usize::from(u16::from_be_bytes(ip.payload_len))) as u64;
+            len = (l3_offset + IPV6_HLEN + usize::from(u16::from_be_bytes(ip.payload_len))) as u64;
             key.src = ip.src_addr;
             key.dst = ip.dst_addr;
-            (l3_offset + Ipv6Hdr::LEN, true)
+            (l3_offset + IPV6_HLEN, true)
         }
         _ => return Err(Stat::PASS_NOT_IP),
     };
     let mut tcp_flags = 0;
     match key.proto {
-        PROTO_TCP => {
+        IPPROTO_TCP => {
             let tcp: *const TcpHdr = ptr_at(ctx, l4_offset).ok_or(Stat::PASS_TRUNCATED)?;
             // SAFETY: bounds checked by ptr_at.
             let tcp = unsafe { &*tcp };
             key.sport = u16::from_ne_bytes(tcp.source);
             key.dport = u16::from_ne_bytes(tcp.dest);
-            // Flags are byte 13, inside the 20 bytes just checked; reading through the same
+            // The flags byte is inside the 20 bytes just checked; reading through the same
             // pointer keeps the verifier's bounds proof.
-            tcp_flags = unsafe { *(tcp as *const TcpHdr as *const u8).add(13) };
+            tcp_flags = unsafe { *(tcp as *const TcpHdr as *const u8).add(TCP_FLAGS_OFFSET) };
         }
-        PROTO_UDP => {
+        IPPROTO_UDP => {
             let udp: *const UdpHdr = ptr_at(ctx, l4_offset).ok_or(Stat::PASS_TRUNCATED)?;
             // SAFETY: bounds checked by ptr_at.
             let udp = unsafe { &*udp };
@@ -194,11 +190,10 @@ fn parse_icmp_error(
     icmp_offset: usize,
     is_v6: bool,
 ) -> Result<(), Stat> {
-    let header: *const [u8; ICMP_HEADER_LEN] =
-        ptr_at(ctx, icmp_offset).ok_or(Stat::PASS_TRUNCATED)?;
+    let header: *const [u8; ICMP_HLEN] = ptr_at(ctx, icmp_offset).ok_or(Stat::PASS_TRUNCATED)?;
     // SAFETY: bounds checked by ptr_at.
     let icmp_type = unsafe { (*header)[0] };
-    let inner_l3 = icmp_offset + ICMP_HEADER_LEN;
+    let inner_l3 = icmp_offset + ICMP_HLEN;
     let key = &mut pkt.key;
     let inner_l4;
     if is_v6 {
@@ -212,7 +207,7 @@ fn parse_icmp_error(
         // Reversed: the quoted packet went the other way.
         key.src = ip.dst_addr;
         key.dst = ip.src_addr;
-        inner_l4 = inner_l3 + Ipv6Hdr::LEN;
+        inner_l4 = inner_l3 + IPV6_HLEN;
     } else {
         if icmp_type != ICMP_DEST_UNREACH {
             return Err(Stat::PASS_NOT_TCP_UDP);
@@ -232,7 +227,7 @@ fn parse_icmp_error(
         set_v4_mapped(&mut key.dst, ip.src_addr);
         inner_l4 = inner_l3 + ihl * 4;
     }
-    if key.proto != PROTO_TCP && key.proto != PROTO_UDP {
+    if key.proto != IPPROTO_TCP && key.proto != IPPROTO_UDP {
         return Err(Stat::PASS_NOT_TCP_UDP);
     }
     // Every ICMP error quotes at least the first 8 bytes of the transport header: the ports.

@@ -4,7 +4,14 @@
 //! 20-byte TCP header and sent back out of the interface it came in on.
 
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_xdp_adjust_tail, programs::XdpContext};
-use lb_common::{checksum::CsumDelta, stats::Stat};
+use lb_common::{
+    checksum::CsumDelta,
+    stats::Stat,
+    wire::{
+        IPPROTO_TCP, TCP_ACK, TCP_CHECKSUM_OFFSET, TCP_FIN, TCP_FLAGS_OFFSET, TCP_HLEN, TCP_RST,
+        TCP_SYN,
+    },
+};
 use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
@@ -15,11 +22,6 @@ use crate::{
     parse::{Packet, ptr_at},
 };
 
-const TCP_FIN: u8 = 0x01;
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
-const TCP_ACK: u8 = 0x10;
-const TCP_HEADER: usize = 20;
 const TTL: u8 = 64;
 
 #[inline(never)]
@@ -58,13 +60,13 @@ fn turn_around(ctx: &XdpContext, pkt: &Packet) -> Option<()> {
         macs.write_unaligned(macs.add(1).read_unaligned());
         macs.add(1).write_unaligned(dst);
     }
-    let tcp: *mut [u8; TCP_HEADER] = ptr_at(ctx, pkt.l4_offset)?;
+    let tcp: *mut [u8; TCP_HLEN] = ptr_at(ctx, pkt.l4_offset)?;
     let tcp_bytes = tcp as *mut u8;
     let (seq, ack, flags, header_len) = unsafe {
         (
             u32::from_be((tcp_bytes.add(4) as *const u32).read_unaligned()),
             u32::from_be((tcp_bytes.add(8) as *const u32).read_unaligned()),
-            *tcp_bytes.add(13),
+            *tcp_bytes.add(TCP_FLAGS_OFFSET),
             u32::from(*tcp_bytes.add(12) >> 4) * 4,
         )
     };
@@ -73,7 +75,7 @@ fn turn_around(ctx: &XdpContext, pkt: &Packet) -> Option<()> {
         let ip: *mut Ipv6Hdr = ptr_at(ctx, pkt.l3_offset)?;
         unsafe {
             let payload = u32::from(u16::from_be_bytes((*ip).payload_len));
-            (*ip).payload_len = (TCP_HEADER as u16).to_be_bytes();
+            (*ip).payload_len = (TCP_HLEN as u16).to_be_bytes();
             (*ip).hop_limit = TTL;
             let src = (*ip).src_addr.as_mut_ptr() as *mut u32;
             let dst = (*ip).dst_addr.as_mut_ptr() as *mut u32;
@@ -90,7 +92,7 @@ fn turn_around(ctx: &XdpContext, pkt: &Packet) -> Option<()> {
             let total = u32::from(u16::from_be_bytes((*ip).tot_len));
             let ip_header = (pkt.l4_offset - pkt.l3_offset) as u16;
             let mut ip_delta = CsumDelta::new();
-            let new_total = (ip_header + TCP_HEADER as u16).to_be_bytes();
+            let new_total = (ip_header + TCP_HLEN as u16).to_be_bytes();
             ip_delta.word(
                 u16::from_ne_bytes((*ip).tot_len),
                 u16::from_ne_bytes(new_total),
@@ -132,18 +134,18 @@ fn turn_around(ctx: &XdpContext, pkt: &Packet) -> Option<()> {
         (tcp_bytes.add(12) as *mut u32)
             .write_unaligned(u32::from_ne_bytes([0x50, rst_flags, 0, 0]));
         (tcp_bytes.add(16) as *mut u32).write_unaligned(0);
-        sum.add32(u32::from(u16::from_ne_bytes([0, 6])));
-        sum.add32(u32::from(u16::from_ne_bytes([0, TCP_HEADER as u8])));
+        sum.add32(u32::from(u16::from_ne_bytes([0, IPPROTO_TCP])));
+        sum.add32(u32::from(u16::from_ne_bytes([0, TCP_HLEN as u8])));
         let words = tcp_bytes as *const u32;
-        for i in 0..TCP_HEADER / 4 {
+        for i in 0..TCP_HLEN / 4 {
             sum.add32(words.add(i).read_unaligned());
         }
         let check = sum.finish();
-        *tcp_bytes.add(16) = check[0];
-        *tcp_bytes.add(17) = check[1];
+        *tcp_bytes.add(TCP_CHECKSUM_OFFSET) = check[0];
+        *tcp_bytes.add(TCP_CHECKSUM_OFFSET + 1) = check[1];
     }
     // Cut options and data: the RST is headers only.
-    let keep = pkt.l4_offset + TCP_HEADER;
+    let keep = pkt.l4_offset + TCP_HLEN;
     let len = ctx.data_end() - ctx.data();
     if len > keep {
         // SAFETY: shrinking by at most the frame's own length beyond the headers.

@@ -1,13 +1,14 @@
 //! Choosing a server for a new flow: source-IP stickiness first, then the backend's method.
 //! Maglev, source hash and round robin index a table computed in userspace; leastconn and
-//! first scan the backend's servers, which only they need.
+//! first scan the backend's servers, which only they need. The stickiness a choice leaves
+//! behind is recorded here too.
 
 use aya_ebpf::{cty::c_void, helpers::generated::bpf_loop};
 use lb_common::{
     hash::flow_hash,
     maps::{
         BackendInfo, MAX_SERVERS_PER_BACKEND, METHOD_FIRST, METHOD_LEASTCONN, METHOD_MAGLEV,
-        METHOD_ROUNDROBIN, METHOD_SOURCE, SERVER_PRESENT, StickyKey,
+        METHOD_ROUNDROBIN, METHOD_SOURCE, SERVER_PRESENT, StickyEntry, StickyKey,
     },
     stats::Stat,
 };
@@ -99,6 +100,26 @@ pub fn choose_server(
             LB_RING.get(slot).copied().ok_or(Stat::DROP_MAP_ERROR)
         }
     }
+}
+
+/// Record (or refresh) which server a client sticks to. Out of line: the key and value
+/// need not sit in the caller's stack frame.
+#[inline(never)]
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "the key and value go by reference: by value they would be copied onto the 512-byte BPF stack"
+)]
+pub fn remember_client(backend_id: u32, client: &[u8; 16], server_id: u32, now: u64) {
+    let key = StickyKey {
+        backend_id,
+        addr: *client,
+    };
+    let entry = StickyEntry {
+        server_id,
+        _pad: 0,
+        last_seen_ns: now,
+    };
+    let _ = LB_STICKY.insert(&key, &entry, 0);
 }
 
 /// State of a scan over a backend's servers, shared with the `bpf_loop` callback.

@@ -4,12 +4,16 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use lb_common::checksum::{checksum, pseudo_header_sum};
+use lb_common::{
+    checksum::{checksum, pseudo_header_sum},
+    wire::{
+        ETH_HLEN, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
+        IPPROTO_UDP, IPV4_HLEN, IPV6_HLEN, TCP_ACK, TCP_CHECKSUM_OFFSET, TCP_SYN,
+        UDP_CHECKSUM_OFFSET, UDP_HLEN, VLAN_HLEN,
+    },
+};
 
-pub const TCP_SYN: u8 = 0x02;
-pub const TCP_ACK: u8 = 0x10;
 pub const TCP_SYN_ACK: u8 = TCP_SYN | TCP_ACK;
-pub const TCP_RST: u8 = 0x04;
 /// Sequence and acknowledgement numbers of every TCP frame `Frame::build` makes.
 pub const TEST_SEQ: u32 = 0x0102_0304;
 pub const TEST_ACK: u32 = 0x0a0b_0c0d;
@@ -36,23 +40,23 @@ pub struct Frame {
 impl Frame {
     pub fn build(&self, payload: &[u8]) -> Vec<u8> {
         let (proto, segment) = match self.l4 {
-            L4::Tcp { flags } => (6u8, self.tcp(flags, payload)),
-            L4::Udp => (17u8, self.udp(payload)),
+            L4::Tcp { flags } => (IPPROTO_TCP, self.tcp(flags, payload)),
+            L4::Udp => (IPPROTO_UDP, self.udp(payload)),
         };
         let mut frame = Vec::new();
         frame.extend_from_slice(&self.dst_mac);
         frame.extend_from_slice(&self.src_mac);
         if let Some(tag) = self.vlan {
-            frame.extend_from_slice(&0x8100u16.to_be_bytes());
+            frame.extend_from_slice(&ETH_P_8021Q.to_be_bytes());
             frame.extend_from_slice(&tag.to_be_bytes());
         }
         match (self.src, self.dst) {
             (IpAddr::V4(s), IpAddr::V4(d)) => {
-                frame.extend_from_slice(&0x0800u16.to_be_bytes());
+                frame.extend_from_slice(&ETH_P_IP.to_be_bytes());
                 frame.extend_from_slice(&ipv4_header(s, d, proto, 0x40, segment.len()));
             }
             (IpAddr::V6(s), IpAddr::V6(d)) => {
-                frame.extend_from_slice(&0x86ddu16.to_be_bytes());
+                frame.extend_from_slice(&ETH_P_IPV6.to_be_bytes());
                 frame.extend_from_slice(&[0x60, 0, 0, 0]);
                 frame.extend_from_slice(&(segment.len() as u16).to_be_bytes());
                 frame.extend_from_slice(&[proto, 64]);
@@ -105,8 +109,8 @@ impl Frame {
         seg.extend_from_slice(&window.to_be_bytes());
         seg.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent pointer
         seg.extend_from_slice(payload);
-        let c = checksum(self.pseudo(6, seg.len()), &seg);
-        seg[16..18].copy_from_slice(&c);
+        let c = checksum(self.pseudo(IPPROTO_TCP, seg.len()), &seg);
+        seg[TCP_CHECKSUM_OFFSET..TCP_CHECKSUM_OFFSET + 2].copy_from_slice(&c);
         seg
     }
 
@@ -114,14 +118,14 @@ impl Frame {
         let mut seg = Vec::new();
         seg.extend_from_slice(&self.sport.to_be_bytes());
         seg.extend_from_slice(&self.dport.to_be_bytes());
-        seg.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+        seg.extend_from_slice(&((UDP_HLEN + payload.len()) as u16).to_be_bytes());
         seg.extend_from_slice(&[0, 0]);
         seg.extend_from_slice(payload);
-        let mut c = checksum(self.pseudo(17, seg.len()), &seg);
+        let mut c = checksum(self.pseudo(IPPROTO_UDP, seg.len()), &seg);
         if c == [0, 0] {
             c = [0xff, 0xff];
         }
-        seg[6..8].copy_from_slice(&c);
+        seg[UDP_CHECKSUM_OFFSET..UDP_CHECKSUM_OFFSET + 2].copy_from_slice(&c);
         seg
     }
 }
@@ -130,7 +134,7 @@ impl Frame {
 /// fragment byte (0x40: don't fragment).
 fn ipv4_header(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, flags: u8, payload_len: usize) -> Vec<u8> {
     let mut ip = vec![0x45, 0];
-    ip.extend_from_slice(&((20 + payload_len) as u16).to_be_bytes());
+    ip.extend_from_slice(&((IPV4_HLEN + payload_len) as u16).to_be_bytes());
     ip.extend_from_slice(&[0x12, 0x34, flags, 0x00, 64, proto, 0, 0]);
     ip.extend_from_slice(&src.octets());
     ip.extend_from_slice(&dst.octets());
@@ -141,15 +145,16 @@ fn ipv4_header(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, flags: u8, payload_len: 
 
 /// Verify the IPv4 header checksum and the TCP/UDP checksum of a built or rewritten frame.
 pub fn checksums_valid(frame: &[u8]) -> bool {
-    let mut off = 12;
+    // The ethertype is the last two bytes of the Ethernet header (of the tag, if tagged).
+    let mut off = ETH_HLEN - 2;
     let mut ethertype = u16::from_be_bytes([frame[off], frame[off + 1]]);
-    if ethertype == 0x8100 {
-        off += 4;
+    if ethertype == ETH_P_8021Q {
+        off += VLAN_HLEN;
         ethertype = u16::from_be_bytes([frame[off], frame[off + 1]]);
     }
     let l3 = off + 2;
     let (proto, l4, pseudo) = match ethertype {
-        0x0800 => {
+        ETH_P_IP => {
             let ihl = usize::from(frame[l3] & 0xf) * 4;
             if checksum(0, &frame[l3..l3 + ihl]) != [0, 0] {
                 return false;
@@ -163,15 +168,15 @@ pub fn checksums_valid(frame: &[u8]) -> bool {
             );
             (frame[l3 + 9], l3 + ihl, p)
         }
-        0x86dd => {
-            let len = frame.len() - l3 - 40;
+        ETH_P_IPV6 => {
+            let len = frame.len() - l3 - IPV6_HLEN;
             let p = pseudo_header_sum(
                 &frame[l3 + 8..l3 + 24],
                 &frame[l3 + 24..l3 + 40],
                 frame[l3 + 6],
                 len as u32,
             );
-            (frame[l3 + 6], l3 + 40, p)
+            (frame[l3 + 6], l3 + IPV6_HLEN, p)
         }
         _ => return false,
     };
@@ -205,19 +210,19 @@ pub fn icmp_error(
         (IpAddr::V4(s), IpAddr::V4(d)) => {
             let c = checksum(0, &icmp);
             icmp[2..4].copy_from_slice(&c);
-            frame.extend_from_slice(&0x0800u16.to_be_bytes());
-            frame.extend_from_slice(&ipv4_header(s, d, 1, 0, icmp.len()));
+            frame.extend_from_slice(&ETH_P_IP.to_be_bytes());
+            frame.extend_from_slice(&ipv4_header(s, d, IPPROTO_ICMP, 0, icmp.len()));
         }
         (IpAddr::V6(s), IpAddr::V6(d)) => {
             let c = checksum(
-                pseudo_header_sum(&s.octets(), &d.octets(), 58, icmp.len() as u32),
+                pseudo_header_sum(&s.octets(), &d.octets(), IPPROTO_ICMPV6, icmp.len() as u32),
                 &icmp,
             );
             icmp[2..4].copy_from_slice(&c);
-            frame.extend_from_slice(&0x86ddu16.to_be_bytes());
+            frame.extend_from_slice(&ETH_P_IPV6.to_be_bytes());
             frame.extend_from_slice(&[0x60, 0, 0, 0]);
             frame.extend_from_slice(&(icmp.len() as u16).to_be_bytes());
-            frame.extend_from_slice(&[58, 64]);
+            frame.extend_from_slice(&[IPPROTO_ICMPV6, 64]);
             frame.extend_from_slice(&s.octets());
             frame.extend_from_slice(&d.octets());
         }

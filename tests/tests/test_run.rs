@@ -11,10 +11,13 @@ use aya::{
     maps::{HashMap as BpfHashMap, MapData},
     programs::{TestRun, TestRunOptions},
 };
-use lb_common::maps::{FlowKey, MAP_CONNTRACK, NatEntry, PROG_LB, SNAT_PORT_MAX, SNAT_PORT_MIN};
+use lb_common::{
+    maps::{FlowKey, MAP_CONNTRACK, NatEntry, PROG_LB, SNAT_PORT_MAX, SNAT_PORT_MIN},
+    wire::TCP_SYN,
+};
 use lb_tests::{
     fixture::{CLIENT_MAC, CLIENT_SIDE_MAC, SERVER_MAC, SERVER_SIDE_MAC, fixture_namespace},
-    packets::{Frame, L4, TCP_SYN, TCP_SYN_ACK, checksums_valid, icmp_error},
+    packets::{Frame, L4, TCP_SYN_ACK, checksums_valid, icmp_error},
     require_root,
 };
 use lb_userspace::{
@@ -971,7 +974,8 @@ fn source_stickiness_ends_when_the_ttl_passes_or_the_server_leaves() {
 
 #[test]
 fn flows_of_a_down_server_are_reset_when_its_backend_says_so() {
-    use lb_tests::packets::{TCP_RST, TEST_ACK, TEST_SEQ};
+    use lb_common::wire::TCP_RST;
+    use lb_tests::packets::{TEST_ACK, TEST_SEQ};
     with_fixture("reset_down", |fx| {
         let syn = tcp(TCP_SYN, 42000);
         assert_eq!(fx.run(&syn, fx.client_ifindex).0, XDP_REDIRECT);

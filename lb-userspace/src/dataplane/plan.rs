@@ -9,9 +9,9 @@ use lb_common::{
     maps::{
         Addr, FRONTEND_FLAG_DSR, FRONTEND_FLAG_USERSPACE, FrontendInfo, FrontendKey, MAX_BACKENDS,
         MAX_FRONTENDS, MAX_SERVERS, METHOD_FIRST, METHOD_LEASTCONN, METHOD_MAGLEV,
-        METHOD_ROUNDROBIN, METHOD_SOURCE, PROTO_TCP, PROTO_UDP, SERVER_PRESENT, SERVER_RESET_FLOWS,
-        ServerInfo,
+        METHOD_ROUNDROBIN, METHOD_SOURCE, SERVER_PRESENT, SERVER_RESET_FLOWS, ServerInfo,
     },
+    wire::{IPPROTO_TCP, IPPROTO_UDP},
 };
 
 use crate::config::{Config, Forwarding, Method, OnDown, Protocol};
@@ -182,8 +182,8 @@ impl Plan {
                     addr: addr16(f.address),
                     port: bind.port.to_be(),
                     proto: match bind.protocol {
-                        Protocol::Tcp => PROTO_TCP,
-                        Protocol::Udp => PROTO_UDP,
+                        Protocol::Tcp => IPPROTO_TCP,
+                        Protocol::Udp => IPPROTO_UDP,
                     },
                     _pad: 0,
                 };

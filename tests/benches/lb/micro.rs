@@ -13,13 +13,16 @@ use aya::{
     maps::{Array, MapData, ProgramArray},
     programs::{TestRun, TestRunOptions, Xdp},
 };
-use lb_common::maps::{
-    BENCH_MODE_NEW_FLOW, BenchTemplate, MAP_BENCH_JUMP, MAP_BENCH_TEMPLATE, PROG_BENCH_DROP,
-    PROG_BENCH_PARSE_TX, PROG_BENCH_RESTORE, PROG_LB,
+use lb_common::{
+    maps::{
+        BENCH_MODE_NEW_FLOW, BenchTemplate, MAP_BENCH_JUMP, MAP_BENCH_TEMPLATE, PROG_BENCH_DROP,
+        PROG_BENCH_PARSE_TX, PROG_BENCH_RESTORE, PROG_LB,
+    },
+    wire::{IPPROTO_TCP, TCP_SYN},
 };
 use lb_tests::{
     fixture::{CLIENT_MAC, CLIENT_SIDE_MAC, SERVER_MAC, SERVER_SIDE_MAC, fixture_namespace},
-    packets::{Frame, L4, TCP_SYN, TCP_SYN_ACK},
+    packets::{Frame, L4, TCP_SYN_ACK},
 };
 use lb_userspace::{config::Config, dataplane::Dataplane};
 
@@ -175,7 +178,7 @@ pub fn run(quick: bool) -> Result<Vec<Row>> {
                 dst: lb_userspace::dataplane::plan::addr16(IpAddr::V4(VIP)),
                 sport: 40000u16.to_be(),
                 dport: 80u16.to_be(),
-                proto: 6,
+                proto: IPPROTO_TCP,
                 _pad: [0; 3],
             };
             let entry = ct.get(&key, 0)?;

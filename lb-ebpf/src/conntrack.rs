@@ -1,0 +1,148 @@
+//! The tracked-flow stage. A client's packet matches its flow's conntrack entry, a server's
+//! reply the reverse (SNAT) entry; either moves the flow's TCP state and, at most once a
+//! second, refreshes its timestamp and its client's stickiness. A flow whose server went
+//! DOWN with `on_down = "reset"` ends here.
+#![expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "map keys go by reference: by value they would be copied onto the 512-byte BPF stack"
+)]
+
+use lb_common::{
+    flow::next_tcp_state,
+    maps::{
+        ENTRY_COUNTED, ENTRY_DSR, ENTRY_STICKY, FLOW_CLOSING, FLOW_SYN_SEEN, NatEntry,
+        SERVER_RESET_FLOWS,
+    },
+    stats::Stat,
+    wire::IPPROTO_TCP,
+};
+
+use crate::{
+    Next,
+    maps::{LB_CONNTRACK, LB_SERVERS, LB_SNAT, account, active_add, count},
+    parse::Packet,
+    select::remember_client,
+};
+
+/// Refresh a tracked entry's timestamp at most this often, to keep the hot path read-mostly.
+const TOUCH_INTERVAL_NS: u64 = 1_000_000_000;
+
+/// The packet's flow, if it has one: `nat` is then its rewrite. `None`: no live flow, for the
+/// new-flow stage.
+#[inline(always)]
+pub fn lookup(pkt: &Packet, nat: &mut NatEntry, now: u64) -> Option<Next> {
+    let is_tcp = pkt.key.proto == IPPROTO_TCP;
+    if let Some(entry) = LB_CONNTRACK.get_ptr_mut(&pkt.key) {
+        // SAFETY: map value pointer from a successful lookup.
+        let entry = unsafe { &mut *entry };
+        if server_resets_flows(entry.server_id) {
+            return end_flow_of_down_server(pkt, entry);
+        }
+        if is_tcp {
+            track_tcp(entry, pkt, false);
+        }
+        touch(entry, &pkt.key.src, now);
+        account(entry.frontend_id, entry.server_id, pkt.len, false);
+        *nat = *entry;
+        count(if entry.flags & ENTRY_DSR != 0 {
+            Stat::DSR_FORWARD
+        } else {
+            Stat::NAT_FORWARD
+        });
+        return Some(Next::Forward);
+    }
+    if let Some(reverse) = LB_SNAT.get_ptr(&pkt.key) {
+        // SAFETY: as above.
+        *nat = unsafe { *reverse };
+        track_reply(pkt, nat, now);
+        account(nat.frontend_id, nat.server_id, pkt.len, true);
+        count(Stat::NAT_REPLY);
+        return Some(Next::Forward);
+    }
+    None
+}
+
+/// A flow leaves the open state: it no longer counts in its server's active flows.
+#[inline(always)]
+fn close(entry: &mut NatEntry) {
+    if entry.flags & ENTRY_COUNTED != 0 {
+        entry.flags &= !ENTRY_COUNTED;
+        active_add(entry.server_id, -1);
+    }
+    count(Stat::FLOW_CLOSED);
+}
+
+/// Track a TCP packet's effect on the flow's state (kept in the client-side entry).
+#[inline(always)]
+fn track_tcp(entry: &mut NatEntry, pkt: &Packet, from_server: bool) {
+    if !from_server && pkt.is_tcp_syn() && entry.state == FLOW_CLOSING {
+        // The client reuses the tuple for a new connection: same server, open again.
+        entry.state = FLOW_SYN_SEEN;
+        if entry.flags & ENTRY_COUNTED == 0 {
+            entry.flags |= ENTRY_COUNTED;
+            active_add(entry.server_id, 1);
+        }
+        count(Stat::FLOW_REOPENED);
+        return;
+    }
+    let next = next_tcp_state(entry.state, pkt.tcp_flags, from_server);
+    if next == FLOW_CLOSING && entry.state != FLOW_CLOSING {
+        close(entry);
+    }
+    entry.state = next;
+}
+
+/// Refresh a client-side entry's timestamp (and its client's stickiness) when stale.
+#[inline(always)]
+fn touch(entry: &mut NatEntry, client: &[u8; 16], now: u64) {
+    if now.wrapping_sub(entry.last_seen_ns) > TOUCH_INTERVAL_NS {
+        entry.last_seen_ns = now;
+        if entry.flags & ENTRY_STICKY != 0 {
+            remember_client(u32::from(entry.backend_id), client, entry.server_id, now);
+        }
+    }
+}
+
+/// Whether the server is DOWN in a backend that resets its flows. One array lookup: the
+/// flag lives with the server, so marking a server needs no walk over the flow table.
+#[inline(always)]
+fn server_resets_flows(server_id: u32) -> bool {
+    LB_SERVERS
+        .get(server_id)
+        .is_some_and(|s| s.flags & SERVER_RESET_FLOWS != 0)
+}
+
+/// Forget a flow whose server went DOWN with `on_down = "reset"`: TCP gets a RST back to
+/// the client; UDP (no connection to reset) goes on as untracked, to be balanced afresh onto
+/// a healthy server.
+#[inline(never)]
+fn end_flow_of_down_server(pkt: &Packet, entry: &mut NatEntry) -> Option<Next> {
+    if entry.flags & ENTRY_COUNTED != 0 {
+        active_add(entry.server_id, -1);
+    }
+    if entry.flags & ENTRY_DSR == 0 {
+        let _ = LB_SNAT.remove(&entry.reply_key(pkt.key.proto));
+    }
+    let _ = LB_CONNTRACK.remove(&pkt.key);
+    count(Stat::FLOW_CLOSED);
+    if pkt.key.proto == IPPROTO_TCP {
+        return Some(Next::Reset);
+    }
+    count(Stat::FLOW_RESET_REBALANCED);
+    None
+}
+
+/// A server's reply moves the flow's state, which the client-side entry holds; its key is
+/// the reverse rewrite's reply key.
+#[inline(never)]
+fn track_reply(pkt: &Packet, reverse: &NatEntry, now: u64) {
+    let client_key = reverse.reply_key(pkt.key.proto);
+    if let Some(entry) = LB_CONNTRACK.get_ptr_mut(&client_key) {
+        // SAFETY: map value pointer from a successful lookup.
+        let entry = unsafe { &mut *entry };
+        if pkt.key.proto == IPPROTO_TCP {
+            track_tcp(entry, pkt, true);
+        }
+        touch(entry, &client_key.src, now);
+    }
+}
