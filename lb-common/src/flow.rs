@@ -1,21 +1,72 @@
-//! Flow lifecycle: the TCP state a tracked flow is in, and when it expires.
+//! Flow lifecycle: the TCP state a tracked flow is in, and when it expires; and which TCP
+//! flag combinations a real TCP sends at all.
 
 use crate::{
-    maps::{FLOW_CLOSING, FLOW_ESTABLISHED, FLOW_SYN_SEEN, FLOW_UDP},
-    wire::{TCP_FIN, TCP_RST},
+    maps::{FLOW_CLOSING, FLOW_ESTABLISHED, FLOW_SYN_RECV, FLOW_SYN_SEEN, FLOW_UDP},
+    wire::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
 /// The state after a TCP packet with `flags`, sent by the client (`from_server` false) or the
-/// server. A FIN or RST from either side closes; the server's first answer establishes.
+/// server. A FIN or RST from either side closes. The server's SYN-ACK moves a new flow to
+/// SYN_RECV, and only the client's ACK after it establishes: a spoofed SYN, whose source
+/// never answers, stays in the handshake (with its short timeout). In DSR mode (`dsr`) lb
+/// never sees the server, so the client's first ACK establishes.
 #[inline(always)]
-pub const fn next_tcp_state(state: u8, flags: u8, from_server: bool) -> u8 {
+pub const fn next_tcp_state(state: u8, flags: u8, from_server: bool, dsr: bool) -> u8 {
     if flags & (TCP_FIN | TCP_RST) != 0 {
         FLOW_CLOSING
-    } else if from_server && state == FLOW_SYN_SEEN {
+    } else if from_server {
+        if state == FLOW_SYN_SEEN && flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK {
+            FLOW_SYN_RECV
+        } else {
+            state
+        }
+    } else if flags & (TCP_SYN | TCP_ACK) == TCP_ACK
+        && (state == FLOW_SYN_RECV || (dsr && state == FLOW_SYN_SEEN))
+    {
         FLOW_ESTABLISHED
     } else {
         state
     }
+}
+
+/// A TCP flow whose handshake the client has not completed.
+#[inline(always)]
+pub const fn is_half_open(state: u8) -> bool {
+    state == FLOW_SYN_SEEN || state == FLOW_SYN_RECV
+}
+
+/// The TCP flags lb looks at: FIN, SYN, RST, ACK and URG (PSH, ECE and CWR go with any).
+const TCP_FLAGS_CHECKED: u8 = 0x37;
+/// Bit `f` is set for each combination `f` of the checked flags that a TCP stack sends: the
+/// table of Linux's nf_conntrack (`tcp_valid_flags`). SYN+FIN, SYN+RST, FIN without ACK, no
+/// flags at all and the rest are scans or attacks.
+const TCP_VALID_FLAGS: u64 = {
+    const URG: u8 = 0x20;
+    let valid = [
+        TCP_SYN,
+        TCP_SYN | URG,
+        TCP_SYN | TCP_ACK,
+        TCP_RST,
+        TCP_RST | TCP_ACK,
+        TCP_FIN | TCP_ACK,
+        TCP_FIN | TCP_ACK | URG,
+        TCP_ACK,
+        TCP_ACK | URG,
+    ];
+    let mut bits = 0u64;
+    let mut i = 0;
+    while i < valid.len() {
+        bits |= 1 << valid[i];
+        i += 1;
+    }
+    bits
+};
+
+/// Whether a TCP segment with this flags byte is one a TCP stack sends.
+#[inline(always)]
+pub const fn valid_tcp_flags(flags: u8) -> bool {
+    TCP_VALID_FLAGS & (1 << (flags & TCP_FLAGS_CHECKED)) != 0
 }
 
 /// Idle time after which a flow in each state is removed.
@@ -42,7 +93,7 @@ impl Default for Timeouts {
 impl Timeouts {
     pub const fn for_state(&self, state: u8) -> u64 {
         match state {
-            FLOW_SYN_SEEN => self.syn_ns,
+            FLOW_SYN_SEEN | FLOW_SYN_RECV => self.syn_ns,
             FLOW_ESTABLISHED => self.established_ns,
             FLOW_UDP => self.udp_ns,
             _ => self.closing_ns,
@@ -58,27 +109,85 @@ impl Timeouts {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::{TCP_ACK, TCP_SYN};
 
     #[test]
     fn handshake_data_and_close() {
         let s = FLOW_SYN_SEEN;
+        let client = |s, f| next_tcp_state(s, f, false, false);
+        let server = |s, f| next_tcp_state(s, f, true, false);
+        assert_eq!(client(s, TCP_SYN), FLOW_SYN_SEEN, "SYN retransmit");
         assert_eq!(
-            next_tcp_state(s, TCP_SYN, false),
+            client(s, TCP_ACK),
             FLOW_SYN_SEEN,
-            "SYN retransmit"
+            "a client ACK before the server answered establishes nothing"
         );
-        let s = next_tcp_state(s, TCP_SYN | TCP_ACK, true);
-        assert_eq!(s, FLOW_ESTABLISHED);
-        assert_eq!(next_tcp_state(s, TCP_ACK, false), FLOW_ESTABLISHED);
-        assert_eq!(next_tcp_state(s, TCP_ACK | TCP_FIN, false), FLOW_CLOSING);
-        assert_eq!(next_tcp_state(s, TCP_RST, true), FLOW_CLOSING);
-        assert_eq!(next_tcp_state(FLOW_CLOSING, TCP_ACK, true), FLOW_CLOSING);
+        let s = server(s, TCP_SYN | TCP_ACK);
+        assert_eq!(s, FLOW_SYN_RECV, "the server's SYN-ACK does not establish");
+        assert_eq!(server(s, TCP_SYN | TCP_ACK), FLOW_SYN_RECV, "SYN-ACK again");
+        assert_eq!(client(s, TCP_SYN), FLOW_SYN_RECV);
+        let s = client(s, TCP_ACK);
+        assert_eq!(s, FLOW_ESTABLISHED, "the client's ACK establishes");
+        assert_eq!(client(s, TCP_ACK), FLOW_ESTABLISHED);
+        assert_eq!(server(s, TCP_ACK), FLOW_ESTABLISHED);
+        assert_eq!(client(s, TCP_ACK | TCP_FIN), FLOW_CLOSING);
+        assert_eq!(server(s, TCP_RST), FLOW_CLOSING);
+        assert_eq!(server(FLOW_CLOSING, TCP_ACK), FLOW_CLOSING);
+        assert_eq!(client(FLOW_CLOSING, TCP_ACK), FLOW_CLOSING);
         assert_eq!(
-            next_tcp_state(FLOW_SYN_SEEN, TCP_RST | TCP_ACK, true),
+            server(FLOW_SYN_SEEN, TCP_RST | TCP_ACK),
             FLOW_CLOSING,
             "refused"
         );
+        assert_eq!(server(FLOW_SYN_SEEN, TCP_ACK), FLOW_SYN_SEEN);
+    }
+
+    #[test]
+    fn dsr_flows_establish_on_the_clients_ack() {
+        let s = next_tcp_state(FLOW_SYN_SEEN, TCP_SYN, false, true);
+        assert_eq!(s, FLOW_SYN_SEEN);
+        assert_eq!(next_tcp_state(s, TCP_ACK, false, true), FLOW_ESTABLISHED);
+    }
+
+    #[test]
+    fn half_open_states() {
+        assert!(is_half_open(FLOW_SYN_SEEN) && is_half_open(FLOW_SYN_RECV));
+        assert!(!is_half_open(FLOW_ESTABLISHED) && !is_half_open(FLOW_CLOSING));
+        assert!(!is_half_open(FLOW_UDP));
+    }
+
+    #[test]
+    fn only_flag_combinations_a_tcp_sends_are_valid() {
+        const PSH: u8 = 0x08;
+        const URG: u8 = 0x20;
+        const ECE_CWR: u8 = 0xc0;
+        for ok in [
+            TCP_SYN,
+            TCP_SYN | TCP_ACK,
+            TCP_SYN | ECE_CWR,
+            TCP_SYN | TCP_ACK | 0x40,
+            TCP_ACK,
+            TCP_ACK | PSH,
+            TCP_ACK | PSH | URG,
+            TCP_FIN | TCP_ACK,
+            TCP_FIN | TCP_ACK | PSH,
+            TCP_RST,
+            TCP_RST | TCP_ACK,
+        ] {
+            assert!(valid_tcp_flags(ok), "{ok:#04x} is valid");
+        }
+        for bad in [
+            0,
+            PSH,
+            TCP_FIN,
+            TCP_SYN | TCP_FIN,
+            TCP_SYN | TCP_FIN | TCP_ACK,
+            TCP_SYN | TCP_RST,
+            TCP_FIN | TCP_RST | TCP_ACK,
+            TCP_FIN | PSH | URG,
+            0xff,
+        ] {
+            assert!(!valid_tcp_flags(bad), "{bad:#04x} is not valid");
+        }
     }
 
     #[test]
@@ -91,6 +200,8 @@ mod tests {
         };
         assert!(!t.expired(FLOW_SYN_SEEN, 1000, 1010));
         assert!(t.expired(FLOW_SYN_SEEN, 1000, 1011));
+        assert!(!t.expired(FLOW_SYN_RECV, 1000, 1010));
+        assert!(t.expired(FLOW_SYN_RECV, 1000, 1011));
         assert!(!t.expired(FLOW_ESTABLISHED, 1000, 1100));
         assert!(t.expired(FLOW_ESTABLISHED, 1000, 1101));
         assert!(t.expired(FLOW_CLOSING, 1000, 1006));

@@ -4,7 +4,8 @@
 
 /// Version of the map layouts. A daemon re-attaches only to a pinned data plane of its own
 /// version (pins live under `<pin_path>/v<VERSION>`); bump it whenever a map changes.
-pub const LAYOUT_VERSION: u32 = 1;
+/// 2: more counters (`LB_STATS`), and TCP flows count as open only once established.
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Maps that hold state across a daemon restart (pinned when a pin path is set).
 pub const PINNED_MAPS: &[&str] = &[
@@ -95,8 +96,17 @@ pub const MAX_TX_PORTS: u32 = 256;
 /// range (32768-60999), so the daemon's own sockets on the SNAT address never collide with it.
 pub const SNAT_PORT_MIN: u16 = 10000;
 pub const SNAT_PORT_MAX: u16 = 32767;
+/// Ports in the SNAT range: the flows one SNAT address can have open to one server port over
+/// one protocol at a time (each flow's reverse entry holds one).
+pub const SNAT_PORTS: u32 = SNAT_PORT_MAX as u32 - SNAT_PORT_MIN as u32 + 1;
 /// How many ports a new flow tries before it is dropped as "SNAT ports exhausted".
 pub const SNAT_PORT_RETRIES: u32 = 8;
+/// A TCP flow still in its handshake (`FLOW_SYN_SEEN` / `FLOW_SYN_RECV`) idle this long
+/// gives its SNAT port up to a new SYN that finds the port taken: the client has not
+/// completed the handshake within TCP's initial retransmission timeout (1 s, RFC 6298), so
+/// it is a spoofed source, or a client that retransmits its SYN anyway. Established flows
+/// never give their port up.
+pub const SYN_RECLAIM_NS: u64 = 1_000_000_000;
 
 /// The frontend is served by the userspace proxy: XDP passes its packets to the kernel.
 pub const FRONTEND_FLAG_USERSPACE: u32 = 1;
@@ -110,15 +120,19 @@ pub const METHOD_ROUNDROBIN: u32 = 2;
 pub const METHOD_LEASTCONN: u32 = 3;
 pub const METHOD_FIRST: u32 = 4;
 
-/// `NatEntry::state`.
+/// `NatEntry::state`. A TCP flow goes SYN_SEEN (the client's SYN) -> SYN_RECV (the server's
+/// SYN-ACK) -> ESTABLISHED (the client's ACK; in DSR mode, where lb never sees the server's
+/// answers, the client's first ACK) -> CLOSING (a FIN or RST).
 pub const FLOW_SYN_SEEN: u8 = 1;
 pub const FLOW_ESTABLISHED: u8 = 2;
 pub const FLOW_CLOSING: u8 = 3;
 pub const FLOW_UDP: u8 = 4;
+pub const FLOW_SYN_RECV: u8 = 5;
 
 /// `NatEntry::flags`: a reverse (server-side) entry.
 pub const ENTRY_REVERSE: u8 = 1;
-/// The flow counts in its server's active connections.
+/// The flow counts in its server's active connections: a UDP flow from its first packet, a
+/// TCP flow from its establishment until it closes.
 pub const ENTRY_COUNTED: u8 = 2;
 /// Direct server return: no NAT, only the MAC changes.
 pub const ENTRY_DSR: u8 = 4;

@@ -51,6 +51,32 @@ stats! {
     // A flow to a DOWN server whose backend says on_down = "reset".
     FLOW_RESET_SENT = 27, "flow_reset_sent";
     FLOW_RESET_REBALANCED = 28, "flow_reset_rebalanced";
+    // Inconsistent packets, dropped before any lookup (`Stat::is_malformed`).
+    DROP_IPV4_BAD_LENGTH = 29, "drop_ipv4_bad_length";
+    DROP_IPV6_BAD_LENGTH = 30, "drop_ipv6_bad_length";
+    DROP_TCP_BAD_OFFSET = 31, "drop_tcp_bad_offset";
+    DROP_TCP_BAD_FLAGS = 32, "drop_tcp_bad_flags";
+    DROP_UDP_BAD_LENGTH = 33, "drop_udp_bad_length";
+    // A TCP flow still in its handshake gave its SNAT port up to a new SYN.
+    FLOW_SYN_RECLAIMED = 34, "flow_syn_reclaimed";
+}
+
+impl Stat {
+    /// The parser's reasons for dropping a packet rather than passing it: headers that
+    /// contradict each other or the frame (an IPv4 total length beyond the frame or below its
+    /// header, an IPv6 payload beyond the frame, a TCP data offset below 5 or past the
+    /// segment, flags no TCP sends, a UDP length below 8 or past the IP payload). The
+    /// kernel's own input path drops the IP-level ones as well.
+    pub const fn is_malformed(self) -> bool {
+        matches!(
+            self,
+            Stat::DROP_IPV4_BAD_LENGTH
+                | Stat::DROP_IPV6_BAD_LENGTH
+                | Stat::DROP_TCP_BAD_OFFSET
+                | Stat::DROP_TCP_BAD_FLAGS
+                | Stat::DROP_UDP_BAD_LENGTH
+        )
+    }
 }
 
 #[cfg(test)]
@@ -66,5 +92,16 @@ mod tests {
         labels.sort_unstable();
         labels.dedup();
         assert_eq!(labels.len() as u32, STAT_COUNT);
+    }
+
+    #[test]
+    fn malformed_reasons_are_drops_and_nothing_else_is() {
+        for (stat, label) in Stat::ALL {
+            assert_eq!(
+                stat.is_malformed(),
+                label.starts_with("drop_") && label.contains("_bad_"),
+                "{label}"
+            );
+        }
     }
 }

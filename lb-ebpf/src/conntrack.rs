@@ -1,7 +1,8 @@
 //! The tracked-flow stage. A client's packet matches its flow's conntrack entry, a server's
 //! reply the reverse (SNAT) entry; either moves the flow's TCP state and, at most once a
-//! second, refreshes its timestamp and its client's stickiness. A flow whose server went
-//! DOWN with `on_down = "reset"` ends here.
+//! second, refreshes its timestamp and its client's stickiness. A TCP flow counts as open
+//! from the client's ACK that completes the handshake until it closes. A flow whose server
+//! went DOWN with `on_down = "reset"` ends here.
 #![expect(
     clippy::needless_borrows_for_generic_args,
     reason = "map keys go by reference: by value they would be copied onto the 512-byte BPF stack"
@@ -10,8 +11,8 @@
 use lb_common::{
     flow::next_tcp_state,
     maps::{
-        ENTRY_COUNTED, ENTRY_DSR, ENTRY_STICKY, FLOW_CLOSING, FLOW_SYN_SEEN, NatEntry,
-        SERVER_RESET_FLOWS,
+        ENTRY_COUNTED, ENTRY_DSR, ENTRY_STICKY, FLOW_CLOSING, FLOW_ESTABLISHED, FLOW_SYN_SEEN,
+        NatEntry, SERVER_RESET_FLOWS,
     },
     stats::Stat,
     wire::IPPROTO_TCP,
@@ -72,22 +73,28 @@ fn close(entry: &mut NatEntry) {
     count(Stat::FLOW_CLOSED);
 }
 
-/// Track a TCP packet's effect on the flow's state (kept in the client-side entry).
+/// Track a TCP packet's effect on the flow's state (kept in the client-side entry). The
+/// entry is written only when the state changes.
 #[inline(always)]
 fn track_tcp(entry: &mut NatEntry, pkt: &Packet, from_server: bool) {
     if !from_server && pkt.is_tcp_syn() && entry.state == FLOW_CLOSING {
-        // The client reuses the tuple for a new connection: same server, open again.
+        // The client reuses the tuple for a new connection: same server, in its handshake
+        // again (open once the client completes it).
         entry.state = FLOW_SYN_SEEN;
-        if entry.flags & ENTRY_COUNTED == 0 {
-            entry.flags |= ENTRY_COUNTED;
-            active_add(entry.server_id, 1);
-        }
         count(Stat::FLOW_REOPENED);
         return;
     }
-    let next = next_tcp_state(entry.state, pkt.tcp_flags, from_server);
-    if next == FLOW_CLOSING && entry.state != FLOW_CLOSING {
+    let dsr = entry.flags & ENTRY_DSR != 0;
+    let next = next_tcp_state(entry.state, pkt.tcp_flags, from_server, dsr);
+    if next == entry.state {
+        return;
+    }
+    if next == FLOW_CLOSING {
         close(entry);
+    } else if next == FLOW_ESTABLISHED && entry.flags & ENTRY_COUNTED == 0 {
+        // The client completed the handshake: from now on the flow counts as open.
+        entry.flags |= ENTRY_COUNTED;
+        active_add(entry.server_id, 1);
     }
     entry.state = next;
 }

@@ -1,6 +1,9 @@
 //! The new-flow stage: a packet of no tracked flow opens one if it is for a frontend (TCP
 //! only with a SYN). The flow gets a server (`select`), an SNAT port reserved in the reverse
-//! table (full NAT), and a conntrack entry; everything else goes to the kernel.
+//! table (full NAT), and a conntrack entry; everything else goes to the kernel. A TCP flow
+//! starts in its handshake, not counted as open; a SYN that finds its SNAT port held by a
+//! handshake idle for `SYN_RECLAIM_NS` takes the port over, so a flood of spoofed SYNs
+//! cannot hold a server's ports for longer than that.
 #![expect(
     clippy::needless_borrows_for_generic_args,
     reason = "map keys and values go by reference: by value they would be copied onto the 512-byte BPF stack"
@@ -8,11 +11,12 @@
 
 use aya_ebpf::bindings::BPF_NOEXIST;
 use lb_common::{
+    flow::is_half_open,
     hash::flow_hash,
     maps::{
-        ENTRY_COUNTED, ENTRY_DSR, ENTRY_REVERSE, ENTRY_STICKY, FLOW_SYN_SEEN, FLOW_UDP,
-        FRONTEND_FLAG_DSR, FRONTEND_FLAG_USERSPACE, FrontendInfo, FrontendKey, NatEntry,
-        SNAT_PORT_MAX, SNAT_PORT_MIN, SNAT_PORT_RETRIES,
+        Addr, ENTRY_COUNTED, ENTRY_DSR, ENTRY_REVERSE, ENTRY_STICKY, FLOW_SYN_SEEN, FLOW_UDP,
+        FRONTEND_FLAG_DSR, FRONTEND_FLAG_USERSPACE, FlowKey, FrontendInfo, FrontendKey, NatEntry,
+        SNAT_PORT_MAX, SNAT_PORT_MIN, SNAT_PORT_RETRIES, SYN_RECLAIM_NS,
     },
     stats::Stat,
     wire::IPPROTO_TCP,
@@ -87,17 +91,17 @@ fn track(
     let server_id = choose_server(pkt, frontend.backend_id, backend, now)?;
     let server = LB_SERVERS.get(server_id).ok_or(Stat::DROP_MAP_ERROR)?;
     let sticky = backend.sticky_ttl_s != 0;
+    let is_tcp = pkt.key.proto == IPPROTO_TCP;
 
     to_server.server_id = server_id;
     to_server.last_seen_ns = now;
     to_server.frontend_id = frontend.frontend_id as u16;
     to_server.backend_id = frontend.backend_id as u16;
-    to_server.state = if pkt.key.proto == IPPROTO_TCP {
-        FLOW_SYN_SEEN
-    } else {
-        FLOW_UDP
-    };
-    to_server.flags = ENTRY_COUNTED | if sticky { ENTRY_STICKY } else { 0 };
+    // A TCP flow counts as open once the client completes the handshake (conntrack); a UDP
+    // flow from its first packet.
+    to_server.state = if is_tcp { FLOW_SYN_SEEN } else { FLOW_UDP };
+    to_server.flags =
+        if is_tcp { 0 } else { ENTRY_COUNTED } | if sticky { ENTRY_STICKY } else { 0 };
     if frontend.flags & FRONTEND_FLAG_DSR != 0 {
         // Addresses and ports stay; the server holds the VIP and answers the client directly.
         to_server.flags |= ENTRY_DSR;
@@ -120,7 +124,9 @@ fn track(
         }
         return Err(Stat::DROP_MAP_ERROR);
     }
-    active_add(server_id, 1);
+    if !is_tcp {
+        active_add(server_id, 1);
+    }
     if sticky {
         remember_client(frontend.backend_id, &pkt.key.src, server_id, now);
     }
@@ -156,6 +162,11 @@ fn reserve_snat_port(pkt: &Packet, to_server: &mut NatEntry, now: u64) -> Result
         if LB_SNAT
             .insert(&*reply_key, &*to_client, u64::from(BPF_NOEXIST))
             .is_ok()
+            || (pkt.key.proto == IPPROTO_TCP
+                && reclaim_half_open(reply_key, now)
+                && LB_SNAT
+                    .insert(&*reply_key, &*to_client, u64::from(BPF_NOEXIST))
+                    .is_ok())
         {
             to_server.sport = reply_key.dport;
             return Ok(());
@@ -163,4 +174,57 @@ fn reserve_snat_port(pkt: &Packet, to_server: &mut NatEntry, now: u64) -> Result
         attempt += 1;
     }
     Err(Stat::DROP_SNAT_EXHAUSTED)
+}
+
+/// Free the SNAT port `reply_key` names if the flow holding it is a TCP handshake idle for
+/// [`SYN_RECLAIM_NS`]: its conntrack entry and its reverse entry are removed. Only when
+/// another SYN finds the port taken, so only under pressure. Deleting the flow's entry
+/// decides between CPUs reclaiming the same port: the one whose delete succeeds removes the
+/// reverse entry, and the insert that follows (`BPF_NOEXIST`) gives the port to one flow.
+#[inline(never)]
+fn reclaim_half_open(reply_key: &FlowKey, now: u64) -> bool {
+    let Some(scratch) = LB_SCRATCH.get_ptr_mut(0) else {
+        return false;
+    };
+    let Some(reverse) = LB_SNAT.get_ptr(reply_key) else {
+        // Freed meanwhile: the caller's insert may now succeed.
+        return true;
+    };
+    // SAFETY: per-CPU slot of this program run; `holder_key` is used here only. The key
+    // lives there rather than on the stack, which the caller's frames already fill.
+    let holder_key = unsafe { &mut (*scratch).holder_key };
+    // SAFETY: map value pointer from a successful lookup.
+    *holder_key = unsafe { (*reverse).reply_key(reply_key.proto) };
+    let Some(holder) = LB_CONNTRACK.get_ptr(&*holder_key) else {
+        // An orphan (its flow evicted): the collector removes it after its grace period.
+        return false;
+    };
+    // SAFETY: as above.
+    let holder = unsafe { &*holder };
+    // The holder must be the flow this port was reserved for (same port, same server): a
+    // client whose entry was evicted and re-created may hold another port now.
+    if !is_half_open(holder.state)
+        || holder.sport != reply_key.dport
+        || !same_addr(&holder.dst, &reply_key.src)
+        || now < holder.last_seen_ns.saturating_add(SYN_RECLAIM_NS)
+    {
+        return false;
+    }
+    if LB_CONNTRACK.remove(&*holder_key).is_err() {
+        return false;
+    }
+    let _ = LB_SNAT.remove(reply_key);
+    count(Stat::FLOW_SYN_RECLAIMED);
+    true
+}
+
+/// Two addresses compared as two 8-byte words.
+#[inline(always)]
+fn same_addr(a: &Addr, b: &Addr) -> bool {
+    let (a, b) = (a.as_ptr() as *const u64, b.as_ptr() as *const u64);
+    // SAFETY: both are 16 bytes; unaligned reads stay inside them.
+    unsafe {
+        a.read_unaligned() == b.read_unaligned()
+            && a.add(1).read_unaligned() == b.add(1).read_unaligned()
+    }
 }

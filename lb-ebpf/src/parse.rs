@@ -1,14 +1,17 @@
 //! Header parsing: Ethernet (one optional 802.1Q tag), IPv4 with any IHL, the fixed IPv6
-//! header, TCP and UDP. Every failure names the counter that explains it.
+//! header, TCP and UDP, with the lengths and flags checked for consistency before anything
+//! looks a flow up. Every failure names the counter that explains it.
 
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::{EbpfContext as _, helpers::generated::bpf_xdp_get_buff_len, programs::XdpContext};
 use lb_common::{
+    flow::valid_tcp_flags,
     maps::{Addr, FlowKey},
     stats::Stat,
     wire::{
         ETH_HLEN, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, ICMP_DEST_UNREACH, ICMP_HLEN,
         ICMPV6_DEST_UNREACH, ICMPV6_PKT_TOOBIG, IPPROTO_FRAGMENT, IPPROTO_ICMP, IPPROTO_ICMPV6,
-        IPPROTO_TCP, IPPROTO_UDP, IPV6_HLEN, TCP_ACK, TCP_FLAGS_OFFSET, TCP_SYN, VLAN_HLEN,
+        IPPROTO_TCP, IPPROTO_UDP, IPV6_HLEN, TCP_ACK, TCP_FLAGS_OFFSET, TCP_HLEN, TCP_SYN,
+        UDP_HLEN, VLAN_HLEN,
     },
 };
 use network_types::{
@@ -61,7 +64,7 @@ pub struct Packet {
     /// The 5-tuple as it arrived (ports in network byte order).
     pub key: FlowKey,
     pub tcp_flags: u8,
-    /// Frame length, for byte counters.
+    /// Frame length (never the IP header's claim), for byte counters.
     pub len: u64,
     /// An ICMP error about a TCP/UDP packet: `key` is then the quoted packet's tuple
     /// reversed (the direction of the flow the error belongs to), and the offsets below
@@ -79,6 +82,8 @@ pub struct Scratch {
     /// A new flow's server-side entry and its key, while an SNAT port is reserved.
     pub reverse: lb_common::maps::NatEntry,
     pub reverse_key: FlowKey,
+    /// The client tuple of a flow whose SNAT port a new SYN may take over.
+    pub holder_key: FlowKey,
 }
 
 impl Packet {
@@ -89,6 +94,8 @@ impl Packet {
 }
 
 /// Parse into `pkt`, which lives in a per-CPU scratch map rather than on the 512-byte stack.
+/// An `Err` names why the packet is not balanced: passed to the kernel, or dropped when
+/// [`Stat::is_malformed`].
 #[inline(always)]
 pub fn parse(ctx: &XdpContext, pkt: &mut Packet) -> Result<(), Stat> {
     let eth: *const EthHdr = ptr_at(ctx, 0).ok_or(Stat::PASS_TRUNCATED)?;
@@ -101,11 +108,15 @@ pub fn parse(ctx: &XdpContext, pkt: &mut Packet) -> Result<(), Stat> {
         ether_type = u16::from_be_bytes(unsafe { *inner });
         l3_offset += VLAN_HLEN;
     }
+    // The whole frame (a multi-buffer frame's fragments included): what byte counters count,
+    // and what the IP header's length may not exceed. A helper, because pointer arithmetic
+    // on the packet end is refused.
+    // SAFETY: the helper only reads the program's own context.
+    let len = unsafe { bpf_xdp_get_buff_len(ctx.as_ptr().cast()) } as usize;
     let key = &mut pkt.key;
     *key = FlowKey::default();
-    // Frame length from the IP header (pointer arithmetic on the packet end is refused in a
-    // subprogram), for byte counters.
-    let len;
+    // The transport segment's length as the IP header gives it.
+    let l4_len;
     let (l4_offset, is_v6) = match ether_type {
         ETH_P_IP => {
             let ip: *const Ipv4Hdr = ptr_at(ctx, l3_offset).ok_or(Stat::PASS_TRUNCATED)?;
@@ -115,13 +126,19 @@ pub fn parse(ctx: &XdpContext, pkt: &mut Packet) -> Result<(), Stat> {
             if ip.vihl >> 4 != 4 || ihl < 5 {
                 return Err(Stat::PASS_TRUNCATED);
             }
+            // Longer than the frame, or shorter than its own header: what the kernel's
+            // ip_rcv drops too. (A frame longer than the packet is Ethernet padding.)
+            let total = usize::from(u16::from_be_bytes(ip.tot_len));
+            if total < ihl * 4 || l3_offset + total > len {
+                return Err(Stat::DROP_IPV4_BAD_LENGTH);
+            }
             // More-fragments flag or a non-zero offset: only the first fragment has ports,
             // and the kernel reassembles better than we could.
             if ip.frags[0] & 0x3f != 0 || ip.frags[1] != 0 {
                 return Err(Stat::PASS_FRAGMENT);
             }
             key.proto = ip.proto;
-            len = (l3_offset + usize::from(u16::from_be_bytes(ip.tot_len))) as u64;
+            l4_len = total - ihl * 4;
             set_v4_mapped(&mut key.src, ip.src_addr);
             set_v4_mapped(&mut key.dst, ip.dst_addr);
             (l3_offset + ihl * 4, false)
@@ -130,17 +147,23 @@ pub fn parse(ctx: &XdpContext, pkt: &mut Packet) -> Result<(), Stat> {
             let ip: *const Ipv6Hdr = ptr_at(ctx, l3_offset).ok_or(Stat::PASS_TRUNCATED)?;
             // SAFETY: bounds checked by ptr_at.
             let ip = unsafe { &*ip };
+            // The payload directly follows: lb balances no packet with extension headers.
+            let payload = usize::from(u16::from_be_bytes(ip.payload_len));
+            if l3_offset + IPV6_HLEN + payload > len {
+                return Err(Stat::DROP_IPV6_BAD_LENGTH);
+            }
             if ip.next_hdr == IPPROTO_FRAGMENT {
                 return Err(Stat::PASS_FRAGMENT);
             }
             key.proto = ip.next_hdr;
-            len = (l3_offset + IPV6_HLEN + usize::from(u16::from_be_bytes(ip.payload_len))) as u64;
+            l4_len = payload;
             key.src = ip.src_addr;
             key.dst = ip.dst_addr;
             (l3_offset + IPV6_HLEN, true)
         }
         _ => return Err(Stat::PASS_NOT_IP),
     };
+    let len = len as u64;
     let mut tcp_flags = 0;
     match key.proto {
         IPPROTO_TCP => {
@@ -149,9 +172,17 @@ pub fn parse(ctx: &XdpContext, pkt: &mut Packet) -> Result<(), Stat> {
             let tcp = unsafe { &*tcp };
             key.sport = u16::from_ne_bytes(tcp.source);
             key.dport = u16::from_ne_bytes(tcp.dest);
-            // The flags byte is inside the 20 bytes just checked; reading through the same
-            // pointer keeps the verifier's bounds proof.
-            tcp_flags = unsafe { *(tcp as *const TcpHdr as *const u8).add(TCP_FLAGS_OFFSET) };
+            // The offset and flags bytes are inside the 20 bytes just checked; reading
+            // through the same pointer keeps the verifier's bounds proof.
+            let raw = tcp as *const TcpHdr as *const u8;
+            let data_offset = usize::from(unsafe { *raw.add(TCP_FLAGS_OFFSET - 1) } >> 4) * 4;
+            tcp_flags = unsafe { *raw.add(TCP_FLAGS_OFFSET) };
+            if data_offset < TCP_HLEN || data_offset > l4_len {
+                return Err(Stat::DROP_TCP_BAD_OFFSET);
+            }
+            if !valid_tcp_flags(tcp_flags) {
+                return Err(Stat::DROP_TCP_BAD_FLAGS);
+            }
         }
         IPPROTO_UDP => {
             let udp: *const UdpHdr = ptr_at(ctx, l4_offset).ok_or(Stat::PASS_TRUNCATED)?;
@@ -159,6 +190,11 @@ pub fn parse(ctx: &XdpContext, pkt: &mut Packet) -> Result<(), Stat> {
             let udp = unsafe { &*udp };
             key.sport = u16::from_ne_bytes(udp.src);
             key.dport = u16::from_ne_bytes(udp.dst);
+            // Shorter than the payload is allowed (the kernel trims the rest), longer not.
+            let udp_len = usize::from(u16::from_be_bytes(udp.len));
+            if udp_len < UDP_HLEN || udp_len > l4_len {
+                return Err(Stat::DROP_UDP_BAD_LENGTH);
+            }
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
             parse_icmp_error(ctx, pkt, l4_offset, is_v6)?;

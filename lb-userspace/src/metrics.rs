@@ -15,6 +15,11 @@ use prometheus_client::{
     registry::Registry,
 };
 
+use lb_common::{
+    maps::SNAT_PORTS,
+    wire::{IPPROTO_TCP, IPPROTO_UDP},
+};
+
 use crate::{
     dataplane::{Dataplane, GcReport},
     health::CheckStats,
@@ -144,6 +149,17 @@ pub fn render(
         "Flows the table can hold",
         capacity.clone(),
     );
+    let half_open = Gauge::<i64>::default();
+    r.register(
+        "lb_conntrack_half_open",
+        "TCP flows whose handshake the client has not completed (not counted as sessions)",
+        half_open.clone(),
+    );
+    let snat_ports = gauge(
+        &mut r,
+        "lb_snat_ports",
+        "SNAT source ports towards each server, used (held by a tracked flow) and free, per protocol",
+    );
 
     let inventory = dataplane.inventory();
     for (id, name) in &inventory.frontends {
@@ -199,6 +215,29 @@ pub fn render(
         srv_sessions.get_or_create(&l).inc_by(s.new_flows);
         srv_in.get_or_create(&l).inc_by(s.bytes_in);
         srv_out.get_or_create(&l).inc_by(s.bytes_out);
+        // Each SNAT address has SNAT_PORTS ports per server port and protocol: the pool a
+        // flood of SYNs would exhaust.
+        for (protocol, number) in [("tcp", IPPROTO_TCP), ("udp", IPPROTO_UDP)] {
+            let used = gc
+                .snat_ports_used
+                .get(&(server.id, number))
+                .copied()
+                .unwrap_or(0);
+            if !server.present && used == 0 {
+                continue;
+            }
+            let free = u64::from(SNAT_PORTS).saturating_sub(used);
+            for (state, value) in [("used", used), ("free", free)] {
+                snat_ports
+                    .get_or_create(&labels(&[
+                        ("backend", &server.backend),
+                        ("server", &address),
+                        ("protocol", protocol),
+                        ("state", state),
+                    ]))
+                    .set(value as i64);
+            }
+        }
     }
     for (backend, [active, weight, open, sessions, bytes_in, bytes_out]) in backends {
         let l = labels(&[("backend", backend)]);
@@ -216,6 +255,7 @@ pub fn render(
     }
     fill.set(gc.flows as i64);
     capacity.set(i64::from(conntrack_size));
+    half_open.set(gc.half_open as i64);
     let mut text = String::new();
     encode(&mut text, &r)?;
     Ok(text)

@@ -512,14 +512,17 @@ fn truncated_headers_pass_without_crash_and_are_counted() {
         }
         .build(b"");
         // Cut inside the 802.1Q tag (the kernel refuses test frames shorter than an
-        // Ethernet header), inside IPv4/IPv6, and inside TCP/UDP.
+        // Ethernet header), inside IPv4/IPv6, and inside TCP/UDP. A cut inside the transport
+        // header with the IP length still claiming all of it is an inconsistent packet
+        // (`inconsistent_packets_are_dropped_before_any_lookup_and_counted`); here the IP
+        // header says where the packet ends.
         let cuts: Vec<Vec<u8>> = vec![
             vlan[..16].to_vec(),
             tcp[..14 + 10].to_vec(),
-            tcp[..34 + 12].to_vec(),
-            udp[..34 + 4].to_vec(),
+            ip_length_to_frame(&tcp[..34 + 12]),
+            ip_length_to_frame(&udp[..34 + 4]),
             v6[..14 + 30].to_vec(),
-            v6[..54 + 10].to_vec(),
+            ip_length_to_frame(&v6[..54 + 10]),
         ];
         let before = fx.counter("pass_truncated");
         for cut in &cuts {
@@ -529,6 +532,27 @@ fn truncated_headers_pass_without_crash_and_are_counted() {
         }
         assert_eq!(fx.counter("pass_truncated"), before + cuts.len() as u64);
     });
+}
+
+/// `frame` (untagged) with its IPv4 total length or IPv6 payload length set to end where the
+/// frame ends (and the IPv4 header checksum updated).
+fn ip_length_to_frame(frame: &[u8]) -> Vec<u8> {
+    let mut frame = frame.to_vec();
+    if frame[12..14] == [0x86, 0xdd] {
+        let payload = (frame.len() - 54) as u16;
+        frame[18..20].copy_from_slice(&payload.to_be_bytes());
+    } else {
+        let total = (frame.len() - 14) as u16;
+        frame[16..18].copy_from_slice(&total.to_be_bytes());
+        fix_ipv4_checksum(&mut frame);
+    }
+    frame
+}
+
+fn fix_ipv4_checksum(frame: &mut [u8]) {
+    frame[24..26].copy_from_slice(&[0, 0]);
+    let c = lb_common::checksum::checksum(0, &frame[14..34]);
+    frame[24..26].copy_from_slice(&c);
 }
 
 fn tcp(flags: u8, sport: u16) -> Vec<u8> {
@@ -555,7 +579,9 @@ const ACK: u8 = 0x10;
 
 #[test]
 fn tcp_state_follows_handshake_close_reset_and_reuse() {
-    use lb_common::maps::{ENTRY_COUNTED, FLOW_CLOSING, FLOW_ESTABLISHED, FLOW_SYN_SEEN, FLOW_UDP};
+    use lb_common::maps::{
+        ENTRY_COUNTED, FLOW_CLOSING, FLOW_ESTABLISHED, FLOW_SYN_RECV, FLOW_SYN_SEEN, FLOW_UDP,
+    };
     with_fixture("states", |fx| {
         let k = key(CLIENT.into(), VIP.into(), 41000, 80, 6);
         let state = |fx: &mut Fixture| {
@@ -568,9 +594,13 @@ fn tcp_state_follows_handshake_close_reset_and_reuse() {
             fx.run(&tcp(TCP_SYN, 41000), fx.client_ifindex).0,
             XDP_REDIRECT
         );
-        assert_eq!(state(fx), Some((FLOW_SYN_SEEN, true)), "SYN opens the flow");
+        assert_eq!(
+            state(fx),
+            Some((FLOW_SYN_SEEN, false)),
+            "a SYN opens the flow, not yet counted as open"
+        );
         let id = server_id(fx);
-        assert_eq!(fx.dataplane.server_active(id).unwrap(), 1);
+        assert_eq!(fx.dataplane.server_active(id).unwrap(), 0);
         let snat_port = u16::from_be(fx.tracked(&k).unwrap().sport);
 
         assert_eq!(
@@ -578,13 +608,14 @@ fn tcp_state_follows_handshake_close_reset_and_reuse() {
                 .0,
             XDP_REDIRECT
         );
+        assert_eq!(state(fx), Some((FLOW_SYN_RECV, false)));
+        fx.run(&tcp(ACK, 41000), fx.client_ifindex);
         assert_eq!(
             state(fx),
             Some((FLOW_ESTABLISHED, true)),
-            "the server's answer establishes"
+            "the client's ACK establishes, and the flow counts"
         );
-        fx.run(&tcp(ACK, 41000), fx.client_ifindex);
-        assert_eq!(state(fx), Some((FLOW_ESTABLISHED, true)));
+        assert_eq!(fx.dataplane.server_active(id).unwrap(), 1);
 
         let closed = fx.counter("flow_closed");
         assert_eq!(
@@ -606,24 +637,95 @@ fn tcp_state_follows_handshake_close_reset_and_reuse() {
             "closing twice counts once"
         );
 
-        // The client reuses the tuple: same server, open again.
+        // The client reuses the tuple: same server, in its handshake again.
         assert_eq!(
             fx.run(&tcp(TCP_SYN, 41000), fx.client_ifindex).0,
             XDP_REDIRECT
         );
-        assert_eq!(state(fx), Some((FLOW_SYN_SEEN, true)));
+        assert_eq!(state(fx), Some((FLOW_SYN_SEEN, false)));
         assert_eq!(server_id(fx), id);
         assert_eq!(fx.counter("flow_reopened"), 1);
+        fx.run(&server_tcp(TCP_SYN_ACK, snat_port), fx.server_ifindex);
+        fx.run(&tcp(ACK, 41000), fx.client_ifindex);
+        assert_eq!(state(fx), Some((FLOW_ESTABLISHED, true)));
+        assert_eq!(fx.dataplane.server_active(id).unwrap(), 1);
 
         // A reset from the server closes as well.
         fx.run(&server_tcp(RST, snat_port), fx.server_ifindex);
         assert_eq!(state(fx), Some((FLOW_CLOSING, false)));
+        assert_eq!(fx.dataplane.server_active(id).unwrap(), 0);
 
-        // UDP flows have their own state.
+        // UDP flows have their own state, and count from their first packet.
         let u = client_frame(CLIENT.into(), VIP.into(), 41001, 53, L4::Udp).build(b"q");
         fx.run(&u, fx.client_ifindex);
         let ku = key(CLIENT.into(), VIP.into(), 41001, 53, 17);
-        assert_eq!(fx.tracked(&ku).unwrap().state, FLOW_UDP);
+        let udp = fx.tracked(&ku).unwrap();
+        assert_eq!(
+            (udp.state, udp.flags & ENTRY_COUNTED != 0),
+            (FLOW_UDP, true)
+        );
+    });
+}
+
+#[test]
+fn a_flow_stays_half_open_after_the_servers_syn_ack_until_the_clients_ack() {
+    use lb_common::{
+        flow::Timeouts,
+        maps::{ENTRY_COUNTED, FLOW_ESTABLISHED, FLOW_SYN_RECV},
+    };
+    with_fixture("half_open", |fx| {
+        let state = |fx: &mut Fixture, port| {
+            fx.tracked(&key(CLIENT.into(), VIP.into(), port, 80, 6))
+                .map(|e| (e.state, e.flags & ENTRY_COUNTED != 0))
+        };
+        // A spoofed client's SYN: the server answers, the source never does.
+        fx.run(&tcp(TCP_SYN, 41200), fx.client_ifindex);
+        let k = key(CLIENT.into(), VIP.into(), 41200, 80, 6);
+        let entry = fx.tracked(&k).unwrap();
+        let (id, snat_port) = (entry.server_id, u16::from_be(entry.sport));
+        for _ in 0..3 {
+            // The server's SYN-ACK and its retransmissions, the client's SYN retransmitted.
+            assert_eq!(
+                fx.run(&server_tcp(TCP_SYN_ACK, snat_port), fx.server_ifindex)
+                    .0,
+                XDP_REDIRECT
+            );
+            fx.run(&tcp(TCP_SYN, 41200), fx.client_ifindex);
+            assert_eq!(
+                state(fx, 41200),
+                Some((FLOW_SYN_RECV, false)),
+                "the server's SYN-ACK does not establish"
+            );
+            assert_eq!(fx.dataplane.server_active(id).unwrap(), 0);
+        }
+        // A real client completes its handshake.
+        fx.run(&tcp(TCP_SYN, 41201), fx.client_ifindex);
+        let real = fx
+            .tracked(&key(CLIENT.into(), VIP.into(), 41201, 80, 6))
+            .unwrap();
+        fx.run(
+            &server_tcp(TCP_SYN_ACK, u16::from_be(real.sport)),
+            fx.server_ifindex,
+        );
+        assert_eq!(state(fx, 41201), Some((FLOW_SYN_RECV, false)));
+        fx.run(&tcp(ACK, 41201), fx.client_ifindex);
+        assert_eq!(state(fx, 41201), Some((FLOW_ESTABLISHED, true)));
+        assert_eq!(fx.dataplane.server_active(id).unwrap(), 1);
+
+        // The half-open flow keeps the SYN timeout: gone after 11 s, the other stays.
+        let t = Timeouts {
+            syn_ns: 10_000_000_000,
+            established_ns: 100_000_000_000,
+            closing_ns: 5_000_000_000,
+            udp_ns: 30_000_000_000,
+        };
+        let now = lb_userspace::dataplane::monotonic_now_ns();
+        let r = fx.dataplane.gc(now + 11_000_000_000, &t).unwrap();
+        assert_eq!(r.expired, 1);
+        assert_eq!(r.half_open, 0);
+        assert_eq!(state(fx, 41200), None, "the unanswered handshake expired");
+        assert_eq!(state(fx, 41201), Some((FLOW_ESTABLISHED, true)));
+        assert_eq!(r.active.get(&id).copied(), Some(1));
     });
 }
 
@@ -644,6 +746,7 @@ fn idle_flows_expire_by_state_and_counts_are_reconciled() {
             let k = key(CLIENT.into(), VIP.into(), port, 80, 6);
             let snat = u16::from_be(fx.tracked(&k).unwrap().sport);
             fx.run(&server_tcp(TCP_SYN_ACK, snat), fx.server_ifindex);
+            fx.run(&tcp(ACK, port), fx.client_ifindex);
         }
         fx.run(&tcp(FIN_ACK, 41102), fx.client_ifindex);
         fx.run(
@@ -669,9 +772,10 @@ fn idle_flows_expire_by_state_and_counts_are_reconciled() {
         assert!(fx.tracked(&closing).is_none() && fx.tracked(&syn).is_some());
         assert_eq!(
             r.active.get(&server).copied(),
-            Some(3),
-            "syn, established and UDP stay open"
+            Some(2),
+            "established and UDP stay open; the unanswered SYN stays but does not count"
         );
+        assert_eq!(r.half_open, 1);
 
         let r = fx.dataplane.gc(now + 11_000_000_000, &t).unwrap();
         assert_eq!(r.expired, 1, "after 11 s the unanswered SYN is gone");
@@ -981,6 +1085,9 @@ fn flows_of_a_down_server_are_reset_when_its_backend_says_so() {
         assert_eq!(fx.run(&syn, fx.client_ifindex).0, XDP_REDIRECT);
         let k = key(CLIENT.into(), VIP.into(), 42000, 80, 6);
         let tracked = fx.tracked(&k).expect("the flow is tracked");
+        let snat = u16::from_be(tracked.sport);
+        fx.run(&server_tcp(TCP_SYN_ACK, snat), fx.server_ifindex);
+        fx.run(&tcp(ACK, 42000), fx.client_ifindex);
         let udp = client_frame(CLIENT.into(), VIP.into(), 42001, 53, L4::Udp).build(b"q");
         assert_eq!(fx.run(&udp, fx.client_ifindex).0, XDP_REDIRECT);
 
@@ -1060,5 +1167,350 @@ fn flows_of_a_down_server_are_reset_when_its_backend_says_so() {
         assert_eq!(fx.run(&udp, fx.client_ifindex).0, XDP_DROP);
         assert_eq!(fx.counter("flow_reset_rebalanced"), 1);
         assert_eq!(fx.counter("drop_no_server"), 1);
+    });
+}
+
+/// One class of inconsistent packet: how to break a valid frame, and the counter it lands in.
+struct Broken {
+    what: &'static str,
+    frame: Vec<u8>,
+    counter: &'static str,
+}
+
+/// Every inconsistent frame, built from valid ones to the VIP (v4: 198.18.0.2:`sport` ->
+/// VIP:80/53; v6 likewise).
+fn broken_frames(sport: u16) -> Vec<Broken> {
+    let syn = |flags| tcp(flags, sport);
+    let v4_tcp = syn(TCP_SYN);
+    let v4_udp = client_frame(CLIENT.into(), VIP.into(), sport, 53, L4::Udp).build(b"hello");
+    let v6_syn = client_frame(
+        CLIENT6.into(),
+        VIP6.into(),
+        sport,
+        80,
+        L4::Tcp { flags: TCP_SYN },
+    )
+    .build(b"");
+    let edit = |frame: &[u8], at: usize, bytes: &[u8]| {
+        let mut f = frame.to_vec();
+        f[at..at + bytes.len()].copy_from_slice(bytes);
+        if f[12..14] == [0x08, 0x00] {
+            fix_ipv4_checksum(&mut f);
+        }
+        f
+    };
+    // Offsets: IPv4 total length at 16, TCP data offset at 34 + 12, UDP length at 34 + 4,
+    // IPv6 payload length at 18.
+    let mut cases = vec![
+        Broken {
+            what: "TCP data offset 4 (16-byte header)",
+            frame: edit(&v4_tcp, 46, &[0x40]),
+            counter: "drop_tcp_bad_offset",
+        },
+        Broken {
+            what: "TCP data offset 0",
+            frame: edit(&v4_tcp, 46, &[0x00]),
+            counter: "drop_tcp_bad_offset",
+        },
+        Broken {
+            what: "TCP data offset 15 (60 bytes) in a 20-byte segment",
+            frame: edit(&v4_tcp, 46, &[0xf0]),
+            counter: "drop_tcp_bad_offset",
+        },
+        Broken {
+            what: "UDP length beyond the IP payload",
+            frame: edit(&v4_udp, 38, &200u16.to_be_bytes()),
+            counter: "drop_udp_bad_length",
+        },
+        Broken {
+            what: "UDP length below its own header",
+            frame: edit(&v4_udp, 38, &4u16.to_be_bytes()),
+            counter: "drop_udp_bad_length",
+        },
+        Broken {
+            what: "IPv4 total length 65535 in a 54-byte frame",
+            frame: edit(&v4_tcp, 16, &65535u16.to_be_bytes()),
+            counter: "drop_ipv4_bad_length",
+        },
+        Broken {
+            what: "IPv4 total length below the IPv4 header",
+            frame: edit(&v4_tcp, 16, &16u16.to_be_bytes()),
+            counter: "drop_ipv4_bad_length",
+        },
+        Broken {
+            what: "IPv4 frame cut inside TCP, total length still claiming all of it",
+            frame: v4_tcp[..34 + 12].to_vec(),
+            counter: "drop_ipv4_bad_length",
+        },
+        Broken {
+            what: "IPv4 total length ending inside the TCP header",
+            frame: edit(&v4_tcp, 16, &30u16.to_be_bytes()),
+            counter: "drop_tcp_bad_offset",
+        },
+        Broken {
+            what: "IPv6 payload length beyond the frame",
+            frame: edit(&v6_syn, 18, &1000u16.to_be_bytes()),
+            counter: "drop_ipv6_bad_length",
+        },
+        Broken {
+            what: "IPv6 payload length ending inside the TCP header",
+            frame: edit(&v6_syn, 18, &8u16.to_be_bytes()),
+            counter: "drop_tcp_bad_offset",
+        },
+    ];
+    for (what, flags) in [
+        ("SYN+FIN", TCP_SYN | 0x01),
+        ("SYN+RST", TCP_SYN | RST),
+        ("SYN+FIN+ACK", TCP_SYN | FIN_ACK),
+        ("FIN without ACK", 0x01),
+        ("no flags", 0x00),
+        ("FIN+PSH+URG (Xmas)", 0x29),
+        ("FIN+RST+ACK", FIN_ACK | RST),
+    ] {
+        cases.push(Broken {
+            what,
+            frame: syn(flags),
+            counter: "drop_tcp_bad_flags",
+        });
+    }
+    cases
+}
+
+#[test]
+fn inconsistent_packets_are_dropped_before_any_lookup_and_counted() {
+    with_fixture("inconsistent", |fx| {
+        // Every frontend of the fixture's config (ids 0..4, in config order).
+        let fe = |fx: &mut Fixture| {
+            (0..4)
+                .map(|id| fx.dataplane.frontend_stats(id).unwrap())
+                .collect::<Vec<_>>()
+        };
+        let before_fe = fe(fx);
+        for (i, case) in broken_frames(46000).into_iter().enumerate() {
+            let sport = 46000;
+            let (new_flows, reason, drops) = (
+                fx.counter("flow_new"),
+                fx.counter(case.counter),
+                fx.counter("verdict_drop"),
+            );
+            let (verdict, _) = fx.run(&case.frame, fx.client_ifindex);
+            assert_eq!(verdict, XDP_DROP, "{} ({i})", case.what);
+            assert_eq!(
+                fx.counter(case.counter),
+                reason + 1,
+                "{} counts as {}",
+                case.what,
+                case.counter
+            );
+            assert_eq!(fx.counter("verdict_drop"), drops + 1);
+            assert_eq!(
+                fx.counter("flow_new"),
+                new_flows,
+                "{} opened a flow",
+                case.what
+            );
+            for (client, vip, port, proto) in [
+                (IpAddr::from(CLIENT), IpAddr::from(VIP), 80, 6),
+                (CLIENT.into(), VIP.into(), 53, 17),
+                (CLIENT6.into(), VIP6.into(), 80, 6),
+            ] {
+                assert!(
+                    fx.tracked(&key(client, vip, sport, port, proto)).is_none(),
+                    "{} is tracked",
+                    case.what
+                );
+            }
+        }
+        assert_eq!(
+            fe(fx),
+            before_fe,
+            "nothing was counted on the frontend: not a packet, not a byte"
+        );
+    });
+}
+
+#[test]
+fn inconsistent_packets_of_an_established_flow_leave_it_untouched() {
+    use lb_common::maps::{ENTRY_COUNTED, FLOW_ESTABLISHED};
+    with_fixture("inconsistent_est", |fx| {
+        let sport = 46100;
+        fx.run(&tcp(TCP_SYN, sport), fx.client_ifindex);
+        let k = key(CLIENT.into(), VIP.into(), sport, 80, 6);
+        let snat = u16::from_be(fx.tracked(&k).unwrap().sport);
+        fx.run(&server_tcp(TCP_SYN_ACK, snat), fx.server_ifindex);
+        fx.run(&tcp(ACK, sport), fx.client_ifindex);
+        let established = fx.tracked(&k).unwrap();
+        assert_eq!(established.state, FLOW_ESTABLISHED);
+        let active = fx.dataplane.server_active(established.server_id).unwrap();
+        // SYN+FIN, RST+FIN and friends would close the flow if they were tracked.
+        for case in broken_frames(sport) {
+            assert_eq!(
+                fx.run(&case.frame, fx.client_ifindex).0,
+                XDP_DROP,
+                "{}",
+                case.what
+            );
+        }
+        let after = fx.tracked(&k).unwrap();
+        assert_eq!(
+            (after.state, after.flags & ENTRY_COUNTED != 0),
+            (FLOW_ESTABLISHED, true)
+        );
+        assert_eq!(
+            fx.dataplane.server_active(established.server_id).unwrap(),
+            active
+        );
+        assert_eq!(fx.counter("flow_closed"), 0);
+        // A real segment still goes through.
+        assert_eq!(fx.run(&tcp(ACK, sport), fx.client_ifindex).0, XDP_REDIRECT);
+    });
+}
+
+#[test]
+fn byte_counters_count_the_frame_not_the_ip_headers_claim() {
+    with_fixture("frame_bytes", |fx| {
+        // A 54-byte SYN padded to the 60-byte Ethernet minimum: balanced, padding and all,
+        // and counted as the 60 bytes it is.
+        let mut syn = tcp(TCP_SYN, 46200);
+        assert_eq!(syn.len(), 54);
+        syn.extend_from_slice(&[0; 6]);
+        let before = fx.dataplane.frontend_stats(0).unwrap();
+        let (verdict, out) = fx.run(&syn, fx.client_ifindex);
+        assert_eq!(verdict, XDP_REDIRECT);
+        assert_eq!(out.len(), 60);
+        assert_eq!(&out[54..], &[0; 6]);
+        let after = fx.dataplane.frontend_stats(0).unwrap();
+        assert_eq!(after.packets_in - before.packets_in, 1);
+        assert_eq!(after.bytes_in - before.bytes_in, 60);
+
+        // The 1000 54-byte frames claiming 65535 bytes each: dropped, and not
+        // 65 MB on the frontend.
+        let mut lying = tcp(TCP_SYN, 46201);
+        lying[16..18].copy_from_slice(&65535u16.to_be_bytes());
+        fix_ipv4_checksum(&mut lying);
+        for _ in 0..1000 {
+            assert_eq!(fx.run(&lying, fx.client_ifindex).0, XDP_DROP);
+        }
+        assert_eq!(fx.counter("drop_ipv4_bad_length"), 1000);
+        assert_eq!(fx.dataplane.frontend_stats(0).unwrap(), after);
+    });
+}
+
+#[test]
+fn half_open_flows_give_their_snat_ports_up_after_a_second_established_ones_never() {
+    use lb_common::maps::{FLOW_ESTABLISHED, FLOW_SYN_RECV, MAP_SNAT, SNAT_PORTS, SYN_RECLAIM_NS};
+    with_fixture("reclaim", |fx| {
+        // A first flow gives the shapes of a client-side and a server-side entry.
+        fx.run(&tcp(TCP_SYN, 47000), fx.client_ifindex);
+        let first_key = key(CLIENT.into(), VIP.into(), 47000, 80, 6);
+        let first = fx.tracked(&first_key).unwrap();
+        let first_port = u16::from_be(first.sport);
+        let reverse_of = |fx: &mut Fixture, port: u16| {
+            let map = fx.dataplane.ebpf_mut().map(MAP_SNAT).unwrap();
+            let snat: BpfHashMap<&MapData, FlowKey, NatEntry> = BpfHashMap::try_from(map).unwrap();
+            let reverse_key = NatEntry {
+                sport: port.to_be(),
+                ..first
+            }
+            .reply_key(6);
+            snat.get(&reverse_key, 0).ok().map(|r| (reverse_key, r))
+        };
+        let (_, first_reverse) = reverse_of(fx, first_port).unwrap();
+
+        // Every other port of the server's range is held by a spoofed client's handshake
+        // (198.19.x.y:1000 -> VIP:80), the server having answered.
+        let holder = |port: u16| {
+            let i = u32::from(port);
+            key(
+                Ipv4Addr::new(198, 19, (i >> 8) as u8, i as u8).into(),
+                VIP.into(),
+                1000,
+                80,
+                6,
+            )
+        };
+        // `every`: the first flow's port too (its reverse entry is then a spoofed one's).
+        let fill = |fx: &mut Fixture, state: u8, last_seen_ns: u64, every: bool| {
+            let ports = (SNAT_PORT_MIN..=SNAT_PORT_MAX).filter(move |p| every || *p != first_port);
+            {
+                let map = fx.dataplane.ebpf_mut().map_mut(MAP_CONNTRACK).unwrap();
+                let mut ct: BpfHashMap<&mut MapData, FlowKey, NatEntry> =
+                    BpfHashMap::try_from(map).unwrap();
+                for port in ports.clone() {
+                    let entry = NatEntry {
+                        sport: port.to_be(),
+                        state,
+                        flags: 0,
+                        last_seen_ns,
+                        ..first
+                    };
+                    ct.insert(holder(port), entry, 0).unwrap();
+                }
+            }
+            let map = fx.dataplane.ebpf_mut().map_mut(MAP_SNAT).unwrap();
+            let mut snat: BpfHashMap<&mut MapData, FlowKey, NatEntry> =
+                BpfHashMap::try_from(map).unwrap();
+            for port in ports {
+                let k = holder(port);
+                let reverse = NatEntry {
+                    dst: k.src,
+                    dport: k.sport,
+                    last_seen_ns,
+                    ..first_reverse
+                };
+                let reverse_key = NatEntry {
+                    sport: port.to_be(),
+                    ..first
+                }
+                .reply_key(6);
+                snat.insert(reverse_key, reverse, 0).unwrap();
+            }
+        };
+        let now = lb_userspace::dataplane::monotonic_now_ns;
+        fill(fx, FLOW_SYN_RECV, now(), false);
+        let r = fx
+            .dataplane
+            .gc(now(), &lb_common::flow::Timeouts::default())
+            .unwrap();
+        assert_eq!(
+            r.snat_ports_used.get(&(first.server_id, 6)).copied(),
+            Some(u64::from(SNAT_PORTS)),
+            "the collector sees every port of the server taken"
+        );
+
+        // Handshakes younger than a second keep their ports: the new SYN finds none.
+        assert_eq!(fx.run(&tcp(TCP_SYN, 47001), fx.client_ifindex).0, XDP_DROP);
+        assert_eq!(fx.counter("drop_snat_exhausted"), 1);
+        assert_eq!(fx.counter("flow_syn_reclaimed"), 0);
+
+        // Idle past SYN_RECLAIM_NS, a handshake gives its port to the next SYN.
+        fill(fx, FLOW_SYN_RECV, now() - SYN_RECLAIM_NS - 1_000_000, false);
+        assert_eq!(
+            fx.run(&tcp(TCP_SYN, 47002), fx.client_ifindex).0,
+            XDP_REDIRECT
+        );
+        assert_eq!(fx.counter("flow_syn_reclaimed"), 1);
+        let taken = fx
+            .tracked(&key(CLIENT.into(), VIP.into(), 47002, 80, 6))
+            .expect("the new flow is tracked");
+        let port = u16::from_be(taken.sport);
+        assert!(
+            fx.tracked(&holder(port)).is_none(),
+            "the spoofed handshake that held port {port} is gone"
+        );
+        let (_, reverse) = reverse_of(fx, port).unwrap();
+        assert_eq!(
+            (reverse.dst, u16::from_be(reverse.dport)),
+            (addr16(CLIENT.into()), 47002),
+            "the port's replies go to the new client"
+        );
+
+        // Established flows never give their ports up, however idle.
+        fill(fx, FLOW_ESTABLISHED, now() - 100 * SYN_RECLAIM_NS, true);
+        let exhausted = fx.counter("drop_snat_exhausted");
+        let verdict = fx.run(&tcp(TCP_SYN, 47003), fx.client_ifindex).0;
+        assert_eq!(verdict, XDP_DROP);
+        assert_eq!(fx.counter("drop_snat_exhausted"), exhausted + 1);
+        assert_eq!(fx.counter("flow_syn_reclaimed"), 1);
     });
 }

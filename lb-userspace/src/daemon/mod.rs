@@ -112,6 +112,16 @@ impl Daemon {
             mib = (u64::from(size) * BYTES_PER_FLOW) >> 20,
             "connection table allocated (client-side and server-side entries)"
         );
+        info!(
+            ports = %format_args!(
+                "{}-{}",
+                lb_common::maps::SNAT_PORT_MIN,
+                lb_common::maps::SNAT_PORT_MAX
+            ),
+            per_server = lb_common::maps::SNAT_PORTS,
+            syn_reclaim_ms = lb_common::maps::SYN_RECLAIM_NS / 1_000_000,
+            "SNAT source ports: per SNAT address, server port and protocol; handshakes idle past syn_reclaim_ms give theirs to new SYNs"
+        );
         let (collect, collected) = collect::spawn(dataplane.collector()?, &config);
         let (reports, probes) = mpsc::unbounded_channel();
         let live = Arc::new(RwLock::new(api::types::Live::default()));

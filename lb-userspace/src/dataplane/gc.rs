@@ -6,10 +6,11 @@ use std::{collections::HashMap, os::fd::AsFd as _};
 use anyhow::{Context as _, Result, anyhow};
 use aya::maps::{Array, HashMap as BpfHashMap, MapData};
 use lb_common::{
-    flow::Timeouts,
+    flow::{Timeouts, is_half_open},
     maps::{
         ENTRY_COUNTED, ENTRY_DSR, FlowKey, MAP_CONNTRACK, MAP_SERVER_ACTIVE, MAP_SNAT, NatEntry,
     },
+    wire::IPPROTO_TCP,
 };
 use tracing::debug;
 
@@ -25,6 +26,12 @@ pub struct GcReport {
     pub flows: usize,
     pub expired: usize,
     pub orphans: usize,
+    /// TCP flows left whose handshake the client has not completed (they do not count as
+    /// open).
+    pub half_open: usize,
+    /// SNAT ports held (reverse entries left) per server id and IP protocol; each server
+    /// has `SNAT_PORTS` per protocol and SNAT address.
+    pub snat_ports_used: HashMap<(u32, u8), u64>,
     /// Open flows per server id after reconciliation.
     pub active: HashMap<u32, u64>,
     /// Open flows per frontend id.
@@ -70,7 +77,8 @@ impl Dataplane {
 impl Collector {
     /// Remove flows idle past their state's timeout (and reverse entries whose flow is
     /// gone), then set the open-flow count of every server in `servers` from what
-    /// remains, so the counts the data plane keeps can never drift.
+    /// remains, so the counts the data plane keeps can never drift. The report also says
+    /// how many handshakes are pending and how many SNAT ports each server's flows hold.
     pub fn run(&mut self, now_ns: u64, timeouts: &Timeouts, servers: &[u32]) -> Result<GcReport> {
         let mut report = GcReport::default();
         let flows: Vec<(FlowKey, NatEntry)> =
@@ -80,7 +88,12 @@ impl Collector {
         for (key, entry) in &flows {
             if timeouts.expired(entry.state, entry.last_seen_ns, now_ns) {
                 expired.push((*key, *entry));
-            } else if entry.flags & ENTRY_COUNTED != 0 {
+                continue;
+            }
+            if key.proto == IPPROTO_TCP && is_half_open(entry.state) {
+                report.half_open += 1;
+            }
+            if entry.flags & ENTRY_COUNTED != 0 {
                 *report.active.entry(entry.server_id).or_default() += 1;
                 *report
                     .active_per_frontend
@@ -88,31 +101,41 @@ impl Collector {
                     .or_default() += 1;
             }
         }
-        for (key, _) in &expired {
-            let _ = self.conntrack.remove(key);
-        }
-        let reverse: Vec<(FlowKey, NatEntry)> = self.snat.iter().filter_map(|r| r.ok()).collect();
-        // A reverse entry is an orphan when its flow is gone (LRU eviction) now, not in the
-        // snapshot above (a flow may have opened since), and it is older than a grace period
-        // (the data plane inserts it just before the flow's own entry).
-        let orphans: Vec<FlowKey> = reverse
-            .iter()
-            .filter(|(key, entry)| {
-                now_ns.saturating_sub(entry.last_seen_ns) > ORPHAN_GRACE_NS
-                    && self.conntrack.get(&entry.reply_key(key.proto), 0).is_err()
-            })
-            .map(|(key, _)| *key)
-            .collect();
         for (key, entry) in &expired {
-            if entry.flags & ENTRY_DSR == 0 {
-                let _ = self.snat.remove(&entry.reply_key(key.proto));
+            // Only a flow this pass removed takes its reverse entry along, and only while
+            // that entry is still the flow's own: the data plane may have removed the flow
+            // first, to give its port to a new flow (a handshake idle past SYN_RECLAIM_NS).
+            if self.conntrack.remove(key).is_ok() && entry.flags & ENTRY_DSR == 0 {
+                let reverse_key = entry.reply_key(key.proto);
+                let own = self
+                    .snat
+                    .get(&reverse_key, 0)
+                    .is_ok_and(|r| r.reply_key(key.proto) == *key);
+                if own {
+                    let _ = self.snat.remove(&reverse_key);
+                }
             }
         }
-        for key in &orphans {
-            let _ = self.snat.remove(key);
-        }
         report.expired = expired.len();
-        report.orphans = orphans.len();
+        // A reverse entry is an orphan when its flow is gone (LRU eviction) now, not in the
+        // snapshot above (a flow may have opened since), and it is older than a grace period
+        // (the data plane inserts it just before the flow's own entry). It is read again
+        // before it goes: its port may have been given to a new flow meanwhile. (Collected
+        // first: removing keys while the kernel walks them would restart the walk.)
+        let reverse: Vec<(FlowKey, NatEntry)> = self.snat.iter().filter_map(|r| r.ok()).collect();
+        for (key, entry) in reverse {
+            let orphan = now_ns.saturating_sub(entry.last_seen_ns) > ORPHAN_GRACE_NS
+                && self.conntrack.get(&entry.reply_key(key.proto), 0).is_err();
+            if orphan && self.snat.get(&key, 0).is_ok_and(|now| now == entry) {
+                let _ = self.snat.remove(&key);
+                report.orphans += 1;
+                continue;
+            }
+            *report
+                .snat_ports_used
+                .entry((entry.server_id, key.proto))
+                .or_default() += 1;
+        }
         for id in servers {
             self.active
                 .set(*id, report.active.get(id).copied().unwrap_or(0), 0)?;
