@@ -5,6 +5,7 @@
 //! Everything stays inside namespaces this crate creates and uses only 198.18.0.0/15.
 
 pub mod fixture;
+pub mod flood;
 pub mod netns;
 pub mod packets;
 pub mod services;

@@ -235,16 +235,26 @@ pub struct LongConn {
 impl LongConn {
     /// Connect (optionally from a fixed source address) and make a first exchange.
     pub fn open(source: Option<SocketAddr>, target: SocketAddr) -> Result<LongConn> {
+        Self::open_within(source, target, IO_TIMEOUT)
+    }
+
+    /// As [`LongConn::open`], with `timeout` for the connect and for the first exchange
+    /// (later exchanges wait as long as [`LongConn::open`]'s).
+    pub fn open_within(
+        source: Option<SocketAddr>,
+        target: SocketAddr,
+        timeout: Duration,
+    ) -> Result<LongConn> {
         let domain = socket2::Domain::for_address(target);
         let sock = socket2::Socket::new(domain, socket2::Type::STREAM, None)?;
         if let Some(source) = source {
             sock.set_reuse_address(true)?;
             sock.bind(&source.into())?;
         }
-        sock.connect_timeout(&target.into(), IO_TIMEOUT)
+        sock.connect_timeout(&target.into(), timeout)
             .context("connect")?;
         let conn: TcpStream = sock.into();
-        conn.set_read_timeout(Some(IO_TIMEOUT))?;
+        conn.set_read_timeout(Some(timeout))?;
         conn.set_nodelay(true)?;
         let mut c = LongConn {
             writer: conn.try_clone()?,
@@ -252,6 +262,7 @@ impl LongConn {
             server: String::new(),
         };
         c.server = c.exchange()?;
+        c.writer.set_read_timeout(Some(IO_TIMEOUT))?;
         Ok(c)
     }
 
@@ -264,6 +275,41 @@ impl LongConn {
         }
         Ok(line.trim().to_string())
     }
+}
+
+/// Open `count` new connections to `target` from `client`, each attempt bounded by a short
+/// timeout, retrying until `deadline`; fails with what the last attempt said if the deadline
+/// passes first.
+pub fn connect_by(
+    client: &NetNs,
+    target: SocketAddr,
+    count: usize,
+    deadline: std::time::Instant,
+) -> Result<Vec<LongConn>> {
+    client
+        .run(move || {
+            let (mut conns, mut failed, mut last) = (Vec::new(), 0, None);
+            while conns.len() < count {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    bail!(
+                        "{} of {count} new connections by the deadline ({failed} attempts failed, the last: {})",
+                        conns.len(),
+                        last.unwrap_or_default()
+                    );
+                }
+                match LongConn::open_within(None, target, left.min(Duration::from_millis(250))) {
+                    Ok(c) => conns.push(c),
+                    Err(e) => {
+                        failed += 1;
+                        last = Some(format!("{e:#}"));
+                    }
+                }
+            }
+            Ok(conns)
+        })?
+        .join()
+        .map_err(|_| anyhow::anyhow!("client thread panicked"))?
 }
 
 /// `GET /metrics` over HTTP/1.0; returns the whole response, headers included.

@@ -37,8 +37,8 @@ enum Task {
         /// Every workload briefly (under 90 s in all).
         #[arg(long)]
         quick: bool,
-        /// One group only, when working on it: micro, maglev, systems or http.
-        #[arg(long, value_parser = ["micro", "maglev", "systems", "http"])]
+        /// One group only, when working on it: micro, maglev, systems, http or flood.
+        #[arg(long, value_parser = ["micro", "maglev", "systems", "http", "flood"])]
         only: Option<String>,
     },
 }

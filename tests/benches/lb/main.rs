@@ -1,9 +1,10 @@
 //! `cargo xtask bench`: lb against the kernel, nftables and HAProxy on one topology in one
-//! run, the XDP object against the cost of XDP itself, and Maglev's quality. Writes a table
-//! to stdout, `results.json` and `results.svg`.
+//! run, the XDP object against the cost of XDP itself, Maglev's quality, and the SYN flood
+//! rate lb survives. Writes a table to stdout, `results.json` and `results.svg`.
 //!
 //! Usage: `lb --out DIR [--quick] [--check] [--only GROUP]` (run through `cargo xtask bench`).
 
+mod flood;
 mod http;
 mod maglev;
 mod micro;
@@ -155,6 +156,7 @@ fn expected_rows() -> Vec<(String, String)> {
         ("maglev-disruption", "lb"),
         ("maglev-apply-500-servers", "lb"),
         ("maglev-apply-remove-1-of-500", "lb"),
+        ("syn-flood-survived", "lb-nat"),
     ] {
         expected.push((workload.into(), system.into()));
     }
@@ -172,7 +174,7 @@ fn expected_rows() -> Vec<(String, String)> {
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let (mut quick, mut check, mut replot, mut out) = (false, false, false, None);
-    // One group only (micro, maglev, systems, http): for working on one part.
+    // One group only (micro, maglev, systems, http, flood): for working on one part.
     let mut only: Option<String> = None;
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -185,7 +187,7 @@ fn main() -> Result<()> {
             // cargo bench passes --bench to harness=false targets.
             "--bench" => {}
             other => bail!(
-                "unknown argument {other:?}; usage: --out DIR [--quick] [--check] [--only micro|maglev|systems|http]"
+                "unknown argument {other:?}; usage: --out DIR [--quick] [--check] [--only micro|maglev|systems|http|flood]"
             ),
         }
     }
@@ -219,6 +221,9 @@ fn main() -> Result<()> {
     }
     if runs("http") {
         rows.extend(http::run(&settings).context("HTTP proxy comparison")?);
+    }
+    if runs("flood") {
+        rows.extend(flood::run(&settings).context("SYN flood")?);
     }
     add_ratios(&mut rows);
 
