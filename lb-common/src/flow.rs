@@ -2,7 +2,9 @@
 //! flag combinations a real TCP sends at all.
 
 use crate::{
-    maps::{FLOW_CLOSING, FLOW_ESTABLISHED, FLOW_SYN_RECV, FLOW_SYN_SEEN, FLOW_UDP},
+    maps::{
+        ENTRY_ESTABLISHED, FLOW_CLOSING, FLOW_ESTABLISHED, FLOW_SYN_RECV, FLOW_SYN_SEEN, FLOW_UDP,
+    },
     wire::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
@@ -34,6 +36,13 @@ pub const fn next_tcp_state(state: u8, flags: u8, from_server: bool, dsr: bool) 
 #[inline(always)]
 pub const fn is_half_open(state: u8) -> bool {
     state == FLOW_SYN_SEEN || state == FLOW_SYN_RECV
+}
+
+/// A TCP flow (`state`, `flags` of its client-side entry) that never completed its
+/// handshake: still in it, or closed from it. Such a flow may give its SNAT port up.
+#[inline(always)]
+pub const fn never_established(state: u8, flags: u8) -> bool {
+    flags & ENTRY_ESTABLISHED == 0 && (is_half_open(state) || state == FLOW_CLOSING)
 }
 
 /// The TCP flags lb looks at: FIN, SYN, RST, ACK and URG (PSH, ECE and CWR go with any).
@@ -153,6 +162,14 @@ mod tests {
         assert!(is_half_open(FLOW_SYN_SEEN) && is_half_open(FLOW_SYN_RECV));
         assert!(!is_half_open(FLOW_ESTABLISHED) && !is_half_open(FLOW_CLOSING));
         assert!(!is_half_open(FLOW_UDP));
+        assert!(never_established(FLOW_SYN_RECV, 0));
+        assert!(
+            never_established(FLOW_CLOSING, 0),
+            "a handshake the server reset"
+        );
+        assert!(!never_established(FLOW_CLOSING, ENTRY_ESTABLISHED));
+        assert!(!never_established(FLOW_ESTABLISHED, ENTRY_ESTABLISHED));
+        assert!(!never_established(FLOW_UDP, 0));
     }
 
     #[test]

@@ -101,11 +101,11 @@ pub const SNAT_PORT_MAX: u16 = 32767;
 pub const SNAT_PORTS: u32 = SNAT_PORT_MAX as u32 - SNAT_PORT_MIN as u32 + 1;
 /// How many ports a new flow tries before it is dropped as "SNAT ports exhausted".
 pub const SNAT_PORT_RETRIES: u32 = 8;
-/// A TCP flow still in its handshake (`FLOW_SYN_SEEN` / `FLOW_SYN_RECV`) idle this long
-/// gives its SNAT port up to a new SYN that finds the port taken: the client has not
-/// completed the handshake within TCP's initial retransmission timeout (1 s, RFC 6298), so
-/// it is a spoofed source, or a client that retransmits its SYN anyway. Established flows
-/// never give their port up.
+/// A TCP flow that never completed its handshake (still in it, or closed from it, as a
+/// spoofed SYN the server reset) idle this long gives its SNAT port up to a new SYN that
+/// finds the port taken: the client has not completed the handshake within TCP's initial
+/// retransmission timeout (1 s, RFC 6298), so it is a spoofed source, or a client that
+/// retransmits its SYN anyway. Flows that were established never give their port up.
 pub const SYN_RECLAIM_NS: u64 = 1_000_000_000;
 
 /// The frontend is served by the userspace proxy: XDP passes its packets to the kernel.
@@ -138,6 +138,9 @@ pub const ENTRY_COUNTED: u8 = 2;
 pub const ENTRY_DSR: u8 = 4;
 /// The flow's backend has source-IP stickiness.
 pub const ENTRY_STICKY: u8 = 8;
+/// The TCP connection on this tuple completed its handshake (set at establishment, kept
+/// through closing, cleared when the tuple is reused for a new connection).
+pub const ENTRY_ESTABLISHED: u8 = 16;
 
 /// `ServerInfo::flags`: the server is in its backend (cleared when it is removed).
 pub const SERVER_PRESENT: u16 = 1;

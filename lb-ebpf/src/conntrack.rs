@@ -11,8 +11,8 @@
 use lb_common::{
     flow::next_tcp_state,
     maps::{
-        ENTRY_COUNTED, ENTRY_DSR, ENTRY_STICKY, FLOW_CLOSING, FLOW_ESTABLISHED, FLOW_SYN_SEEN,
-        NatEntry, SERVER_RESET_FLOWS,
+        ENTRY_COUNTED, ENTRY_DSR, ENTRY_ESTABLISHED, ENTRY_STICKY, FLOW_CLOSING, FLOW_ESTABLISHED,
+        FLOW_SYN_SEEN, NatEntry, SERVER_RESET_FLOWS,
     },
     stats::Stat,
     wire::IPPROTO_TCP,
@@ -81,6 +81,7 @@ fn track_tcp(entry: &mut NatEntry, pkt: &Packet, from_server: bool) {
         // The client reuses the tuple for a new connection: same server, in its handshake
         // again (open once the client completes it).
         entry.state = FLOW_SYN_SEEN;
+        entry.flags &= !ENTRY_ESTABLISHED;
         count(Stat::FLOW_REOPENED);
         return;
     }
@@ -92,8 +93,9 @@ fn track_tcp(entry: &mut NatEntry, pkt: &Packet, from_server: bool) {
     if next == FLOW_CLOSING {
         close(entry);
     } else if next == FLOW_ESTABLISHED && entry.flags & ENTRY_COUNTED == 0 {
-        // The client completed the handshake: from now on the flow counts as open.
-        entry.flags |= ENTRY_COUNTED;
+        // The client completed the handshake: from now on the flow counts as open, and its
+        // SNAT port is its own until it expires.
+        entry.flags |= ENTRY_COUNTED | ENTRY_ESTABLISHED;
         active_add(entry.server_id, 1);
     }
     entry.state = next;

@@ -2,8 +2,8 @@
 //! only with a SYN). The flow gets a server (`select`), an SNAT port reserved in the reverse
 //! table (full NAT), and a conntrack entry; everything else goes to the kernel. A TCP flow
 //! starts in its handshake, not counted as open; a SYN that finds its SNAT port held by a
-//! handshake idle for `SYN_RECLAIM_NS` takes the port over, so a flood of spoofed SYNs
-//! cannot hold a server's ports for longer than that.
+//! flow that never completed its handshake, idle for `SYN_RECLAIM_NS`, takes the port over,
+//! so a flood of spoofed SYNs cannot hold a server's ports for longer than that.
 #![expect(
     clippy::needless_borrows_for_generic_args,
     reason = "map keys and values go by reference: by value they would be copied onto the 512-byte BPF stack"
@@ -11,7 +11,7 @@
 
 use aya_ebpf::bindings::BPF_NOEXIST;
 use lb_common::{
-    flow::is_half_open,
+    flow::never_established,
     hash::flow_hash,
     maps::{
         Addr, ENTRY_COUNTED, ENTRY_DSR, ENTRY_REVERSE, ENTRY_STICKY, FLOW_SYN_SEEN, FLOW_UDP,
@@ -176,8 +176,9 @@ fn reserve_snat_port(pkt: &Packet, to_server: &mut NatEntry, now: u64) -> Result
     Err(Stat::DROP_SNAT_EXHAUSTED)
 }
 
-/// Free the SNAT port `reply_key` names if the flow holding it is a TCP handshake idle for
-/// [`SYN_RECLAIM_NS`]: its conntrack entry and its reverse entry are removed. Only when
+/// Free the SNAT port `reply_key` names if the flow holding it is a TCP flow that never
+/// completed its handshake, idle for [`SYN_RECLAIM_NS`]: its conntrack entry and its reverse
+/// entry are removed. Only when
 /// another SYN finds the port taken, so only under pressure. Deleting the flow's entry
 /// decides between CPUs reclaiming the same port: the one whose delete succeeds removes the
 /// reverse entry, and the insert that follows (`BPF_NOEXIST`) gives the port to one flow.
@@ -203,7 +204,7 @@ fn reclaim_half_open(reply_key: &FlowKey, now: u64) -> bool {
     let holder = unsafe { &*holder };
     // The holder must be the flow this port was reserved for (same port, same server): a
     // client whose entry was evicted and re-created may hold another port now.
-    if !is_half_open(holder.state)
+    if !never_established(holder.state, holder.flags)
         || holder.sport != reply_key.dport
         || !same_addr(&holder.dst, &reply_key.src)
         || now < holder.last_seen_ns.saturating_add(SYN_RECLAIM_NS)

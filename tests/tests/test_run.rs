@@ -580,7 +580,8 @@ const ACK: u8 = 0x10;
 #[test]
 fn tcp_state_follows_handshake_close_reset_and_reuse() {
     use lb_common::maps::{
-        ENTRY_COUNTED, FLOW_CLOSING, FLOW_ESTABLISHED, FLOW_SYN_RECV, FLOW_SYN_SEEN, FLOW_UDP,
+        ENTRY_COUNTED, ENTRY_ESTABLISHED, FLOW_CLOSING, FLOW_ESTABLISHED, FLOW_SYN_RECV,
+        FLOW_SYN_SEEN, FLOW_UDP,
     };
     with_fixture("states", |fx| {
         let k = key(CLIENT.into(), VIP.into(), 41000, 80, 6);
@@ -615,6 +616,8 @@ fn tcp_state_follows_handshake_close_reset_and_reuse() {
             Some((FLOW_ESTABLISHED, true)),
             "the client's ACK establishes, and the flow counts"
         );
+        let established = |fx: &mut Fixture| fx.tracked(&k).unwrap().flags & ENTRY_ESTABLISHED != 0;
+        assert!(established(fx));
         assert_eq!(fx.dataplane.server_active(id).unwrap(), 1);
 
         let closed = fx.counter("flow_closed");
@@ -643,6 +646,7 @@ fn tcp_state_follows_handshake_close_reset_and_reuse() {
             XDP_REDIRECT
         );
         assert_eq!(state(fx), Some((FLOW_SYN_SEEN, false)));
+        assert!(!established(fx), "a new connection on the tuple");
         assert_eq!(server_id(fx), id);
         assert_eq!(fx.counter("flow_reopened"), 1);
         fx.run(&server_tcp(TCP_SYN_ACK, snat_port), fx.server_ifindex);
@@ -1397,8 +1401,11 @@ fn byte_counters_count_the_frame_not_the_ip_headers_claim() {
 }
 
 #[test]
-fn half_open_flows_give_their_snat_ports_up_after_a_second_established_ones_never() {
-    use lb_common::maps::{FLOW_ESTABLISHED, FLOW_SYN_RECV, MAP_SNAT, SNAT_PORTS, SYN_RECLAIM_NS};
+fn unestablished_flows_give_their_snat_ports_up_after_a_second_established_ones_never() {
+    use lb_common::maps::{
+        ENTRY_COUNTED, ENTRY_ESTABLISHED, FLOW_CLOSING, FLOW_ESTABLISHED, FLOW_SYN_RECV, MAP_SNAT,
+        SNAT_PORTS, SYN_RECLAIM_NS,
+    };
     with_fixture("reclaim", |fx| {
         // A first flow gives the shapes of a client-side and a server-side entry.
         fx.run(&tcp(TCP_SYN, 47000), fx.client_ifindex);
@@ -1430,7 +1437,7 @@ fn half_open_flows_give_their_snat_ports_up_after_a_second_established_ones_neve
             )
         };
         // `every`: the first flow's port too (its reverse entry is then a spoofed one's).
-        let fill = |fx: &mut Fixture, state: u8, last_seen_ns: u64, every: bool| {
+        let fill = |fx: &mut Fixture, state: u8, flags: u8, last_seen_ns: u64, every: bool| {
             let ports = (SNAT_PORT_MIN..=SNAT_PORT_MAX).filter(move |p| every || *p != first_port);
             {
                 let map = fx.dataplane.ebpf_mut().map_mut(MAP_CONNTRACK).unwrap();
@@ -1440,7 +1447,7 @@ fn half_open_flows_give_their_snat_ports_up_after_a_second_established_ones_neve
                     let entry = NatEntry {
                         sport: port.to_be(),
                         state,
-                        flags: 0,
+                        flags,
                         last_seen_ns,
                         ..first
                     };
@@ -1467,7 +1474,7 @@ fn half_open_flows_give_their_snat_ports_up_after_a_second_established_ones_neve
             }
         };
         let now = lb_userspace::dataplane::monotonic_now_ns;
-        fill(fx, FLOW_SYN_RECV, now(), false);
+        fill(fx, FLOW_SYN_RECV, 0, now(), false);
         let r = fx
             .dataplane
             .gc(now(), &lb_common::flow::Timeouts::default())
@@ -1484,7 +1491,13 @@ fn half_open_flows_give_their_snat_ports_up_after_a_second_established_ones_neve
         assert_eq!(fx.counter("flow_syn_reclaimed"), 0);
 
         // Idle past SYN_RECLAIM_NS, a handshake gives its port to the next SYN.
-        fill(fx, FLOW_SYN_RECV, now() - SYN_RECLAIM_NS - 1_000_000, false);
+        fill(
+            fx,
+            FLOW_SYN_RECV,
+            0,
+            now() - SYN_RECLAIM_NS - 1_000_000,
+            false,
+        );
         assert_eq!(
             fx.run(&tcp(TCP_SYN, 47002), fx.client_ifindex).0,
             XDP_REDIRECT
@@ -1505,12 +1518,26 @@ fn half_open_flows_give_their_snat_ports_up_after_a_second_established_ones_neve
             "the port's replies go to the new client"
         );
 
-        // Established flows never give their ports up, however idle.
-        fill(fx, FLOW_ESTABLISHED, now() - 100 * SYN_RECLAIM_NS, true);
+        // Established flows never give their ports up, however idle, nor do they once
+        // closing.
+        let idle = now() - 100 * SYN_RECLAIM_NS;
+        let was_established = ENTRY_ESTABLISHED | ENTRY_COUNTED;
+        fill(fx, FLOW_ESTABLISHED, was_established, idle, true);
         let exhausted = fx.counter("drop_snat_exhausted");
         let verdict = fx.run(&tcp(TCP_SYN, 47003), fx.client_ifindex).0;
         assert_eq!(verdict, XDP_DROP);
         assert_eq!(fx.counter("drop_snat_exhausted"), exhausted + 1);
+        fill(fx, FLOW_CLOSING, ENTRY_ESTABLISHED, idle, true);
+        assert_eq!(fx.run(&tcp(TCP_SYN, 47004), fx.client_ifindex).0, XDP_DROP);
+        assert_eq!(fx.counter("drop_snat_exhausted"), exhausted + 2);
         assert_eq!(fx.counter("flow_syn_reclaimed"), 1);
+
+        // A handshake the server reset (closing, never established) gives its port up too.
+        fill(fx, FLOW_CLOSING, 0, idle, true);
+        assert_eq!(
+            fx.run(&tcp(TCP_SYN, 47005), fx.client_ifindex).0,
+            XDP_REDIRECT
+        );
+        assert_eq!(fx.counter("flow_syn_reclaimed"), 2);
     });
 }
