@@ -12,8 +12,8 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use super::values::{
-    AclCriterion, CheckKind, Cidr, ExpectedCodes, Forwarding, Method, Mode, OnDown, Port, Protocol,
-    ProxyVersion, RouteCond, StickyKind, duration,
+    AclCriterion, CheckKind, Cidr, ExpectedCodes, Forwarding, InitState, Method, Mode, OnDown,
+    Port, Protocol, ProxyVersion, RouteCond, StickyKind, duration,
 };
 
 /// Largest server weight (0 drains).
@@ -381,6 +381,9 @@ pub struct HealthCheck {
     /// A DOWN server's established flows: "keep" (default) or "reset".
     #[serde(skip_serializing_if = "Option::is_none")]
     pub on_down: Option<OnDown>,
+    /// How a server starts when nothing is known of it: "down" (default) or "up".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub init_state: Option<InitState>,
 }
 
 /// The defaults of a health check's optional fields, in one place.
@@ -403,6 +406,10 @@ impl HealthCheck {
 
     pub fn on_down(&self) -> OnDown {
         self.on_down.unwrap_or_default()
+    }
+
+    pub fn init_state(&self) -> InitState {
+        self.init_state.unwrap_or_default()
     }
 
     pub fn expected(&self) -> ExpectedCodes {

@@ -269,3 +269,23 @@ fn durations_and_closed_sets_are_typed_once() {
     assert_eq!(c.backends[0].balancing_method, Method::Maglev);
     assert_eq!(c.frontends[0].binds[1].protocol, Protocol::Udp);
 }
+
+#[test]
+fn names_are_short_and_plain() {
+    for bad in ["", "has space", "slash/name", &"x".repeat(65)] {
+        let e = errors(&GOOD.replace("name = \"app\"", &format!("name = {bad:?}")));
+        assert!(
+            e.problems
+                .iter()
+                .any(|(_, p)| p.field == "backends[0].name" && p.fix.contains("1 to 64")),
+            "{bad:?}: {e}"
+        );
+    }
+    let ok = GOOD
+        .replace("name = \"app\"", "name = \"app_v2.1-b\"")
+        .replace(
+            "default_backend = \"app\"",
+            "default_backend = \"app_v2.1-b\"",
+        );
+    Config::parse("t", &ok).unwrap();
+}

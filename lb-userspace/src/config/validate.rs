@@ -9,6 +9,24 @@ use super::{
     values::{CheckKind, Forwarding, Method, Mode, Protocol, StickyKind, one_of},
 };
 
+/// Names (and load balancer ids) are path segments of the API and keys of the data
+/// plane's id map: 1 to 64 characters of `[A-Za-z0-9._-]`.
+pub const NAME_MAX: usize = lb_common::maps::NAME_LEN;
+const NAME_FIX: &str = "use 1 to 64 characters of A-Z, a-z, 0-9, '.', '_' and '-'";
+
+/// What is wrong with a name, if anything.
+fn name_problem(name: &str) -> Option<String> {
+    if name.is_empty() {
+        return Some("name is empty".into());
+    }
+    if name.len() > NAME_MAX {
+        return Some(format!("name is {} characters long", name.len()));
+    }
+    name.chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+        .map(|c| format!("name {name:?} has the character {c:?}"))
+}
+
 impl Config {
     /// Check every rule; an empty list means the config is valid.
     pub fn validate(&self) -> Vec<Problem> {
@@ -24,12 +42,8 @@ impl Config {
         let mut backend_names = HashSet::new();
         for (i, b) in self.backends.iter().enumerate() {
             let at = format!("backends[{i}]");
-            if b.name.trim().is_empty() {
-                problem(
-                    format!("{at}.name"),
-                    "a backend needs a name".into(),
-                    "set name = \"...\"",
-                );
+            if let Some(wrong) = name_problem(&b.name) {
+                problem(format!("{at}.name"), format!("backend {wrong}"), NAME_FIX);
             } else if !backend_names.insert(b.name.as_str()) {
                 problem(
                     format!("{at}.name"),
@@ -140,7 +154,13 @@ impl Config {
 
         let mut lb_ids = HashSet::new();
         for (i, lb) in self.lbs.iter().enumerate() {
-            if lb.id.trim().is_empty() || !lb_ids.insert(lb.id.as_str()) {
+            if let Some(wrong) = name_problem(&lb.id) {
+                problem(
+                    format!("lbs[{i}].id"),
+                    format!("load balancer id: {wrong}"),
+                    NAME_FIX,
+                );
+            } else if !lb_ids.insert(lb.id.as_str()) {
                 problem(
                     format!("lbs[{i}].id"),
                     format!("load balancer id {:?} is empty or used twice", lb.id),
@@ -192,7 +212,9 @@ impl Config {
                     );
                 }
             }
-            if !frontend_names.insert(f.name.as_str()) {
+            if let Some(wrong) = name_problem(&f.name) {
+                problem(format!("{at}.name"), format!("frontend {wrong}"), NAME_FIX);
+            } else if !frontend_names.insert(f.name.as_str()) {
                 problem(
                     format!("{at}.name"),
                     format!("frontend name {:?} is used twice", f.name),

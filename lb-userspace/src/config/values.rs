@@ -160,6 +160,18 @@ spelled! {
 /// config error can show both on their lines.
 pub const FIX: &str = "\nfix: ";
 
+spelled! {
+    /// How a checked server starts when nothing is known of it (HAProxy's `init-state`):
+    /// on a fresh start, and for a server new to the config. Taking over a pinned data
+    /// plane restores the state the earlier daemon left.
+    #[derive(Default)]
+    pub enum InitState {
+        Up = "up",
+        #[default]
+        Down = "down",
+    }
+}
+
 /// Every word of a closed set, for a fix line: "use one of: tcp, http".
 pub fn one_of<T: fmt::Display>(all: &[T]) -> String {
     all.iter()

@@ -24,7 +24,7 @@ use tracing::{error, info, warn};
 
 use crate::{
     api,
-    config::Config,
+    config::{Config, InitState},
     dataplane::{BYTES_PER_FLOW, Dataplane, GcReport, on_bpffs, pin_dir, remove_pins},
     health::{CheckStats, Health, ProbeReport, Prober},
     metrics,
@@ -65,6 +65,9 @@ pub struct Daemon {
     /// Health of every checked server, by (backend, address); unchecked servers are absent
     /// and count as up.
     health: HashMap<(String, IpAddr), Health>,
+    /// Health an earlier daemon left in the pinned maps, by (address, port): used once, at
+    /// the first install.
+    restored: HashMap<(IpAddr, u16), bool>,
     /// Probe history per checked server, for metrics.
     checks: HashMap<(String, IpAddr), CheckStats>,
     prober: Prober,
@@ -112,6 +115,14 @@ impl Daemon {
             mib = (u64::from(size) * BYTES_PER_FLOW) >> 20,
             "connection table allocated (client-side and server-side entries)"
         );
+        let restored = dataplane.pinned_health()?;
+        if !restored.is_empty() {
+            let down = restored.values().filter(|up| !**up).count();
+            info!(
+                servers = restored.len(),
+                down, "health taken over from the pinned data plane"
+            );
+        }
         let (collect, collected) = collect::spawn(dataplane.collector()?, &config);
         let (reports, probes) = mpsc::unbounded_channel();
         let live = Arc::new(RwLock::new(api::types::Live::default()));
@@ -121,6 +132,7 @@ impl Daemon {
             dataplane: Arc::new(Mutex::new(dataplane)),
             file_stamp: reload::stamp(path),
             health: HashMap::new(),
+            restored,
             checks: HashMap::new(),
             prober: Prober::new(reports),
             probes,
@@ -190,20 +202,28 @@ impl Daemon {
                 Ok(attached)
             })
             .await?;
-        // Keep the health of servers that stay; new checked servers start down.
+        // Servers that stay keep their health; the others start as the earlier daemon left
+        // them (a takeover of pinned maps), else per their check's init_state.
         let mut health = HashMap::new();
-        for backend in config
-            .backends
-            .iter()
-            .filter(|b| b.options.health_check.is_some())
-        {
+        for backend in &config.backends {
+            let Some(check) = &backend.options.health_check else {
+                continue;
+            };
             for server in backend.resolved_servers(&config.computers) {
                 let key = (backend.name.clone(), server.address);
-                let state = self.health.get(&key).copied().unwrap_or(Health::new(true));
+                let state = self.health.get(&key).copied().unwrap_or_else(|| {
+                    let restored = self.restored.get(&(server.address, backend.port.number));
+                    Health::starting(
+                        restored
+                            .copied()
+                            .unwrap_or(check.init_state() == InitState::Up),
+                    )
+                });
                 health.insert(key, state);
             }
         }
         self.health = health;
+        self.restored.clear();
         let written = self.apply(&config).await?;
         self.prober.restart(&config);
         let wanted = config.interfaces();

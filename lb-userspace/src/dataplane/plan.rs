@@ -9,7 +9,8 @@ use lb_common::{
     maps::{
         Addr, FRONTEND_FLAG_DSR, FRONTEND_FLAG_USERSPACE, FrontendInfo, FrontendKey, MAX_BACKENDS,
         MAX_FRONTENDS, MAX_SERVERS, METHOD_FIRST, METHOD_LEASTCONN, METHOD_MAGLEV,
-        METHOD_ROUNDROBIN, METHOD_SOURCE, SERVER_PRESENT, SERVER_RESET_FLOWS, ServerInfo,
+        METHOD_ROUNDROBIN, METHOD_SOURCE, SERVER_CHECK_DOWN, SERVER_PRESENT, SERVER_RESET_FLOWS,
+        ServerInfo,
     },
     wire::{IPPROTO_TCP, IPPROTO_UDP},
 };
@@ -117,6 +118,7 @@ impl Plan {
                 let mut flags = SERVER_PRESENT;
                 if !up(&backend.name, s.address) {
                     s.weight = 0;
+                    flags |= SERVER_CHECK_DOWN;
                     if resets {
                         flags |= SERVER_RESET_FLOWS;
                     }
