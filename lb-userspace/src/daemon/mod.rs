@@ -20,7 +20,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use lb_common::maps::PROG_LB;
 use tokio::sync::{mpsc, watch};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::{
     api,
@@ -253,16 +253,16 @@ impl Daemon {
                 .get(&(backend.to_string(), address))
                 .is_none_or(|h| h.up)
         };
-        let (written, servers) = {
+        let (written, servers, retired) = {
             let (config, up) = (config.clone(), up.clone());
             self.with_dataplane(move |dp| {
                 let written = dp.apply_config_with_health(&config, &up)?;
-                Ok((written, dp.server_ids()))
+                Ok((written, dp.server_ids(), dp.retired()))
             })
             .await?
         };
         self.collect
-            .send_replace(collect::Settings::of(config, servers));
+            .send_replace(collect::Settings::of(config, servers, retired));
         if self.proxy.is_none() && config.frontends.iter().any(|f| config.in_userspace(f)) {
             self.proxy = Some(crate::proxy::Proxy::new(config.http.workers)?);
         }
@@ -346,6 +346,30 @@ impl Daemon {
         self.publish(None).await;
     }
 
+    /// Release the retired ids a collection pass found unused, so that API churn never
+    /// exhausts them; the collector learns what stays retired.
+    async fn release(&mut self, unused: &crate::dataplane::Retired) {
+        if unused.is_empty() {
+            return;
+        }
+        let unused = unused.clone();
+        match self
+            .with_dataplane(move |dp| Ok((dp.release(&unused)?, dp.retired())))
+            .await
+        {
+            Ok((released, retired)) => {
+                if released > 0 {
+                    debug!(
+                        released,
+                        "ids of removed servers, backends and frontends released"
+                    );
+                }
+                self.collect.send_modify(|s| s.retired = retired);
+            }
+            Err(e) => warn!(error = %format!("{e:#}"), "releasing retired ids failed"),
+        }
+    }
+
     /// The event loop, until SIGINT or SIGTERM.
     pub async fn run(mut self) -> Result<()> {
         use tokio::signal::unix::{SignalKind, signal};
@@ -377,7 +401,10 @@ impl Daemon {
                         self.reload("config file changed").await;
                     }
                 }
-                Event::Collected(Ok(report)) => self.publish(Some(report)).await,
+                Event::Collected(Ok(report)) => {
+                    self.release(&report.unused).await;
+                    self.publish(Some(report)).await;
+                }
                 Event::Collected(Err(e)) => warn!(error = %format!("{e:#}"), "conntrack gc failed"),
                 Event::Probe(report) => self.on_probe(report).await,
                 Event::Api(change) => self.on_api_change(*change).await,

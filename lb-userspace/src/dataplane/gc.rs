@@ -1,19 +1,23 @@
 //! The connection-tracking garbage collector. It holds handles of its own to the maps it
 //! sweeps, so it runs on a thread of its own while the daemon keeps applying changes.
 
-use std::{collections::HashMap, os::fd::AsFd as _};
+use std::{
+    collections::{HashMap, HashSet},
+    os::fd::AsFd as _,
+};
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::maps::{Array, HashMap as BpfHashMap, MapData};
 use lb_common::{
     flow::Timeouts,
     maps::{
-        ENTRY_COUNTED, ENTRY_DSR, FlowKey, MAP_CONNTRACK, MAP_SERVER_ACTIVE, MAP_SNAT, NatEntry,
+        ENTRY_COUNTED, ENTRY_DSR, FlowKey, MAP_CONNTRACK, MAP_SERVER_ACTIVE, MAP_SNAT, MAP_STICKY,
+        NatEntry, StickyEntry, StickyKey,
     },
 };
 use tracing::debug;
 
-use super::Dataplane;
+use super::{Dataplane, plan::Retired};
 
 /// A reverse entry younger than this is never an orphan: its flow's entry may be about to
 /// be inserted.
@@ -29,6 +33,8 @@ pub struct GcReport {
     pub active: HashMap<u32, u64>,
     /// Open flows per frontend id.
     pub active_per_frontend: HashMap<u32, u64>,
+    /// The retired ids this pass found nothing referring to: free to release.
+    pub unused: Retired,
 }
 
 /// The maps a pass sweeps, through file descriptors of its own.
@@ -36,6 +42,7 @@ pub struct Collector {
     conntrack: BpfHashMap<MapData, FlowKey, NatEntry>,
     snat: BpfHashMap<MapData, FlowKey, NatEntry>,
     active: Array<MapData, u64>,
+    sticky: BpfHashMap<MapData, StickyKey, StickyEntry>,
 }
 
 impl Dataplane {
@@ -57,21 +64,84 @@ impl Dataplane {
             conntrack: BpfHashMap::try_from(own(MAP_CONNTRACK)?)?,
             snat: BpfHashMap::try_from(own(MAP_SNAT)?)?,
             active: Array::try_from(own(MAP_SERVER_ACTIVE)?)?,
+            sticky: BpfHashMap::try_from(own(MAP_STICKY)?)?,
         })
     }
 
     /// One pass now (see [`Collector::run`]) over every server this data plane knows.
     pub fn gc(&mut self, now_ns: u64, timeouts: &Timeouts) -> Result<GcReport> {
         let servers: Vec<u32> = self.servers.keys().copied().collect();
-        self.collector()?.run(now_ns, timeouts, &servers)
+        self.collector()?
+            .run(now_ns, timeouts, &servers, &self.ids.retired())
     }
 }
 
 impl Collector {
+    /// The retired ids that no surviving flow (either side) and no sticky entry names.
+    fn unused(
+        &mut self,
+        retired: &Retired,
+        flows: &[(FlowKey, NatEntry)],
+        expired: &[(FlowKey, NatEntry)],
+        reverse: &[(FlowKey, NatEntry)],
+        orphans: &[FlowKey],
+    ) -> Result<Retired> {
+        if retired.is_empty() {
+            return Ok(Retired::default());
+        }
+        let (mut servers, mut backends, mut frontends) =
+            (HashSet::new(), HashSet::new(), HashSet::new());
+        let gone: HashSet<FlowKey> = expired
+            .iter()
+            .map(|(k, _)| *k)
+            .chain(orphans.iter().copied())
+            .collect();
+        for (key, entry) in flows.iter().chain(reverse) {
+            if gone.contains(key) {
+                continue;
+            }
+            servers.insert(entry.server_id);
+            backends.insert(u32::from(entry.backend_id));
+            frontends.insert(u32::from(entry.frontend_id));
+        }
+        let stale: Vec<StickyKey> = self
+            .sticky
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(key, entry)| {
+                retired.backends.contains(&key.backend_id)
+                    || retired.servers.contains(&entry.server_id)
+            })
+            .map(|(key, _)| key)
+            .collect();
+        for key in &stale {
+            let _ = self.sticky.remove(key);
+        }
+        let free = |ids: &[u32], used: &HashSet<u32>| -> Vec<u32> {
+            ids.iter()
+                .filter(|id| !used.contains(id))
+                .copied()
+                .collect()
+        };
+        Ok(Retired {
+            servers: free(&retired.servers, &servers),
+            backends: free(&retired.backends, &backends),
+            frontends: free(&retired.frontends, &frontends),
+        })
+    }
+
     /// Remove flows idle past their state's timeout (and reverse entries whose flow is
     /// gone), then set the open-flow count of every server in `servers` from what
-    /// remains, so the counts the data plane keeps can never drift.
-    pub fn run(&mut self, now_ns: u64, timeouts: &Timeouts, servers: &[u32]) -> Result<GcReport> {
+    /// remains, so the counts the data plane keeps can never drift. Sticky entries that
+    /// name a `retired` server or backend are removed (they can never be used), and the
+    /// retired ids no remaining entry refers to are reported unused.
+    pub fn run(
+        &mut self,
+        now_ns: u64,
+        timeouts: &Timeouts,
+        servers: &[u32],
+        retired: &Retired,
+    ) -> Result<GcReport> {
         let mut report = GcReport::default();
         let flows: Vec<(FlowKey, NatEntry)> =
             self.conntrack.iter().filter_map(|r| r.ok()).collect();
@@ -113,6 +183,7 @@ impl Collector {
         }
         report.expired = expired.len();
         report.orphans = orphans.len();
+        report.unused = self.unused(retired, &flows, &expired, &reverse, &orphans)?;
         for id in servers {
             self.active
                 .set(*id, report.active.get(id).copied().unwrap_or(0), 0)?;

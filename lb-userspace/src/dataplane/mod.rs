@@ -29,6 +29,7 @@ use tracing::{info, warn};
 
 pub use gc::{Collector, GcReport};
 use plan::Ids;
+pub use plan::Retired;
 use sys::map_mut;
 pub use sys::{monotonic_now_ns, on_bpffs, pin_dir, remove_pins};
 use write::BackendState;
@@ -254,7 +255,8 @@ impl Dataplane {
     pub fn inventory(&self) -> Inventory {
         let servers = self
             .ids
-            .servers()
+            .servers
+            .iter()
             .map(|((backend, address, _port), id)| {
                 let info = self.servers.get(&id);
                 InventoryServer {
@@ -269,7 +271,8 @@ impl Dataplane {
         Inventory {
             frontends: self
                 .ids
-                .frontends()
+                .frontends
+                .iter()
                 .map(|(name, id)| (id, name.clone()))
                 .collect(),
             servers,
