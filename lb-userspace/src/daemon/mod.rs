@@ -6,6 +6,7 @@
 //! runtime's blocking threads; the garbage collector runs on its own (`collect`).
 
 mod collect;
+mod linger;
 mod publish;
 mod reload;
 
@@ -68,6 +69,8 @@ pub struct Daemon {
     /// Health an earlier daemon left in the pinned maps, by (address, port): used once, at
     /// the first install.
     restored: HashMap<(IpAddr, u16), bool>,
+    /// Servers that left backends with no UP server yet (make before break).
+    lingering: HashMap<String, linger::Lingering>,
     /// Probe history per checked server, for metrics.
     checks: HashMap<(String, IpAddr), CheckStats>,
     prober: Prober,
@@ -133,6 +136,7 @@ impl Daemon {
             file_stamp: reload::stamp(path),
             health: HashMap::new(),
             restored,
+            lingering: HashMap::new(),
             checks: HashMap::new(),
             prober: Prober::new(reports),
             probes,
@@ -222,8 +226,18 @@ impl Daemon {
                 health.insert(key, state);
             }
         }
-        self.health = health;
+        let previous = std::mem::replace(&mut self.health, health);
         self.restored.clear();
+        for (name, linger) in linger::leaving(&self.config, &config, &self.health, &previous) {
+            info!(
+                backend = %name,
+                servers = linger.servers.len(),
+                "servers that leave keep taking new flows until a new one is UP"
+            );
+            self.lingering.insert(name, linger);
+        }
+        self.lingering
+            .retain(|name, _| config.backends.iter().any(|b| &b.name == name));
         let written = self.apply(&config).await?;
         self.prober.restart(&config);
         let wanted = config.interfaces();
@@ -247,6 +261,8 @@ impl Daemon {
     /// Apply `config` with unhealthy servers given weight 0, to the data plane and the
     /// proxy; the collector learns the servers it reconciles.
     async fn apply(&mut self, config: &Config) -> Result<usize> {
+        let effective = linger::with_lingering(config, &self.lingering);
+        let config = &effective;
         let health = self.health.clone();
         let up = move |backend: &str, address: IpAddr| {
             health
@@ -333,6 +349,7 @@ impl Daemon {
             return;
         };
         stats.transitions += 1;
+        self.settle_lingering();
         match &report.result {
             Ok(()) => info!(backend = %key.0, server = %key.1, check = %check.kind, "server UP"),
             Err(reason) => {
@@ -399,6 +416,12 @@ impl Daemon {
                 Event::Watch => {
                     if reload::stamp(&self.path) != self.file_stamp {
                         self.reload("config file changed").await;
+                    }
+                    if self.settle_lingering() {
+                        let config = self.config.clone();
+                        if let Err(e) = self.apply(&config).await {
+                            error!(error = %format!("{e:#}"), "applying the end of lingering failed");
+                        }
                     }
                 }
                 Event::Collected(Ok(report)) => {
