@@ -114,11 +114,9 @@ token_file = "{}"
     )
     .unwrap();
 
-    let body = format!(
-        r#"{{"name": "web", "mode": "http", "balancing_method": "roundrobin", "port": 8080,
-        "servers": {{"type": "addresses", "addresses": [{{"address": "198.18.11.2"}}, {{"address": "198.18.12.2"}}]}},
-        "options": {{"health_check": {{"type": "tcp", "interval": "300ms", "timeout": "200ms", "rise": 2}}}}}}"#
-    );
+    let body = r#"{"name": "web", "mode": "http", "balancing_method": "roundrobin", "port": 8080,
+        "servers": {"type": "addresses", "addresses": [{"address": "198.18.11.2"}, {"address": "198.18.12.2"}]},
+        "options": {"health_check": {"type": "tcp", "interval": "300ms", "timeout": "200ms", "rise": 2}}}"#;
     let put = topo
         .lb
         .exec(&[
@@ -136,7 +134,7 @@ token_file = "{}"
             "-H",
             "Content-Type: application/json",
             "-d",
-            &body,
+            body,
         ])
         .unwrap();
     assert_eq!(put, "200");
