@@ -51,6 +51,19 @@ stats! {
     // A flow to a DOWN server whose backend says on_down = "reset".
     FLOW_RESET_SENT = 27, "flow_reset_sent";
     FLOW_RESET_REBALANCED = 28, "flow_reset_rebalanced";
+    // Inconsistent packets, dropped before any flow is looked up or created.
+    DROP_BAD_IP_LENGTH = 29, "drop_bad_ip_length";
+    DROP_BAD_TCP_HEADER = 30, "drop_bad_tcp_header";
+    DROP_BAD_TCP_FLAGS = 31, "drop_bad_tcp_flags";
+    DROP_BAD_UDP_LENGTH = 32, "drop_bad_udp_length";
+}
+
+impl Stat {
+    /// Whether parsing refuses the packet as inconsistent (it is dropped), rather than
+    /// leaving it to the kernel.
+    pub const fn is_malformed(self) -> bool {
+        matches!(self.0, 29..=32)
+    }
 }
 
 #[cfg(test)]

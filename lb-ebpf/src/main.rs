@@ -88,7 +88,12 @@ fn balance(ctx: &XdpContext) -> u32 {
     // SAFETY: per-CPU slot, used by this program run only.
     let Scratch { pkt, nat, .. } = unsafe { &mut *scratch };
     if let Err(reason) = parse::parse(ctx, pkt) {
-        return counted(xdp_action::XDP_PASS, reason);
+        let action = if reason.is_malformed() {
+            xdp_action::XDP_DROP
+        } else {
+            xdp_action::XDP_PASS
+        };
+        return counted(action, reason);
     }
     if pkt.icmp {
         return icmp::translate(ctx, pkt, nat);

@@ -8,7 +8,8 @@ use lb_common::{
     wire::{
         ETH_HLEN, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, ICMP_DEST_UNREACH, ICMP_HLEN,
         ICMPV6_DEST_UNREACH, ICMPV6_PKT_TOOBIG, IPPROTO_FRAGMENT, IPPROTO_ICMP, IPPROTO_ICMPV6,
-        IPPROTO_TCP, IPPROTO_UDP, IPV6_HLEN, TCP_ACK, TCP_FLAGS_OFFSET, TCP_SYN, VLAN_HLEN,
+        IPPROTO_TCP, IPPROTO_UDP, IPV6_HLEN, TCP_ACK, TCP_FIN, TCP_FLAGS_OFFSET, TCP_RST, TCP_SYN,
+        UDP_HLEN, VLAN_HLEN,
     },
 };
 use network_types::{
@@ -38,6 +39,14 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
         return None;
     }
     Some((start + offset) as *mut T)
+}
+
+/// Whether the first `end` bytes of the frame are all there: the lengths headers claim are
+/// checked against the frame before anything trusts them.
+#[inline(always)]
+fn within_frame(ctx: &XdpContext, end: usize) -> bool {
+    // Frames are far shorter than 64 KiB; the bound lets the verifier accept the addition.
+    end <= 0xffff && ctx.data() + end <= ctx.data_end()
 }
 
 /// Write `::ffff:a.b.c.d` into a zeroed address as two word stores (byte-wise stores cost
@@ -103,8 +112,8 @@ pub fn parse(ctx: &XdpContext, pkt: &mut Packet) -> Result<(), Stat> {
     }
     let key = &mut pkt.key;
     *key = FlowKey::default();
-    // Frame length from the IP header (pointer arithmetic on the packet end is refused in a
-    // subprogram), for byte counters.
+    // Frame length from the IP header, once checked against the frame (pointer arithmetic on
+    // the packet end is refused in a subprogram), for byte counters.
     let len;
     let (l4_offset, is_v6) = match ether_type {
         ETH_P_IP => {
@@ -121,7 +130,15 @@ pub fn parse(ctx: &XdpContext, pkt: &mut Packet) -> Result<(), Stat> {
                 return Err(Stat::PASS_FRAGMENT);
             }
             key.proto = ip.proto;
-            len = (l3_offset + usize::from(u16::from_be_bytes(ip.tot_len))) as u64;
+            let total = usize::from(u16::from_be_bytes(ip.tot_len));
+            if total < ihl * 4 {
+                return Err(Stat::DROP_BAD_IP_LENGTH);
+            }
+            // A frame shorter than its IP length is cut: the kernel's to judge.
+            if !within_frame(ctx, l3_offset + total) {
+                return Err(Stat::PASS_TRUNCATED);
+            }
+            len = (l3_offset + total) as u64;
             set_v4_mapped(&mut key.src, ip.src_addr);
             set_v4_mapped(&mut key.dst, ip.dst_addr);
             (l3_offset + ihl * 4, false)
@@ -134,7 +151,11 @@ pub fn parse(ctx: &XdpContext, pkt: &mut Packet) -> Result<(), Stat> {
                 return Err(Stat::PASS_FRAGMENT);
             }
             key.proto = ip.next_hdr;
-            len = (l3_offset + IPV6_HLEN + usize::from(u16::from_be_bytes(ip.payload_len))) as u64;
+            let end = l3_offset + IPV6_HLEN + usize::from(u16::from_be_bytes(ip.payload_len));
+            if !within_frame(ctx, end) {
+                return Err(Stat::PASS_TRUNCATED);
+            }
+            len = end as u64;
             key.src = ip.src_addr;
             key.dst = ip.dst_addr;
             (l3_offset + IPV6_HLEN, true)
@@ -152,6 +173,15 @@ pub fn parse(ctx: &XdpContext, pkt: &mut Packet) -> Result<(), Stat> {
             // The flags byte is inside the 20 bytes just checked; reading through the same
             // pointer keeps the verifier's bounds proof.
             tcp_flags = unsafe { *(tcp as *const TcpHdr as *const u8).add(TCP_FLAGS_OFFSET) };
+            // Data offset (in words) below the fixed header, or past the IP payload.
+            let words = usize::from(unsafe { *(tcp as *const TcpHdr as *const u8).add(12) } >> 4);
+            if words < 5 || l4_offset + words * 4 > len as usize {
+                return Err(Stat::DROP_BAD_TCP_HEADER);
+            }
+            // A SYN that also finishes or resets is no real opening (as nf_conntrack).
+            if tcp_flags & TCP_SYN != 0 && tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+                return Err(Stat::DROP_BAD_TCP_FLAGS);
+            }
         }
         IPPROTO_UDP => {
             let udp: *const UdpHdr = ptr_at(ctx, l4_offset).ok_or(Stat::PASS_TRUNCATED)?;
@@ -159,6 +189,10 @@ pub fn parse(ctx: &XdpContext, pkt: &mut Packet) -> Result<(), Stat> {
             let udp = unsafe { &*udp };
             key.sport = u16::from_ne_bytes(udp.src);
             key.dport = u16::from_ne_bytes(udp.dst);
+            let udp_len = usize::from(u16::from_be_bytes(udp.len));
+            if udp_len < UDP_HLEN || l4_offset + udp_len > len as usize {
+                return Err(Stat::DROP_BAD_UDP_LENGTH);
+            }
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
             parse_icmp_error(ctx, pkt, l4_offset, is_v6)?;

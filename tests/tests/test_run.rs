@@ -1062,3 +1062,56 @@ fn flows_of_a_down_server_are_reset_when_its_backend_says_so() {
         assert_eq!(fx.counter("drop_no_server"), 1);
     });
 }
+
+/// Packets whose headers contradict each other are refused before any flow is looked up or
+/// created, each class with its counter; a frame shorter than its IP length is cut, and
+/// passes as truncated without being counted as traffic.
+#[test]
+fn inconsistent_packets_are_refused_before_any_flow() {
+    with_fixture("insane", |fx| {
+        let syn = || tcp(TCP_SYN, 40100);
+        let udp = || client_frame(CLIENT.into(), VIP.into(), 40100, 53, L4::Udp).build(b"data");
+        let mut short_ip = syn();
+        short_ip[16..18].copy_from_slice(&19u16.to_be_bytes());
+        let mut low_offset = syn();
+        low_offset[14 + 20 + 12] = 4 << 4;
+        let mut long_offset = syn();
+        long_offset[14 + 20 + 12] = 15 << 4;
+        let syn_fin = tcp(TCP_SYN | 0x01, 40101);
+        let syn_rst = tcp(TCP_SYN | 0x04, 40102);
+        let mut udp_long = udp();
+        udp_long[14 + 20 + 4..14 + 20 + 6].copy_from_slice(&200u16.to_be_bytes());
+        let mut udp_short = udp();
+        udp_short[14 + 20 + 4..14 + 20 + 6].copy_from_slice(&7u16.to_be_bytes());
+        let cases = [
+            (short_ip, "drop_bad_ip_length"),
+            (low_offset, "drop_bad_tcp_header"),
+            (long_offset, "drop_bad_tcp_header"),
+            (syn_fin, "drop_bad_tcp_flags"),
+            (syn_rst, "drop_bad_tcp_flags"),
+            (udp_long, "drop_bad_udp_length"),
+            (udp_short, "drop_bad_udp_length"),
+        ];
+        let new_flows = fx.counter("flow_new");
+        for (frame, counter) in &cases {
+            let before = fx.counter(counter);
+            let (verdict, _) = fx.run(frame, fx.client_ifindex);
+            assert_eq!(verdict, XDP_DROP, "{counter}");
+            assert_eq!(fx.counter(counter), before + 1, "{counter}");
+        }
+        assert_eq!(fx.counter("flow_new"), new_flows, "no flow was opened");
+
+        // A 54-byte frame claiming 65000 IP bytes: cut, passed, and not 65 kB of traffic.
+        let mut claims = syn();
+        claims[16..18].copy_from_slice(&65000u16.to_be_bytes());
+        let (truncated, bytes) = (
+            fx.counter("pass_truncated"),
+            fx.dataplane.frontend_stats(0).unwrap().bytes_in,
+        );
+        let (verdict, _) = fx.run(&claims, fx.client_ifindex);
+        assert_eq!(verdict, XDP_PASS);
+        assert_eq!(fx.counter("pass_truncated"), truncated + 1);
+        assert_eq!(fx.dataplane.frontend_stats(0).unwrap().bytes_in, bytes);
+        assert_eq!(fx.counter("flow_new"), new_flows);
+    });
+}
