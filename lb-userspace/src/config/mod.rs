@@ -18,7 +18,7 @@ pub use model::*;
 pub use persist::persist;
 pub use values::{
     AclCriterion, CheckKind, Cidr, ExpectedCodes, Forwarding, Method, Mode, OnDown, Port, Protocol,
-    ProxyVersion, RouteCond, StickyKind,
+    ProxyVersion, RouteCond, StickyKind, UnderscoreHeaders,
 };
 
 #[cfg(test)]
