@@ -99,7 +99,8 @@ fn refuse(shared: &Shared, frontend: &str, why: Refused, stream: TcpStream, plai
             Refused::Global(n) => (n, "[http] max_connections"),
             Refused::Frontend(n) => (n as usize, "options.max_connections"),
         };
-        warn!(%frontend, limit, field, refused, "connection limit reached; refusing connections");
+        let open = shared.open.load(std::sync::atomic::Ordering::Relaxed);
+        warn!(%frontend, limit, field, refused, open, "connection limit reached; refusing connections");
     }
     if !plain_http || TELLING.get() >= MAX_TELLING {
         return;
