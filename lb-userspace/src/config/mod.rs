@@ -18,7 +18,7 @@ pub use model::*;
 pub use persist::persist;
 pub use values::{
     AclCriterion, CheckKind, Cidr, ExpectedCodes, Forwarding, InitState, Method, Mode, OnDown,
-    Port, Protocol, ProxyVersion, RouteCond, StickyKind,
+    Port, Protocol, ProxyVersion, RouteCond, StickyKind, UnderscoreHeaders,
 };
 
 #[cfg(test)]

@@ -346,6 +346,13 @@ impl Config {
                 "use a size in bytes such as 16384 (the default)",
             );
         }
+        if h.max_connections == Some(0) {
+            problem(
+                "http.max_connections".into(),
+                "max_connections 0 would refuse every connection".into(),
+                "remove it (the open file limit decides), or use a count such as 100000",
+            );
+        }
         if !(1..=256).contains(&h.workers) {
             problem(
                 "http.workers".into(),
@@ -460,6 +467,21 @@ impl Config {
                 "redirect_ssl sends clients to https, but no bind has ssl = true".into(),
                 "add a bind with ssl = true and ssl_certificate",
             );
+        }
+        match f.options.max_connections {
+            Some(0) => problem(
+                format!("{at}.options.max_connections"),
+                "max_connections 0 would refuse every connection".into(),
+                "remove it (then only [http] max_connections applies), or use a count such as 10000",
+            ),
+            Some(_) if !self.in_userspace(f) => problem(
+                format!("{at}.options.max_connections"),
+                "max_connections is counted by the proxy, which serves http frontends and tcp \
+                 frontends whose backend sends a PROXY header; XDP does not limit this frontend"
+                    .into(),
+                "remove max_connections, or use mode = \"http\"",
+            ),
+            _ => {}
         }
         if !http && (f.options.redirect_ssl.is_some() || f.options.forward_for.is_some()) {
             problem(

@@ -66,6 +66,23 @@ spelled! {
 }
 
 spelled! {
+    /// What the proxy does with a request header whose name has an underscore, such as
+    /// `X_Forwarded_For`: CGI-style servers (PHP, WSGI, Rack) read `_` and `-` alike, so it
+    /// could pass for a header the proxy rewrote. nginx drops them
+    /// (`underscores_in_headers off`), Envoy may drop or reject them.
+    #[derive(Default)]
+    pub enum UnderscoreHeaders {
+        /// Not forwarded; the request goes on.
+        #[default]
+        Drop = "drop",
+        /// The request is answered 400.
+        Reject = "reject",
+        /// Forwarded like any other header.
+        Allow = "allow",
+    }
+}
+
+spelled! {
     /// A backend's balancing method.
     pub enum Method {
         Roundrobin = "roundrobin",
