@@ -31,6 +31,9 @@ use super::{
     upstream::{Pool, Upstream},
 };
 
+/// The parsers below as plain functions, for the fuzz targets (`fuzz/`).
+pub mod fuzzing;
+
 /// What starts an HTTP/2 connection without TLS (RFC 9113 3.4).
 pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Headers a response may carry at most (a server's, so not the client limit).
@@ -732,6 +735,11 @@ fn rewrite_response(
     let (Some(status), Some(version)) = (resp.code, resp.version) else {
         return Err("malformed response status line".into());
     };
+    // httparse takes any three digits; 000-099 is no status (RFC 9110 15), and would be
+    // written back as fewer digits.
+    if status < 100 {
+        return Err(format!("malformed response status {status:03}"));
+    }
     let headers = &*resp.headers;
     let body = response_framing(status, headers, request.head_method)?;
     let connection: Vec<&[u8]> = headers
