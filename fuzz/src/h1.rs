@@ -206,12 +206,23 @@ pub fn run(data: &[u8]) {
             "a close-delimited body without connection: close"
         );
     }
-    let cookies = parsed
-        .headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("set-cookie") && h.value.starts_with(b"SERVERID="))
-        .count();
-    assert!(cookies <= 1, "{cookies} SERVERID cookies set");
+    // A backend with a sticky cookie owns its name: the server's are removed, lb sets one.
+    let backend = world
+        .shared
+        .backend(&head.backend)
+        .expect("routed to a backend");
+    if let Some(cookie) = &backend.cookie {
+        let prefix = format!("{}=", cookie.name);
+        let cookies = parsed
+            .headers
+            .iter()
+            .filter(|h| {
+                h.name.eq_ignore_ascii_case("set-cookie")
+                    && h.value.trim_ascii_start().starts_with(prefix.as_bytes())
+            })
+            .count();
+        assert!(cookies <= 1, "{cookies} {} cookies set", cookie.name);
+    }
     let _ = body_len(response.body, &rest[response.head_len..], flags);
 }
 

@@ -1,8 +1,8 @@
 //! The bodies of lb's fuzz targets, one module each, every one a `run(data)` that panics on
 //! a broken property. `fuzz_targets/` wraps them for libFuzzer (`cargo xtask fuzz`);
 //! `lb-userspace/tests/fuzz_replay.rs` includes the same files and replays `fuzz/corpus/`
-//! on stable (`cargo xtask test`). So these files name only other crates and
-//! `super::support`, never `crate::`.
+//! on stable (`cargo xtask test`). So these files name other crates and each other
+//! (`super::support`, ...), never `crate::`.
 
 pub mod api;
 pub mod checksum;

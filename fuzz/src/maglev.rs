@@ -13,7 +13,7 @@ pub fn run(data: &[u8]) {
     let mut input = Input::new(data);
     // Mostly small tables (fast), any prime up to MAX_SIZE now and then.
     let wanted = match input.u8() {
-        0..=223 => u32::from(input.u16()) % 1024,
+        0..=254 => u32::from(input.u16()) % 1024,
         _ => u32::from(input.u16()) % MAX_SIZE + u32::from(input.u8()),
     };
     let size = (wanted.max(2)..=MAX_SIZE)

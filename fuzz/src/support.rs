@@ -59,7 +59,8 @@ pub fn tracing() -> bool {
 }
 
 /// A scratch folder of this thread's own (on tmpfs when there is one, so that the fsyncs of
-/// `config::persist` cost nothing), removed when the thread ends.
+/// `config::persist` cost nothing), removed when the thread ends, or (libFuzzer exits
+/// without ending its thread) by the next process, once this one is gone.
 pub fn scratch_dir() -> std::path::PathBuf {
     use std::sync::atomic::{AtomicUsize, Ordering};
     struct Scratch(std::path::PathBuf);
@@ -73,6 +74,7 @@ pub fn scratch_dir() -> std::path::PathBuf {
         static DIR: Scratch = {
             let shm = std::path::Path::new("/dev/shm");
             let base = if shm.is_dir() { shm.to_path_buf() } else { std::env::temp_dir() };
+            remove_stale(&base);
             let dir = base.join(format!(
                 "lb-fuzz-{}-{}",
                 std::process::id(),
@@ -83,4 +85,25 @@ pub fn scratch_dir() -> std::path::PathBuf {
         };
     }
     DIR.with(|d| d.0.clone())
+}
+
+/// Scratch folders of processes that are gone.
+fn remove_stale(base: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let pid = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("lb-fuzz-"))
+            .and_then(|n| n.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok());
+        if let Some(pid) = pid
+            && pid != std::process::id()
+            && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }

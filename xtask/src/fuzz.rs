@@ -65,7 +65,7 @@ fn targets(fuzz: &Path) -> Result<Vec<String>> {
 
 /// cargo-fuzz on nightly (from `.tools/bin`, on PATH), built once for every target: release
 /// with debug assertions (so overflow checks too), no sanitizer (the code under test is safe
-/// Rust; ASan would halve the rate on this 2-core machine).
+/// Rust, and AddressSanitizer would slow every run and the first build).
 fn cargo_fuzz(args: &[&str]) -> Command {
     let mut cmd = Command::new("rustup");
     cmd.args(["run", "nightly", "cargo", "fuzz"])

@@ -42,6 +42,9 @@ enum Task {
         time: u64,
         /// One target (a file of fuzz/fuzz_targets/ without `.rs`); default: every one.
         target: Option<String>,
+        /// Only replay the committed corpus on stable, as `cargo xtask test` does.
+        #[arg(long)]
+        replay: bool,
     },
     /// Benchmarks: lb against direct routing, nftables and HAProxy on one topology, the XDP
     /// object against XDP's own cost, and Maglev's quality. Results in target/bench/.
@@ -80,7 +83,13 @@ fn main() -> Result<()> {
             std::process::exit(status.code().unwrap_or(1));
         }
         Task::Test => test(),
-        Task::Fuzz { time, target } => {
+        Task::Fuzz { replay: true, .. } => {
+            fuzz::fmt_check()?;
+            let (passed, failed) = fuzz::replay()?;
+            println!("tests: {passed} passed, {failed} failed");
+            Ok(())
+        }
+        Task::Fuzz { time, target, .. } => {
             setup::cargo_fuzz(&root.join(".tools"))?;
             fuzz::run(&root, time, target.as_deref())
         }
