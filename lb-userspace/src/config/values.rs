@@ -11,9 +11,13 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 macro_rules! spelled {
     ($(#[$meta:meta])* pub enum $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal,)+ }) => {
         $(#[$meta])*
+        // snake_case names every word of these sets; written out (not per variant through the
+        // macro's literals) so that the OpenAPI derive sees it too. `as_str` is checked
+        // against it by a test.
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, Serialize, utoipa::ToSchema)]
+        #[serde(rename_all = "snake_case")]
         pub enum $name {
-            $($(#[$vmeta])* #[serde(rename = $text)] $variant,)+
+            $($(#[$vmeta])* $variant,)+
         }
 
         impl $name {
@@ -464,6 +468,37 @@ mod tests {
         assert!(range.accepts(399) && !range.accepts(400));
         assert!(ExpectedCodes::parse("2xx").is_err());
         assert!(ExpectedCodes::parse("399-200").is_err());
+    }
+
+    #[test]
+    fn every_word_serialises_as_it_is_spelled() {
+        fn check<T: serde::Serialize + fmt::Display>(all: &[T]) {
+            for w in all {
+                assert_eq!(serde_json::to_string(w).unwrap(), format!("\"{w}\""));
+            }
+        }
+        check(Mode::ALL);
+        check(Protocol::ALL);
+        check(Forwarding::ALL);
+        check(Method::ALL);
+        check(AclCriterion::ALL);
+        check(RouteCond::ALL);
+        check(ProxyVersion::ALL);
+        check(StickyKind::ALL);
+        check(CheckKind::ALL);
+        check(OnDown::ALL);
+        check(InitState::ALL);
+        check(UnderscoreHeaders::ALL);
+    }
+
+    #[test]
+    fn the_openapi_document_spells_the_words_as_the_config_does() {
+        use utoipa::PartialSchema as _;
+        let schema = serde_json::to_string(&Method::schema()).unwrap();
+        assert!(
+            schema.contains("\"roundrobin\"") && !schema.contains("Roundrobin"),
+            "{schema}"
+        );
     }
 
     #[test]
