@@ -196,16 +196,16 @@ fn max_connections_for(nofile: u64) -> usize {
 
 /// mimalloc keeps the pages of freed memory until this thread allocates or frees enough to
 /// look at them again: after a crowd of connections closed on an otherwise quiet worker, its
-/// RSS stayed where the crowd had taken it. Every 2 s after connections have closed, free
-/// pages go back to mimalloc's arenas, and on the tick after, what its purge delay (1 s)
-/// held back goes back to the system.
+/// RSS stayed where the crowd had taken it. Every 2 s after connections have closed (or
+/// given their buffers back while idle), free pages go back to mimalloc's arenas, and on
+/// the tick after, what its purge delay (1 s) held back goes back to the system.
 async fn give_back_memory() {
     let mut tick = tokio::time::interval(Duration::from_secs(2));
-    let mut seen = routes::CLOSED.get();
+    let mut seen = routes::FREED.get();
     let mut pending = false;
     loop {
         tick.tick().await;
-        let closed = routes::CLOSED.get();
+        let closed = routes::FREED.get();
         let now = closed != seen;
         if now || pending {
             // SAFETY: mi_collect takes no pointer and only tidies this thread's heap and the

@@ -140,9 +140,10 @@ pub enum Refused {
 }
 
 thread_local! {
-    /// Client connections this thread has closed: a worker gives freed memory back to the
-    /// system after connections closed (`proxy::collect`).
-    pub static CLOSED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    /// Client connections this thread has closed, or whose buffers it took back while they
+    /// idle: a worker gives freed memory back to the system after that
+    /// (`proxy::give_back_memory`).
+    pub static FREED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 /// A client connection, counted against `[http] max_connections` and its frontend's
@@ -158,7 +159,7 @@ impl Drop for Slot {
         if let Some(f) = &self.frontend {
             f.fetch_sub(1, Relaxed);
         }
-        CLOSED.set(CLOSED.get() + 1);
+        FREED.set(FREED.get() + 1);
     }
 }
 
