@@ -147,6 +147,11 @@ pub const SERVER_PRESENT: u16 = 1;
 /// `ServerInfo::flags`: the server is DOWN and its backend resets established flows: the
 /// next client packet of each is answered with a TCP RST (UDP flows are re-balanced).
 pub const SERVER_RESET_FLOWS: u16 = 2;
+/// `ServerInfo::flags`: the server fails its health check (its weight is 0 for that). XDP
+/// ignores it; a daemon taking over the pinned maps reads it, so health survives restarts.
+pub const SERVER_CHECK_DOWN: u16 = 4;
+/// Longest name of a frontend or backend (and load balancer id).
+pub const NAME_LEN: usize = 64;
 
 pub type Addr = [u8; 16];
 

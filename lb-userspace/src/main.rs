@@ -171,6 +171,7 @@ fn main() -> ExitCode {
             detach_on_exit,
         } => match Config::load(&path) {
             Ok(c) => {
+                raise_open_file_limit();
                 let options = lb_userspace::daemon::RunOptions {
                     fresh,
                     detach_on_exit,
@@ -308,6 +309,23 @@ fn status(config: Option<&std::path::Path>, args: &ApiArgs) -> Result<()> {
         Output::Json => println!("{}", serde_json::to_string_pretty(&status)?),
     }
     Ok(())
+}
+
+/// Raise RLIMIT_NOFILE's soft limit to the hard one, as HAProxy and nginx do: the default
+/// soft limit of 1024 ran out at 966 idle proxy connections, and then the API and
+/// /metrics could not accept either. (`LimitNOFILE=` in the unit sets the hard limit.)
+fn raise_open_file_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    if soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        warn!(soft, hard, error = %e, "cannot raise the open file limit");
+        return;
+    }
+    info!(nofile = hard.max(soft), "open file limit");
 }
 
 /// The daemon's one runtime for the API, metrics, probes, netlink and its own event loop;

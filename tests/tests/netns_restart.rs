@@ -133,3 +133,83 @@ impl Drop for Unmount {
         let _ = std::fs::remove_dir(&self.0);
     }
 }
+
+/// With health checks on, a restart keeps every server's state: no established flow is
+/// reset (`on_down = "reset"`), and new flows are served at once, before any probe.
+#[test]
+fn a_restart_keeps_health_so_no_flow_is_reset_or_refused() {
+    if !require_root("netns_restart") {
+        return;
+    }
+    let lb = lb_binary().unwrap();
+    let id = std::process::id();
+    let topo = Topology::new(&format!("lbq{id}"), 3).unwrap();
+    topo.start_peers(&lb).unwrap();
+    let _servers = topo.start_name_servers(SERVER_PORT).unwrap();
+    let bpffs = std::env::temp_dir().join(format!("lbq{id}-bpffs"));
+    std::fs::create_dir_all(&bpffs).unwrap();
+    sh(&["mount", "-t", "bpf", "bpf", bpffs.to_str().unwrap()]).unwrap();
+    let unmount = Unmount(bpffs.clone());
+    let path = std::env::temp_dir().join(format!("lbq{id}.toml"));
+    let checked = lb_userspace::DEFAULT_DEMO_CONFIG.replacen(
+        "port = 8080\n",
+        "port = 8080\noptions = { health_check = { type = \"tcp\", interval = \"200ms\", timeout = \"100ms\", on_down = \"reset\" } }\n",
+        1,
+    );
+    assert_ne!(checked, lb_userspace::DEFAULT_DEMO_CONFIG);
+    let config = format!(
+        "{checked}\n[dataplane]\npin_path = \"{}\"\n",
+        bpffs.join("lb").display()
+    );
+    std::fs::write(&path, config).unwrap();
+    let run = ["run", "--config", path.to_str().unwrap()];
+
+    let (pid, log) = start_logged(&topo.lb, &lb, &run).unwrap();
+    wait_for_log(&log, "server UP", 3, Duration::from_secs(10)).unwrap();
+    let target: SocketAddr = (VIP, 80).into();
+    let mut conns = topo
+        .client
+        .run(move || {
+            (0..40)
+                .map(|_| LongConn::open(None, target).unwrap())
+                .collect::<Vec<_>>()
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+
+    topo.lb.stop(pid);
+    let (pid, log) = start_logged(&topo.lb, &lb, &run).unwrap();
+    wait_for_log(
+        &log,
+        "health taken over from the pinned data plane",
+        1,
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    // Before any probe has run again: new flows are served, and none of the 40 is reset.
+    let fresh = topo
+        .client
+        .run(move || LongConn::open(None, target).map(|c| c.server))
+        .unwrap()
+        .join()
+        .unwrap();
+    assert!(
+        fresh.is_ok(),
+        "a new connection right after the restart: {fresh:?}"
+    );
+    conns = exchange_all(&topo.client, conns).unwrap();
+    assert_eq!(conns.len(), 40);
+    topo.lb.stop(pid);
+    topo.lb
+        .exec(&[
+            lb.to_str().unwrap(),
+            "stop",
+            "--config",
+            path.to_str().unwrap(),
+        ])
+        .unwrap();
+    drop(conns);
+    let _ = std::fs::remove_file(&path);
+    drop(unmount);
+}

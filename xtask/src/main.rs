@@ -1,6 +1,7 @@
-//! `cargo xtask`: setup, the demo, tests (and later benchmarks) for lb.
+//! `cargo xtask`: setup, the demo, tests, fuzzing and benchmarks for lb.
 
 mod demo;
+mod fuzz;
 mod setup;
 
 use std::{path::PathBuf, process::Command};
@@ -17,7 +18,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install what a fresh machine lacks (rust-src, bpf-linker, Debian packages). Idempotent.
+    /// Install what a fresh machine lacks (rust-src, bpf-linker, Debian packages, cargo-fuzz).
+    /// Idempotent.
     Setup,
     /// With no lb arguments: the demo on an embedded topology. With `-- <args>`: run lb.
     Run {
@@ -28,9 +30,22 @@ enum Task {
         #[arg(last = true)]
         lb_args: Vec<String>,
     },
-    /// Style, lint, unit tests, BPF_PROG_TEST_RUN fixtures, network-namespace tests, and a
-    /// quick benchmark run that checks the harness (never a speed).
+    /// Style, lint, unit tests, the fuzz corpus replayed, BPF_PROG_TEST_RUN fixtures,
+    /// network-namespace tests, and a quick benchmark run that checks the harness (never a
+    /// speed).
     Test,
+    /// Fuzz the targets of fuzz/ with cargo-fuzz (libFuzzer, nightly), each from its corpus
+    /// in fuzz/corpus/; new inputs go to fuzz/target/corpus/, crashes to fuzz/artifacts/.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 30)]
+        time: u64,
+        /// One target (a file of fuzz/fuzz_targets/ without `.rs`); default: every one.
+        target: Option<String>,
+        /// Only replay the committed corpus on stable, as `cargo xtask test` does.
+        #[arg(long)]
+        replay: bool,
+    },
     /// Benchmarks: lb against direct routing, nftables and HAProxy on one topology, the XDP
     /// object against XDP's own cost, and Maglev's quality. Results in target/bench/.
     Bench {
@@ -59,7 +74,7 @@ fn main() -> Result<()> {
     // SAFETY: single-threaded at this point.
     unsafe { std::env::set_var("PATH", path) };
     match task {
-        Task::Setup => Ok(()),
+        Task::Setup => setup::cargo_fuzz(&root.join(".tools")),
         Task::Run { duration, lb_args } if lb_args.is_empty() => demo::run(duration),
         Task::Run { lb_args, .. } => {
             cargo(&["build", "-p", "lb-userspace"])?;
@@ -68,6 +83,16 @@ fn main() -> Result<()> {
             std::process::exit(status.code().unwrap_or(1));
         }
         Task::Test => test(),
+        Task::Fuzz { replay: true, .. } => {
+            fuzz::fmt_check()?;
+            let (passed, failed) = fuzz::replay()?;
+            println!("tests: {passed} passed, {failed} failed");
+            Ok(())
+        }
+        Task::Fuzz { time, target, .. } => {
+            setup::cargo_fuzz(&root.join(".tools"))?;
+            fuzz::run(&root, time, target.as_deref())
+        }
         Task::Bench { quick, only } => run_bench(quick, false, only.as_deref()),
     }
 }
@@ -96,6 +121,7 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 fn test() -> Result<()> {
     // Style and lint, host crates and the eBPF crate.
     cargo(&["fmt", "--all", "--", "--check"])?;
+    fuzz::fmt_check()?;
     cargo(&[
         "clippy",
         "--workspace",
@@ -122,8 +148,10 @@ fn test() -> Result<()> {
         "-D",
         "warnings",
     ]))?;
+    // The fuzz corpus, replayed through the targets' bodies on stable (seconds).
+    let (fuzz_passed, fuzz_failed) = fuzz::replay()?;
     // Unit tests, BPF_PROG_TEST_RUN fixtures and netns tests; the netns tests run the lb
-    // binary, so build it first.
+    // binary, so build it first. The replay ran above: skipped here.
     cargo(&["build", "-p", "lb-userspace"])?;
     let (passed, failed) = cargo_test_counted(&[
         "test",
@@ -133,7 +161,11 @@ fn test() -> Result<()> {
         "--lib",
         "--bins",
         "--tests",
+        "--",
+        "--skip",
+        fuzz::REPLAY_PREFIX,
     ])?;
+    let (passed, failed) = (passed + fuzz_passed, failed + fuzz_failed);
     // The benchmark harness itself: every row present and non-zero, never a speed.
     run_bench(true, true, None)?;
     println!("tests: {passed} passed, {failed} failed");

@@ -39,6 +39,9 @@ const DEBIAN_PACKAGES: &[&str] = &[
 /// Schemathesis, pinned: its checks are part of the test suite.
 const SCHEMATHESIS: &str = "schemathesis==4.32.5";
 
+/// cargo-fuzz, pinned: `cargo xtask fuzz` runs the targets in fuzz/ with it.
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
 pub fn setup(root: &Path) -> Result<Tools> {
     let tools_dir = root.join(".tools");
     let tools = Tools {
@@ -134,6 +137,30 @@ fn bpf_linker(tools_dir: &Path) -> Result<()> {
             .arg("--root")
             .arg(tools_dir)
             .env("LLVM_PREFIX", &prefix),
+    )
+}
+
+/// cargo-fuzz in .tools/bin, for `cargo xtask fuzz` (and `cargo xtask setup`) only: the
+/// corpus replay of `cargo xtask test` runs on stable without it.
+pub fn cargo_fuzz(tools_dir: &Path) -> Result<()> {
+    let bin = tools_dir.join("bin/cargo-fuzz");
+    if bin.is_file()
+        && output(Command::new(&bin).arg("--version"))
+            .map(|v| v.ends_with(CARGO_FUZZ_VERSION))
+            .unwrap_or(false)
+    {
+        return Ok(());
+    }
+    eprintln!(
+        "setup: building cargo-fuzz {CARGO_FUZZ_VERSION} into {}",
+        tools_dir.display()
+    );
+    crate::run(
+        Command::new(env!("CARGO"))
+            .args(["install", "cargo-fuzz", "--force", "--locked", "--version"])
+            .arg(CARGO_FUZZ_VERSION)
+            .arg("--root")
+            .arg(tools_dir),
     )
 }
 

@@ -95,10 +95,12 @@ pub fn parse_body<T: DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
                 format!("the body is not valid JSON: {message}"),
             );
         }
-        // serde names a missing or unknown field in its message, not in the path.
-        let named = message.split('`').nth(1).filter(|_| {
-            message.starts_with("missing field") || message.starts_with("unknown field")
-        });
+        // serde names a missing field in its message, not in the path (which ends at the
+        // struct); an unknown field's path already ends at its key.
+        let named = message
+            .split('`')
+            .nth(1)
+            .filter(|_| message.starts_with("missing field"));
         let field = match (path.as_str(), named) {
             (".", Some(n)) => n.to_string(),
             (p, Some(n)) => format!("{p}.{n}"),
@@ -165,6 +167,10 @@ mod tests {
             r#"{"name": "a", "mode": "tcp", "balancing_method": "first", "port": 1, "servers": {"type": "addresses", "addresses": []}, "options": {"tls": "yes"}}"#,
         );
         assert_eq!(e.field.as_deref(), Some("options.tls"));
+        let e = err(
+            r#"{"name": "a", "mode": "tcp", "balancing_method": "first", "port": 1, "servers": {"type": "addresses", "addresses": []}, "options": {"colour": 1}}"#,
+        );
+        assert_eq!(e.field.as_deref(), Some("options.colour"));
         let e = err("{");
         assert_eq!((e.status, e.field), (StatusCode::BAD_REQUEST, None));
     }

@@ -17,8 +17,8 @@ pub use error::{ConfigError, Problem};
 pub use model::*;
 pub use persist::persist;
 pub use values::{
-    AclCriterion, CheckKind, Cidr, ExpectedCodes, Forwarding, Method, Mode, OnDown, Port, Protocol,
-    ProxyVersion, RouteCond, StickyKind,
+    AclCriterion, CheckKind, Cidr, ExpectedCodes, Forwarding, InitState, Method, Mode, OnDown,
+    Port, Protocol, ProxyVersion, RouteCond, StickyKind, UnderscoreHeaders,
 };
 
 #[cfg(test)]

@@ -12,8 +12,8 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use super::values::{
-    AclCriterion, CheckKind, Cidr, ExpectedCodes, Forwarding, Method, Mode, OnDown, Port, Protocol,
-    ProxyVersion, RouteCond, StickyKind, duration,
+    AclCriterion, CheckKind, Cidr, ExpectedCodes, Forwarding, InitState, Method, Mode, OnDown,
+    Port, Protocol, ProxyVersion, RouteCond, StickyKind, UnderscoreHeaders, duration,
 };
 
 /// Largest server weight (0 drains).
@@ -94,11 +94,14 @@ pub struct HttpConfig {
     /// Establishing a connection to a server (then the next server is tried).
     #[serde(with = "duration")]
     pub connect_timeout: Duration,
-    /// Waiting for a server's response headers (then 504).
+    /// Waiting for a server's response headers (then 504), for each read of a response
+    /// body, and for any write to make progress: a client (or server) that stops reading is
+    /// cut off after this, with the connection on the other side.
     #[serde(with = "duration")]
     pub server_timeout: Duration,
     /// A client's whole request head must arrive within this, and an idle keep-alive
     /// connection is closed after it: slow clients (slowloris) cannot hold connections.
+    /// An HTTP/2 connection with no open stream for this long is sent GOAWAY and closed.
     #[serde(with = "duration")]
     pub request_timeout: Duration,
     /// A request body must arrive within this after its head.
@@ -112,6 +115,16 @@ pub struct HttpConfig {
     pub pool_idle_per_server: usize,
     /// Proxy worker threads.
     pub workers: usize,
+    /// Most client connections the proxy holds at once, over all its frontends; past it a
+    /// plain HTTP connection is answered 503 and others are closed. Absent: what the open
+    /// file limit allows, (RLIMIT_NOFILE - 1024) / 2 (a client connection and a server one
+    /// each), so the API, metrics and health checks always have descriptors left.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
+    /// Request headers whose name has an underscore: "drop" (default), "reject" (400) or
+    /// "allow".
+    #[serde(default)]
+    pub underscore_headers: UnderscoreHeaders,
 }
 
 impl Default for HttpConfig {
@@ -125,6 +138,8 @@ impl Default for HttpConfig {
             max_headers: 100,
             pool_idle_per_server: 64,
             workers: 2,
+            max_connections: None,
+            underscore_headers: UnderscoreHeaders::Drop,
         }
     }
 }
@@ -252,6 +267,11 @@ pub struct FrontendOptions {
     #[serde(default)]
     #[schema(value_type = Vec<String>)]
     pub trusted_proxies: Vec<Cidr>,
+    /// Most client connections of this frontend at once (as HAProxy's frontend `maxconn`);
+    /// past it a plain HTTP connection is answered 503 and others are closed. Proxied
+    /// frontends only. Absent: only `[http] max_connections` applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
@@ -381,6 +401,9 @@ pub struct HealthCheck {
     /// A DOWN server's established flows: "keep" (default) or "reset".
     #[serde(skip_serializing_if = "Option::is_none")]
     pub on_down: Option<OnDown>,
+    /// How a server starts when nothing is known of it: "down" (default) or "up".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub init_state: Option<InitState>,
 }
 
 /// The defaults of a health check's optional fields, in one place.
@@ -403,6 +426,10 @@ impl HealthCheck {
 
     pub fn on_down(&self) -> OnDown {
         self.on_down.unwrap_or_default()
+    }
+
+    pub fn init_state(&self) -> InitState {
+        self.init_state.unwrap_or_default()
     }
 
     pub fn expected(&self) -> ExpectedCodes {

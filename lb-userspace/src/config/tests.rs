@@ -269,3 +269,86 @@ fn durations_and_closed_sets_are_typed_once() {
     assert_eq!(c.backends[0].balancing_method, Method::Maglev);
     assert_eq!(c.frontends[0].binds[1].protocol, Protocol::Udp);
 }
+
+#[test]
+fn names_are_short_and_plain() {
+    for bad in ["", "has space", "slash/name", &"x".repeat(65)] {
+        let e = errors(&GOOD.replace("name = \"app\"", &format!("name = {bad:?}")));
+        assert!(
+            e.problems
+                .iter()
+                .any(|(_, p)| p.field == "backends[0].name" && p.fix.contains("1 to 64")),
+            "{bad:?}: {e}"
+        );
+    }
+    let ok = GOOD
+        .replace("name = \"app\"", "name = \"app_v2.1-b\"")
+        .replace(
+            "default_backend = \"app\"",
+            "default_backend = \"app_v2.1-b\"",
+        );
+    Config::parse("t", &ok).unwrap();
+}
+
+#[test]
+fn connection_limits_and_header_rules_are_validated() {
+    let http = r#"
+[http]
+max_connections = 0
+underscore_headers = "strip"
+
+[[frontends]]
+name = "site"
+mode = "http"
+address = "198.18.100.3"
+binds = [{ port = 80 }]
+default_backend = "site"
+options = { max_connections = 0 }
+
+[[backends]]
+name = "site"
+mode = "http"
+balancing_method = "roundrobin"
+port = 80
+servers = { type = "addresses", addresses = [{ address = "198.18.11.2" }] }
+"#;
+    let e = errors(http);
+    let shown = e.to_string();
+    assert!(
+        shown.contains("fix: use one of: drop, reject, allow"),
+        "{shown}"
+    );
+    let e = errors(&http.replace("underscore_headers = \"strip\"", ""));
+    let mut fields: Vec<&str> = e.problems.iter().map(|(_, p)| p.field.as_str()).collect();
+    fields.sort();
+    assert_eq!(
+        fields,
+        [
+            "frontends[0].options.max_connections",
+            "http.max_connections"
+        ],
+        "{e}"
+    );
+    let good = http
+        .replace("max_connections = 0\n", "max_connections = 20000\n")
+        .replace("\"strip\"", "\"reject\"")
+        .replace("{ max_connections = 0 }", "{ max_connections = 100 }");
+    let c = Config::parse("t", &good).unwrap();
+    assert_eq!(c.http.max_connections, Some(20000));
+    assert_eq!(c.http.underscore_headers, UnderscoreHeaders::Reject);
+    assert_eq!(c.frontends[0].options.max_connections, Some(100));
+    let defaults = Config::parse("t", GOOD).unwrap();
+    assert_eq!(defaults.http.max_connections, None);
+    assert_eq!(defaults.http.underscore_headers, UnderscoreHeaders::Drop);
+
+    // XDP counts no connections per frontend: refused there, with a way out.
+    let e = errors(&GOOD.replace(
+        "snat_address = \"198.18.2.1\"",
+        "snat_address = \"198.18.2.1\"\noptions = { max_connections = 10 }",
+    ));
+    assert_eq!(
+        e.problems[0].1.field,
+        "frontends[0].options.max_connections"
+    );
+    assert!(e.problems[0].1.fix.contains("mode = \"http\""), "{e}");
+}

@@ -9,6 +9,24 @@ use super::{
     values::{CheckKind, Forwarding, Method, Mode, Protocol, StickyKind, one_of},
 };
 
+/// Names (and load balancer ids) are path segments of the API and keys of the data
+/// plane's id map: 1 to 64 characters of `[A-Za-z0-9._-]`.
+pub const NAME_MAX: usize = lb_common::maps::NAME_LEN;
+const NAME_FIX: &str = "use 1 to 64 characters of A-Z, a-z, 0-9, '.', '_' and '-'";
+
+/// What is wrong with a name, if anything.
+fn name_problem(name: &str) -> Option<String> {
+    if name.is_empty() {
+        return Some("name is empty".into());
+    }
+    if name.len() > NAME_MAX {
+        return Some(format!("name is {} characters long", name.len()));
+    }
+    name.chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+        .map(|c| format!("name {name:?} has the character {c:?}"))
+}
+
 impl Config {
     /// Check every rule; an empty list means the config is valid.
     pub fn validate(&self) -> Vec<Problem> {
@@ -24,12 +42,8 @@ impl Config {
         let mut backend_names = HashSet::new();
         for (i, b) in self.backends.iter().enumerate() {
             let at = format!("backends[{i}]");
-            if b.name.trim().is_empty() {
-                problem(
-                    format!("{at}.name"),
-                    "a backend needs a name".into(),
-                    "set name = \"...\"",
-                );
+            if let Some(wrong) = name_problem(&b.name) {
+                problem(format!("{at}.name"), format!("backend {wrong}"), NAME_FIX);
             } else if !backend_names.insert(b.name.as_str()) {
                 problem(
                     format!("{at}.name"),
@@ -140,7 +154,13 @@ impl Config {
 
         let mut lb_ids = HashSet::new();
         for (i, lb) in self.lbs.iter().enumerate() {
-            if lb.id.trim().is_empty() || !lb_ids.insert(lb.id.as_str()) {
+            if let Some(wrong) = name_problem(&lb.id) {
+                problem(
+                    format!("lbs[{i}].id"),
+                    format!("load balancer id: {wrong}"),
+                    NAME_FIX,
+                );
+            } else if !lb_ids.insert(lb.id.as_str()) {
                 problem(
                     format!("lbs[{i}].id"),
                     format!("load balancer id {:?} is empty or used twice", lb.id),
@@ -192,7 +212,9 @@ impl Config {
                     );
                 }
             }
-            if !frontend_names.insert(f.name.as_str()) {
+            if let Some(wrong) = name_problem(&f.name) {
+                problem(format!("{at}.name"), format!("frontend {wrong}"), NAME_FIX);
+            } else if !frontend_names.insert(f.name.as_str()) {
                 problem(
                     format!("{at}.name"),
                     format!("frontend name {:?} is used twice", f.name),
@@ -324,6 +346,13 @@ impl Config {
                 "use a size in bytes such as 16384 (the default)",
             );
         }
+        if h.max_connections == Some(0) {
+            problem(
+                "http.max_connections".into(),
+                "max_connections 0 would refuse every connection".into(),
+                "remove it (the open file limit decides), or use a count such as 100000",
+            );
+        }
         if !(1..=256).contains(&h.workers) {
             problem(
                 "http.workers".into(),
@@ -438,6 +467,21 @@ impl Config {
                 "redirect_ssl sends clients to https, but no bind has ssl = true".into(),
                 "add a bind with ssl = true and ssl_certificate",
             );
+        }
+        match f.options.max_connections {
+            Some(0) => problem(
+                format!("{at}.options.max_connections"),
+                "max_connections 0 would refuse every connection".into(),
+                "remove it (then only [http] max_connections applies), or use a count such as 10000",
+            ),
+            Some(_) if !self.in_userspace(f) => problem(
+                format!("{at}.options.max_connections"),
+                "max_connections is counted by the proxy, which serves http frontends and tcp \
+                 frontends whose backend sends a PROXY header; XDP does not limit this frontend"
+                    .into(),
+                "remove max_connections, or use mode = \"http\"",
+            ),
+            _ => {}
         }
         if !http && (f.options.redirect_ssl.is_some() || f.options.forward_for.is_some()) {
             problem(

@@ -11,9 +11,13 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 macro_rules! spelled {
     ($(#[$meta:meta])* pub enum $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal,)+ }) => {
         $(#[$meta])*
+        // snake_case names every word of these sets; written out (not per variant through the
+        // macro's literals) so that the OpenAPI derive sees it too. `as_str` is checked
+        // against it by a test.
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, Serialize, utoipa::ToSchema)]
+        #[serde(rename_all = "snake_case")]
         pub enum $name {
-            $($(#[$vmeta])* #[serde(rename = $text)] $variant,)+
+            $($(#[$vmeta])* $variant,)+
         }
 
         impl $name {
@@ -62,6 +66,23 @@ spelled! {
         Nat = "nat",
         /// L2 direct server return: servers hold the VIP and answer clients directly.
         Dsr = "dsr",
+    }
+}
+
+spelled! {
+    /// What the proxy does with a request header whose name has an underscore, such as
+    /// `X_Forwarded_For`: CGI-style servers (PHP, WSGI, Rack) read `_` and `-` alike, so it
+    /// could pass for a header the proxy rewrote. nginx drops them
+    /// (`underscores_in_headers off`), Envoy may drop or reject them.
+    #[derive(Default)]
+    pub enum UnderscoreHeaders {
+        /// Not forwarded; the request goes on.
+        #[default]
+        Drop = "drop",
+        /// The request is answered 400.
+        Reject = "reject",
+        /// Forwarded like any other header.
+        Allow = "allow",
     }
 }
 
@@ -159,6 +180,18 @@ spelled! {
 /// Separates what is wrong from how to fix it in the errors of these types, so that a
 /// config error can show both on their lines.
 pub const FIX: &str = "\nfix: ";
+
+spelled! {
+    /// How a checked server starts when nothing is known of it (HAProxy's `init-state`):
+    /// on a fresh start, and for a server new to the config. Taking over a pinned data
+    /// plane restores the state the earlier daemon left.
+    #[derive(Default)]
+    pub enum InitState {
+        Up = "up",
+        #[default]
+        Down = "down",
+    }
+}
 
 /// Every word of a closed set, for a fix line: "use one of: tcp, http".
 pub fn one_of<T: fmt::Display>(all: &[T]) -> String {
@@ -435,6 +468,37 @@ mod tests {
         assert!(range.accepts(399) && !range.accepts(400));
         assert!(ExpectedCodes::parse("2xx").is_err());
         assert!(ExpectedCodes::parse("399-200").is_err());
+    }
+
+    #[test]
+    fn every_word_serialises_as_it_is_spelled() {
+        fn check<T: serde::Serialize + fmt::Display>(all: &[T]) {
+            for w in all {
+                assert_eq!(serde_json::to_string(w).unwrap(), format!("\"{w}\""));
+            }
+        }
+        check(Mode::ALL);
+        check(Protocol::ALL);
+        check(Forwarding::ALL);
+        check(Method::ALL);
+        check(AclCriterion::ALL);
+        check(RouteCond::ALL);
+        check(ProxyVersion::ALL);
+        check(StickyKind::ALL);
+        check(CheckKind::ALL);
+        check(OnDown::ALL);
+        check(InitState::ALL);
+        check(UnderscoreHeaders::ALL);
+    }
+
+    #[test]
+    fn the_openapi_document_spells_the_words_as_the_config_does() {
+        use utoipa::PartialSchema as _;
+        let schema = serde_json::to_string(&Method::schema()).unwrap();
+        assert!(
+            schema.contains("\"roundrobin\"") && !schema.contains("Roundrobin"),
+            "{schema}"
+        );
     }
 
     #[test]

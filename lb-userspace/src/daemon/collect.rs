@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::{
     config::Config,
-    dataplane::{Collector, GcReport, monotonic_now_ns},
+    dataplane::{Collector, GcReport, Retired, monotonic_now_ns},
 };
 
 /// What a pass needs from the running config and data plane.
@@ -20,14 +20,17 @@ pub struct Settings {
     pub timeouts: Timeouts,
     /// Server ids whose open-flow counts are reconciled.
     pub servers: Vec<u32>,
+    /// Ids that left the config, checked for references before they are released.
+    pub retired: Retired,
 }
 
 impl Settings {
-    pub fn of(config: &Config, servers: Vec<u32>) -> Settings {
+    pub fn of(config: &Config, servers: Vec<u32>, retired: Retired) -> Settings {
         Settings {
             interval: config.dataplane.gc_interval,
             timeouts: config.dataplane.timeouts(),
             servers,
+            retired,
         }
     }
 }
@@ -41,7 +44,8 @@ pub fn spawn(
     watch::Sender<Settings>,
     mpsc::UnboundedReceiver<Result<GcReport>>,
 ) {
-    let (settings, mut current) = watch::channel(Settings::of(config, Vec::new()));
+    let (settings, mut current) =
+        watch::channel(Settings::of(config, Vec::new(), Retired::default()));
     let (reports, received) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         loop {
@@ -49,7 +53,12 @@ pub fn spawn(
             tokio::time::sleep(interval).await;
             let now = current.borrow().clone();
             let pass = tokio::task::spawn_blocking(move || {
-                let report = collector.run(monotonic_now_ns(), &now.timeouts, &now.servers);
+                let report = collector.run(
+                    monotonic_now_ns(),
+                    &now.timeouts,
+                    &now.servers,
+                    &now.retired,
+                );
                 (collector, report)
             })
             .await;

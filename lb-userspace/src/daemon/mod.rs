@@ -6,6 +6,7 @@
 //! runtime's blocking threads; the garbage collector runs on its own (`collect`).
 
 mod collect;
+mod linger;
 mod publish;
 mod reload;
 
@@ -20,11 +21,11 @@ use std::{
 use anyhow::{Context as _, Result};
 use lb_common::maps::PROG_LB;
 use tokio::sync::{mpsc, watch};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::{
     api,
-    config::Config,
+    config::{Config, InitState},
     dataplane::{BYTES_PER_FLOW, Dataplane, GcReport, on_bpffs, pin_dir, remove_pins},
     health::{CheckStats, Health, ProbeReport, Prober},
     metrics,
@@ -65,6 +66,11 @@ pub struct Daemon {
     /// Health of every checked server, by (backend, address); unchecked servers are absent
     /// and count as up.
     health: HashMap<(String, IpAddr), Health>,
+    /// Health an earlier daemon left in the pinned maps, by (address, port): used once, at
+    /// the first install.
+    restored: HashMap<(IpAddr, u16), bool>,
+    /// Servers that left backends with no UP server yet (make before break).
+    lingering: HashMap<String, linger::Lingering>,
     /// Probe history per checked server, for metrics.
     checks: HashMap<(String, IpAddr), CheckStats>,
     prober: Prober,
@@ -122,6 +128,14 @@ impl Daemon {
             syn_reclaim_ms = lb_common::maps::SYN_RECLAIM_NS / 1_000_000,
             "SNAT source ports: per SNAT address, server port and protocol; handshakes idle past syn_reclaim_ms give theirs to new SYNs"
         );
+        let restored = dataplane.pinned_health()?;
+        if !restored.is_empty() {
+            let down = restored.values().filter(|up| !**up).count();
+            info!(
+                servers = restored.len(),
+                down, "health taken over from the pinned data plane"
+            );
+        }
         let (collect, collected) = collect::spawn(dataplane.collector()?, &config);
         let (reports, probes) = mpsc::unbounded_channel();
         let live = Arc::new(RwLock::new(api::types::Live::default()));
@@ -131,6 +145,8 @@ impl Daemon {
             dataplane: Arc::new(Mutex::new(dataplane)),
             file_stamp: reload::stamp(path),
             health: HashMap::new(),
+            restored,
+            lingering: HashMap::new(),
             checks: HashMap::new(),
             prober: Prober::new(reports),
             probes,
@@ -200,20 +216,38 @@ impl Daemon {
                 Ok(attached)
             })
             .await?;
-        // Keep the health of servers that stay; new checked servers start down.
+        // Servers that stay keep their health; the others start as the earlier daemon left
+        // them (a takeover of pinned maps), else per their check's init_state.
         let mut health = HashMap::new();
-        for backend in config
-            .backends
-            .iter()
-            .filter(|b| b.options.health_check.is_some())
-        {
+        for backend in &config.backends {
+            let Some(check) = &backend.options.health_check else {
+                continue;
+            };
             for server in backend.resolved_servers(&config.computers) {
                 let key = (backend.name.clone(), server.address);
-                let state = self.health.get(&key).copied().unwrap_or(Health::new(true));
+                let state = self.health.get(&key).copied().unwrap_or_else(|| {
+                    let restored = self.restored.get(&(server.address, backend.port.number));
+                    Health::starting(
+                        restored
+                            .copied()
+                            .unwrap_or(check.init_state() == InitState::Up),
+                    )
+                });
                 health.insert(key, state);
             }
         }
-        self.health = health;
+        let previous = std::mem::replace(&mut self.health, health);
+        self.restored.clear();
+        for (name, linger) in linger::leaving(&self.config, &config, &self.health, &previous) {
+            info!(
+                backend = %name,
+                servers = linger.servers.len(),
+                "servers that leave keep taking new flows until a new one is UP"
+            );
+            self.lingering.insert(name, linger);
+        }
+        self.lingering
+            .retain(|name, _| config.backends.iter().any(|b| &b.name == name));
         let written = self.apply(&config).await?;
         self.prober.restart(&config);
         let wanted = config.interfaces();
@@ -237,22 +271,24 @@ impl Daemon {
     /// Apply `config` with unhealthy servers given weight 0, to the data plane and the
     /// proxy; the collector learns the servers it reconciles.
     async fn apply(&mut self, config: &Config) -> Result<usize> {
+        let effective = linger::with_lingering(config, &self.lingering);
+        let config = &effective;
         let health = self.health.clone();
         let up = move |backend: &str, address: IpAddr| {
             health
                 .get(&(backend.to_string(), address))
                 .is_none_or(|h| h.up)
         };
-        let (written, servers) = {
+        let (written, servers, retired) = {
             let (config, up) = (config.clone(), up.clone());
             self.with_dataplane(move |dp| {
                 let written = dp.apply_config_with_health(&config, &up)?;
-                Ok((written, dp.server_ids()))
+                Ok((written, dp.server_ids(), dp.retired()))
             })
             .await?
         };
         self.collect
-            .send_replace(collect::Settings::of(config, servers));
+            .send_replace(collect::Settings::of(config, servers, retired));
         if self.proxy.is_none() && config.frontends.iter().any(|f| config.in_userspace(f)) {
             self.proxy = Some(crate::proxy::Proxy::new(config.http.workers)?);
         }
@@ -323,6 +359,7 @@ impl Daemon {
             return;
         };
         stats.transitions += 1;
+        self.settle_lingering();
         match &report.result {
             Ok(()) => info!(backend = %key.0, server = %key.1, check = %check.kind, "server UP"),
             Err(reason) => {
@@ -334,6 +371,30 @@ impl Daemon {
             error!(error = %format!("{e:#}"), up, "applying a health change failed");
         }
         self.publish(None).await;
+    }
+
+    /// Release the retired ids a collection pass found unused, so that API churn never
+    /// exhausts them; the collector learns what stays retired.
+    async fn release(&mut self, unused: &crate::dataplane::Retired) {
+        if unused.is_empty() {
+            return;
+        }
+        let unused = unused.clone();
+        match self
+            .with_dataplane(move |dp| Ok((dp.release(&unused)?, dp.retired())))
+            .await
+        {
+            Ok((released, retired)) => {
+                if released > 0 {
+                    debug!(
+                        released,
+                        "ids of removed servers, backends and frontends released"
+                    );
+                }
+                self.collect.send_modify(|s| s.retired = retired);
+            }
+            Err(e) => warn!(error = %format!("{e:#}"), "releasing retired ids failed"),
+        }
     }
 
     /// The event loop, until SIGINT or SIGTERM.
@@ -366,8 +427,17 @@ impl Daemon {
                     if reload::stamp(&self.path) != self.file_stamp {
                         self.reload("config file changed").await;
                     }
+                    if self.settle_lingering() {
+                        let config = self.config.clone();
+                        if let Err(e) = self.apply(&config).await {
+                            error!(error = %format!("{e:#}"), "applying the end of lingering failed");
+                        }
+                    }
                 }
-                Event::Collected(Ok(report)) => self.publish(Some(report)).await,
+                Event::Collected(Ok(report)) => {
+                    self.release(&report.unused).await;
+                    self.publish(Some(report)).await;
+                }
                 Event::Collected(Err(e)) => warn!(error = %format!("{e:#}"), "conntrack gc failed"),
                 Event::Probe(report) => self.on_probe(report).await,
                 Event::Api(change) => self.on_api_change(*change).await,

@@ -1,20 +1,24 @@
 //! The connection-tracking garbage collector. It holds handles of its own to the maps it
 //! sweeps, so it runs on a thread of its own while the daemon keeps applying changes.
 
-use std::{collections::HashMap, os::fd::AsFd as _};
+use std::{
+    collections::{HashMap, HashSet},
+    os::fd::AsFd as _,
+};
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::maps::{Array, HashMap as BpfHashMap, MapData};
 use lb_common::{
     flow::{Timeouts, is_half_open},
     maps::{
-        ENTRY_COUNTED, ENTRY_DSR, FlowKey, MAP_CONNTRACK, MAP_SERVER_ACTIVE, MAP_SNAT, NatEntry,
+        ENTRY_COUNTED, ENTRY_DSR, FlowKey, MAP_CONNTRACK, MAP_SERVER_ACTIVE, MAP_SNAT, MAP_STICKY,
+        NatEntry, StickyEntry, StickyKey,
     },
     wire::IPPROTO_TCP,
 };
 use tracing::debug;
 
-use super::Dataplane;
+use super::{Dataplane, plan::Retired};
 
 /// A reverse entry younger than this is never an orphan: its flow's entry may be about to
 /// be inserted.
@@ -36,6 +40,8 @@ pub struct GcReport {
     pub active: HashMap<u32, u64>,
     /// Open flows per frontend id.
     pub active_per_frontend: HashMap<u32, u64>,
+    /// The retired ids this pass found nothing referring to: free to release.
+    pub unused: Retired,
 }
 
 /// The maps a pass sweeps, through file descriptors of its own.
@@ -43,6 +49,7 @@ pub struct Collector {
     conntrack: BpfHashMap<MapData, FlowKey, NatEntry>,
     snat: BpfHashMap<MapData, FlowKey, NatEntry>,
     active: Array<MapData, u64>,
+    sticky: BpfHashMap<MapData, StickyKey, StickyEntry>,
 }
 
 impl Dataplane {
@@ -64,22 +71,85 @@ impl Dataplane {
             conntrack: BpfHashMap::try_from(own(MAP_CONNTRACK)?)?,
             snat: BpfHashMap::try_from(own(MAP_SNAT)?)?,
             active: Array::try_from(own(MAP_SERVER_ACTIVE)?)?,
+            sticky: BpfHashMap::try_from(own(MAP_STICKY)?)?,
         })
     }
 
     /// One pass now (see [`Collector::run`]) over every server this data plane knows.
     pub fn gc(&mut self, now_ns: u64, timeouts: &Timeouts) -> Result<GcReport> {
         let servers: Vec<u32> = self.servers.keys().copied().collect();
-        self.collector()?.run(now_ns, timeouts, &servers)
+        self.collector()?
+            .run(now_ns, timeouts, &servers, &self.ids.retired())
     }
 }
 
 impl Collector {
+    /// The retired ids that no surviving flow (either side) and no sticky entry names.
+    fn unused(
+        &mut self,
+        retired: &Retired,
+        flows: &[(FlowKey, NatEntry)],
+        expired: &[(FlowKey, NatEntry)],
+        reverse: &[(FlowKey, NatEntry)],
+        orphans: &[FlowKey],
+    ) -> Result<Retired> {
+        if retired.is_empty() {
+            return Ok(Retired::default());
+        }
+        let (mut servers, mut backends, mut frontends) =
+            (HashSet::new(), HashSet::new(), HashSet::new());
+        let gone: HashSet<FlowKey> = expired
+            .iter()
+            .map(|(k, _)| *k)
+            .chain(orphans.iter().copied())
+            .collect();
+        for (key, entry) in flows.iter().chain(reverse) {
+            if gone.contains(key) {
+                continue;
+            }
+            servers.insert(entry.server_id);
+            backends.insert(u32::from(entry.backend_id));
+            frontends.insert(u32::from(entry.frontend_id));
+        }
+        let stale: Vec<StickyKey> = self
+            .sticky
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(key, entry)| {
+                retired.backends.contains(&key.backend_id)
+                    || retired.servers.contains(&entry.server_id)
+            })
+            .map(|(key, _)| key)
+            .collect();
+        for key in &stale {
+            let _ = self.sticky.remove(key);
+        }
+        let free = |ids: &[u32], used: &HashSet<u32>| -> Vec<u32> {
+            ids.iter()
+                .filter(|id| !used.contains(id))
+                .copied()
+                .collect()
+        };
+        Ok(Retired {
+            servers: free(&retired.servers, &servers),
+            backends: free(&retired.backends, &backends),
+            frontends: free(&retired.frontends, &frontends),
+        })
+    }
+
     /// Remove flows idle past their state's timeout (and reverse entries whose flow is
     /// gone), then set the open-flow count of every server in `servers` from what
-    /// remains, so the counts the data plane keeps can never drift. The report also says
+    /// remains, so the counts the data plane keeps can never drift. Sticky entries that
+    /// name a `retired` server or backend are removed (they can never be used), and the
+    /// retired ids no remaining entry refers to are reported unused. The report also says
     /// how many handshakes are pending and how many SNAT ports each server's flows hold.
-    pub fn run(&mut self, now_ns: u64, timeouts: &Timeouts, servers: &[u32]) -> Result<GcReport> {
+    pub fn run(
+        &mut self,
+        now_ns: u64,
+        timeouts: &Timeouts,
+        servers: &[u32],
+        retired: &Retired,
+    ) -> Result<GcReport> {
         let mut report = GcReport::default();
         let flows: Vec<(FlowKey, NatEntry)> =
             self.conntrack.iter().filter_map(|r| r.ok()).collect();
@@ -123,12 +193,13 @@ impl Collector {
         // before it goes: its port may have been given to a new flow meanwhile. (Collected
         // first: removing keys while the kernel walks them would restart the walk.)
         let reverse: Vec<(FlowKey, NatEntry)> = self.snat.iter().filter_map(|r| r.ok()).collect();
-        for (key, entry) in reverse {
+        let mut orphans = Vec::new();
+        for (key, entry) in &reverse {
             let orphan = now_ns.saturating_sub(entry.last_seen_ns) > ORPHAN_GRACE_NS
                 && self.conntrack.get(&entry.reply_key(key.proto), 0).is_err();
-            if orphan && self.snat.get(&key, 0).is_ok_and(|now| now == entry) {
-                let _ = self.snat.remove(&key);
-                report.orphans += 1;
+            if orphan && self.snat.get(key, 0).is_ok_and(|now| now == *entry) {
+                let _ = self.snat.remove(key);
+                orphans.push(*key);
                 continue;
             }
             *report
@@ -136,6 +207,8 @@ impl Collector {
                 .entry((entry.server_id, key.proto))
                 .or_default() += 1;
         }
+        report.orphans = orphans.len();
+        report.unused = self.unused(retired, &flows, &expired, &reverse, &orphans)?;
         for id in servers {
             self.active
                 .set(*id, report.active.get(id).copied().unwrap_or(0), 0)?;

@@ -29,6 +29,7 @@ use tracing::{info, warn};
 
 pub use gc::{Collector, GcReport};
 use plan::Ids;
+pub use plan::Retired;
 use sys::map_mut;
 pub use sys::{monotonic_now_ns, on_bpffs, pin_dir, remove_pins};
 use write::BackendState;
@@ -51,6 +52,8 @@ pub struct Dataplane {
     links: HashMap<(String, String), aya::programs::xdp::XdpLinkId>,
     /// Where maps and links are pinned, if anywhere.
     pins: Option<std::path::PathBuf>,
+    /// Whether the maps were pinned by an earlier daemon and taken over with their contents.
+    took_over: bool,
 }
 
 /// Frontend and server names behind the ids.
@@ -89,6 +92,7 @@ impl Dataplane {
         loader
             .map_max_entries(MAP_CONNTRACK, conntrack_size)
             .map_max_entries(MAP_SNAT, conntrack_size);
+        let took_over = pins.is_some_and(|dir| dir.join(lb_common::maps::MAP_SERVERS).exists());
         if let Some(dir) = pins {
             std::fs::create_dir_all(dir.join("links"))
                 .with_context(|| format!("creating the pin directory {}", dir.display()))?;
@@ -116,6 +120,7 @@ impl Dataplane {
             managed_neighbours: HashSet::new(),
             links: HashMap::new(),
             pins: pins.map(Path::to_path_buf),
+            took_over,
         })
     }
 
@@ -213,6 +218,34 @@ impl Dataplane {
             .ok_or_else(|| anyhow!("map {name} is missing from the XDP object"))
     }
 
+    /// With maps taken over from an earlier daemon, the health it last wrote for each
+    /// server present in them, by (address, port): false for one failing its check. Empty
+    /// on a fresh start.
+    pub fn pinned_health(&self) -> Result<HashMap<(std::net::IpAddr, u16), bool>> {
+        use lb_common::maps::{MAP_SERVERS, MAX_SERVERS, SERVER_CHECK_DOWN, SERVER_PRESENT};
+        let mut health = HashMap::new();
+        if !self.took_over {
+            return Ok(health);
+        }
+        let servers: aya::maps::Array<&aya::maps::MapData, ServerInfo> =
+            aya::maps::Array::try_from(self.map_ref(MAP_SERVERS)?)?;
+        for id in 0..MAX_SERVERS {
+            let info = servers.get(&id, 0)?;
+            if info.flags & SERVER_PRESENT == 0 {
+                continue;
+            }
+            let addr = std::net::Ipv6Addr::from(info.addr);
+            let ip = addr
+                .to_ipv4_mapped()
+                .map_or(std::net::IpAddr::V6(addr), std::net::IpAddr::V4);
+            health.insert(
+                (ip, u16::from_be(info.port)),
+                info.flags & SERVER_CHECK_DOWN == 0,
+            );
+        }
+        Ok(health)
+    }
+
     /// The ids of the servers the config has now.
     pub fn server_ids(&self) -> Vec<u32> {
         self.servers.keys().copied().collect()
@@ -222,7 +255,8 @@ impl Dataplane {
     pub fn inventory(&self) -> Inventory {
         let servers = self
             .ids
-            .servers()
+            .servers
+            .iter()
             .map(|((backend, address, _port), id)| {
                 let info = self.servers.get(&id);
                 InventoryServer {
@@ -237,7 +271,8 @@ impl Dataplane {
         Inventory {
             frontends: self
                 .ids
-                .frontends()
+                .frontends
+                .iter()
                 .map(|(name, id)| (id, name.clone()))
                 .collect(),
             servers,

@@ -1,49 +1,156 @@
 //! Turns a validated config into what the maps hold: ids, keys, selection tables and server
 //! lists. Pure, so it is tested without a kernel. Ids are stable across plans made with the
-//! same [`Ids`], so a reload keeps every surviving server's id (and its flows and slots).
+//! same [`Ids`], so a reload keeps every surviving server's id (and its flows and slots);
+//! an id leaves with its key only when released (see [`IdSpace`]).
 
-use std::{collections::HashMap, net::IpAddr};
+use std::{
+    collections::{BTreeSet, HashMap, HashSet},
+    net::IpAddr,
+};
 
 use lb_common::{
     maglev::{MaglevServer, build_table, round_robin_sequence},
     maps::{
         Addr, FRONTEND_FLAG_DSR, FRONTEND_FLAG_USERSPACE, FrontendInfo, FrontendKey, MAX_BACKENDS,
         MAX_FRONTENDS, MAX_SERVERS, METHOD_FIRST, METHOD_LEASTCONN, METHOD_MAGLEV,
-        METHOD_ROUNDROBIN, METHOD_SOURCE, SERVER_PRESENT, SERVER_RESET_FLOWS, ServerInfo,
+        METHOD_ROUNDROBIN, METHOD_SOURCE, SERVER_CHECK_DOWN, SERVER_PRESENT, SERVER_RESET_FLOWS,
+        ServerInfo,
     },
     wire::{IPPROTO_TCP, IPPROTO_UDP},
 };
 
 use crate::config::{Config, Forwarding, Method, OnDown, Protocol};
 
+/// Ids of one kind: stable for a key while it is in the config, retired when it leaves,
+/// and free for another key only once released (when no tracked flow or sticky entry
+/// refers to it any more: the garbage collector says so). A stale reference can therefore
+/// never point at a different server, and churn never exhausts the id space.
+#[derive(Debug)]
+pub struct IdSpace<K> {
+    ids: HashMap<K, u32>,
+    /// Ids whose key was in the last plan.
+    live: HashSet<u32>,
+    free: BTreeSet<u32>,
+    next: u32,
+    limit: u32,
+    what: &'static str,
+}
+
+impl<K: std::hash::Hash + Eq + Clone> IdSpace<K> {
+    fn new(limit: u32, what: &'static str) -> Self {
+        IdSpace {
+            ids: HashMap::new(),
+            live: HashSet::new(),
+            free: BTreeSet::new(),
+            next: 0,
+            limit,
+            what,
+        }
+    }
+
+    /// The key's id, a released one (lowest first), or a new one.
+    fn assign(&mut self, key: K) -> anyhow::Result<u32> {
+        let id = match self.ids.get(&key) {
+            Some(&id) => id,
+            None => {
+                let id = match self.free.pop_first() {
+                    Some(id) => id,
+                    None => {
+                        anyhow::ensure!(
+                            self.next < self.limit,
+                            "more than {} {} at once (removed ones free their ids once their flows end)",
+                            self.limit,
+                            self.what
+                        );
+                        self.next += 1;
+                        self.next - 1
+                    }
+                };
+                self.ids.insert(key, id);
+                id
+            }
+        };
+        self.live.insert(id);
+        Ok(id)
+    }
+
+    pub fn get(&self, key: &K) -> Option<u32> {
+        self.ids.get(key).copied()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&K, u32)> {
+        self.ids.iter().map(|(k, v)| (k, *v))
+    }
+
+    /// Ids whose key left the config, not yet released.
+    pub fn retired(&self) -> Vec<u32> {
+        let mut out: Vec<u32> = self
+            .ids
+            .values()
+            .filter(|id| !self.live.contains(id))
+            .copied()
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
+    /// Free a retired id for reuse; false (and nothing done) when its key came back.
+    pub fn release(&mut self, id: u32) -> bool {
+        if self.live.contains(&id) {
+            return false;
+        }
+        let before = self.ids.len();
+        self.ids.retain(|_, v| *v != id);
+        if self.ids.len() == before {
+            return false;
+        }
+        self.free.insert(id);
+        true
+    }
+}
+
 /// Stable ids for frontends (by name), backends (by name) and servers (by backend, address
-/// and port). An id is never handed out twice, so a stale reference (a tracked flow, a
-/// sticky entry) can never point at a different server.
-#[derive(Debug, Default)]
+/// and port).
+#[derive(Debug)]
 pub struct Ids {
-    frontends: HashMap<String, u32>,
-    backends: HashMap<String, u32>,
-    servers: HashMap<(String, IpAddr, u16), u32>,
-    next_frontend: u32,
-    next_backend: u32,
-    next_server: u32,
+    pub frontends: IdSpace<String>,
+    pub backends: IdSpace<String>,
+    pub servers: IdSpace<(String, IpAddr, u16)>,
+}
+
+impl Default for Ids {
+    fn default() -> Self {
+        Ids {
+            frontends: IdSpace::new(MAX_FRONTENDS, "frontends"),
+            backends: IdSpace::new(MAX_BACKENDS, "backends"),
+            servers: IdSpace::new(MAX_SERVERS, "servers"),
+        }
+    }
+}
+
+/// Retired ids of each kind: what the garbage collector checks for references, and what
+/// it reports free of them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Retired {
+    pub frontends: Vec<u32>,
+    pub backends: Vec<u32>,
+    pub servers: Vec<u32>,
+}
+
+impl Retired {
+    pub fn is_empty(&self) -> bool {
+        self.frontends.is_empty() && self.backends.is_empty() && self.servers.is_empty()
+    }
 }
 
 impl Ids {
-    pub fn frontends(&self) -> impl Iterator<Item = (&String, u32)> {
-        self.frontends.iter().map(|(k, v)| (k, *v))
+    pub fn retired(&self) -> Retired {
+        Retired {
+            frontends: self.frontends.retired(),
+            backends: self.backends.retired(),
+            servers: self.servers.retired(),
+        }
     }
-
-    pub fn servers(&self) -> impl Iterator<Item = (&(String, IpAddr, u16), u32)> {
-        self.servers.iter().map(|(k, v)| (k, *v))
-    }
-}
-
-fn id_for<K: std::hash::Hash + Eq>(map: &mut HashMap<K, u32>, next: &mut u32, key: K) -> u32 {
-    *map.entry(key).or_insert_with(|| {
-        *next += 1;
-        *next - 1
-    })
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -95,16 +202,11 @@ impl Plan {
         up: &dyn Fn(&str, IpAddr) -> bool,
     ) -> anyhow::Result<Plan> {
         let mut plan = Plan::default();
+        ids.frontends.live.clear();
+        ids.backends.live.clear();
+        ids.servers.live.clear();
         for backend in &config.backends {
-            let backend_id = id_for(
-                &mut ids.backends,
-                &mut ids.next_backend,
-                backend.name.clone(),
-            );
-            anyhow::ensure!(
-                backend_id < MAX_BACKENDS,
-                "more than {MAX_BACKENDS} backends in this daemon's lifetime; restart lb"
-            );
+            let backend_id = ids.backends.assign(backend.name.clone())?;
             let port = backend.port.number;
             let mut members = Vec::new();
             let mut list = Vec::new();
@@ -117,19 +219,14 @@ impl Plan {
                 let mut flags = SERVER_PRESENT;
                 if !up(&backend.name, s.address) {
                     s.weight = 0;
+                    flags |= SERVER_CHECK_DOWN;
                     if resets {
                         flags |= SERVER_RESET_FLOWS;
                     }
                 }
-                let id = id_for(
-                    &mut ids.servers,
-                    &mut ids.next_server,
-                    (backend.name.clone(), s.address, port),
-                );
-                anyhow::ensure!(
-                    id < MAX_SERVERS,
-                    "more than {MAX_SERVERS} servers in this daemon's lifetime; restart lb"
-                );
+                let id = ids
+                    .servers
+                    .assign((backend.name.clone(), s.address, port))?;
                 let addr = addr16(s.address);
                 plan.servers.push((
                     id,
@@ -169,12 +266,8 @@ impl Plan {
             });
         }
         for f in &config.frontends {
-            let frontend_id = id_for(&mut ids.frontends, &mut ids.next_frontend, f.name.clone());
-            anyhow::ensure!(
-                frontend_id < MAX_FRONTENDS,
-                "more than {MAX_FRONTENDS} frontends in this daemon's lifetime; restart lb"
-            );
-            let Some(&backend_id) = ids.backends.get(&f.default_backend) else {
+            let frontend_id = ids.frontends.assign(f.name.clone())?;
+            let Some(backend_id) = ids.backends.get(&f.default_backend) else {
                 continue;
             };
             for bind in &f.binds {
@@ -255,6 +348,39 @@ mod tests {
             "a new server gets a new id, not the freed 0"
         );
         assert_eq!(id_of(&second, 11), None);
+    }
+
+    #[test]
+    fn retired_ids_are_reused_only_once_released() {
+        let mut ids = Ids::default();
+        plan(crate::DEFAULT_DEMO_CONFIG, &mut ids);
+        let without_first = crate::DEFAULT_DEMO_CONFIG
+            .replace("  { address = \"198.18.11.2\", weight = 1 },\n", "");
+        plan(&without_first, &mut ids);
+        assert_eq!(ids.retired().servers, vec![0]);
+        // While flows may still name it, id 0 is kept; once released, a new server takes it.
+        assert!(ids.servers.release(0));
+        assert!(!ids.servers.release(1), "a live id is never released");
+        let with_new = without_first.replace(
+            "weight = 2 },",
+            "weight = 2 },\n  { address = \"198.18.14.2\", weight = 1 },",
+        );
+        let p = plan(&with_new, &mut ids);
+        assert!(p.servers.iter().any(|(id, s)| *id == 0 && s.addr[14] == 14));
+        assert!(ids.retired().servers.is_empty());
+    }
+
+    #[test]
+    fn churn_never_exhausts_backend_ids_once_released() {
+        let mut ids = Ids::default();
+        for round in 0..1000 {
+            let text = crate::DEFAULT_DEMO_CONFIG.replace("demo-servers", &format!("b{round}"));
+            plan(&text, &mut ids);
+            for id in ids.retired().backends {
+                ids.backends.release(id);
+            }
+        }
+        assert_eq!(ids.backends.iter().count(), 1);
     }
 
     #[test]

@@ -4,16 +4,17 @@
 use std::collections::HashMap;
 
 use anyhow::{Context as _, Result};
-use aya::maps::{Array, HashMap as BpfHashMap, MapData};
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuValues};
 use lb_common::maps::{
-    BackendInfo, FrontendInfo, FrontendKey, MAP_BACKEND_SERVERS, MAP_BACKENDS, MAP_FRONTENDS,
-    MAP_RING, MAP_SERVERS, ServerInfo,
+    BackendInfo, FrontendInfo, FrontendKey, MAP_BACKEND_SERVERS, MAP_BACKENDS, MAP_FRONTEND_STATS,
+    MAP_FRONTENDS, MAP_RING, MAP_SERVER_ACTIVE, MAP_SERVER_STATS, MAP_SERVERS, ServerInfo,
+    TrafficStats,
 };
 use tracing::{info, warn};
 
 use super::{
     Dataplane,
-    plan::{BackendPlan, Plan},
+    plan::{BackendPlan, Plan, Retired},
     sys::{map_mut, update_batch},
 };
 use crate::config::Config;
@@ -168,5 +169,60 @@ impl Dataplane {
         info!(backend = %plan.name, half, slots = plan.table.len(), servers = plan.servers.len(), written, "backend updated");
         self.backends.insert(plan.id, state);
         Ok(written)
+    }
+}
+
+impl Dataplane {
+    /// Ids of servers, backends and frontends that left the config and are not released.
+    pub fn retired(&self) -> Retired {
+        self.ids.retired()
+    }
+
+    /// Free the `unused` retired ids (the garbage collector found nothing referring to
+    /// them) for reuse, resetting what the maps hold for them: a new owner starts with
+    /// clean counters and a backend fills both table halves. Ids whose key came back are
+    /// kept. Returns how many were released.
+    pub fn release(&mut self, unused: &Retired) -> Result<usize> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+        let zero_traffic = || PerCpuValues::try_from(vec![TrafficStats::default(); cpus]);
+        let mut released = 0;
+        for &id in &unused.servers {
+            if !self.ids.servers.release(id) {
+                continue;
+            }
+            Array::<&mut MapData, ServerInfo>::try_from(self.map(MAP_SERVERS)?)?.set(
+                id,
+                ServerInfo::default(),
+                0,
+            )?;
+            Array::<&mut MapData, u64>::try_from(self.map(MAP_SERVER_ACTIVE)?)?.set(id, 0, 0)?;
+            PerCpuArray::<&mut MapData, TrafficStats>::try_from(self.map(MAP_SERVER_STATS)?)?.set(
+                id,
+                zero_traffic()?,
+                0,
+            )?;
+            released += 1;
+        }
+        for &id in &unused.backends {
+            if !self.ids.backends.release(id) {
+                continue;
+            }
+            Array::<&mut MapData, BackendInfo>::try_from(self.map(MAP_BACKENDS)?)?.set(
+                id,
+                BackendInfo::default(),
+                0,
+            )?;
+            self.backends.remove(&id);
+            released += 1;
+        }
+        for &id in &unused.frontends {
+            if !self.ids.frontends.release(id) {
+                continue;
+            }
+            PerCpuArray::<&mut MapData, TrafficStats>::try_from(self.map(MAP_FRONTEND_STATS)?)?
+                .set(id, zero_traffic()?, 0)?;
+            released += 1;
+        }
+        Ok(released)
     }
 }

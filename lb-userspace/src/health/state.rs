@@ -15,10 +15,12 @@ pub struct Health {
 impl Health {
     /// Checked servers start DOWN; unchecked ones are UP and stay so.
     pub fn new(checked: bool) -> Self {
-        Health {
-            up: !checked,
-            streak: 0,
-        }
+        Health::starting(!checked)
+    }
+
+    /// A checked server starting UP or DOWN (`init_state`, or as an earlier daemon left it).
+    pub fn starting(up: bool) -> Self {
+        Health { up, streak: 0 }
     }
 
     /// Record a probe result; returns the new state when it changes.

@@ -22,13 +22,17 @@ use tokio::{
 };
 use tracing::{debug, warn};
 
-use crate::config::{HttpConfig, MAX_REQUEST_HEADERS};
+use crate::config::{HttpConfig, MAX_REQUEST_HEADERS, UnderscoreHeaders};
 
 use super::{
+    limits::Readable,
     policy::ConnInfo,
     routes::{BackendRoute, FrontendRoute, Shared},
     upstream::{Pool, Upstream},
 };
+
+/// The parsers below as plain functions, for the fuzz targets (`fuzz/`).
+pub mod fuzzing;
 
 /// What starts an HTTP/2 connection without TLS (RFC 9113 3.4).
 pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -36,6 +40,10 @@ pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const MAX_RESPONSE_HEADERS: usize = 128;
 /// The most `[http] max_headers` can allow.
 const READ_SIZE: usize = 16 * 1024;
+/// What a request's upstream head and a response head start with.
+const HEAD_SIZE: usize = 1024;
+/// How long a keep-alive connection keeps its buffers while waiting for its next request.
+const IDLE_RELEASE: Duration = Duration::from_secs(1);
 
 /// How a message's body is delimited (RFC 9112 6).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,7 +110,8 @@ fn has_token(value: &[u8], token: &str) -> bool {
 }
 
 /// Headers that describe one hop's connection (RFC 9110 7.6.1); Transfer-Encoding is kept
-/// because bodies are relayed with their framing as received.
+/// because bodies are relayed with their framing as received. HTTP2-Settings belongs to an
+/// h2c upgrade of this hop (RFC 7540 3.2.1), which is never forwarded.
 fn hop_by_hop(name: &str) -> bool {
     [
         "connection",
@@ -110,6 +119,7 @@ fn hop_by_hop(name: &str) -> bool {
         "proxy-connection",
         "te",
         "upgrade",
+        "http2-settings",
     ]
     .iter()
     .any(|h| header_is(name, h))
@@ -160,6 +170,60 @@ fn request_framing(headers: &[httparse::Header], http11: bool) -> Result<Framing
         (None, Some(0)) | (None, None) => Ok(Framing::Empty),
         (None, Some(n)) => Ok(Framing::Length(n)),
     }
+}
+
+/// The request header rules HAProxy and Envoy apply beyond the message syntax, case by case.
+/// (The syntax is httparse's: a field name is a token, RFC 9110 5.1, so `X Y`, `X(Y)` or
+/// `"X"` is a 400 before this; a value holds no CR, LF or NUL, RFC 9110 5.5.)
+/// - Host more than once: RFC 9112 3.2 requires a 400 (the server might use the other).
+/// - Host that is not `uri-host [":" port]` (RFC 9112 3.2, RFC 3986 3.2.2): a 400 too; `/`,
+///   `@`, `?`, `#` or spaces in it would make it mean something else further on.
+/// - Content-Length that is not one number: a list ("5, 5") or the header twice. RFC 9110
+///   8.6 lets a recipient take equal values as one, but a server that splits the list
+///   differently reads another body (HAProxy refuses a list, as Envoy does).
+/// - A field name with an underscore under `underscore_headers = "reject"`: CGI-style
+///   servers read `X_Forwarded_For` as `X-Forwarded-For`.
+fn check_request_headers(
+    headers: &[httparse::Header],
+    underscores: UnderscoreHeaders,
+) -> Result<(), &'static str> {
+    let (mut hosts, mut lengths) = (0, 0);
+    for h in headers {
+        if header_is(h.name, "host") {
+            hosts += 1;
+            if hosts > 1 {
+                return Err("more than one Host");
+            }
+            if !valid_host(h.value) {
+                return Err("invalid Host");
+            }
+        } else if header_is(h.name, "content-length") {
+            lengths += 1;
+            if lengths > 1 || parse_length(h.value.trim_ascii()).is_none() {
+                return Err("Content-Length must be one number");
+            }
+        }
+        if underscores == UnderscoreHeaders::Reject && h.name.contains('_') {
+            return Err("underscore in a header name");
+        }
+    }
+    Ok(())
+}
+
+/// Whether a request's Upgrade goes to the server: WebSocket and the like (HTTP/1.1, named
+/// in Connection), never h2c. An h2c upgrade (RFC 9113 3.1, deprecated) is for this hop
+/// only; the request is then served as HTTP/1.1, as RFC 9110 7.8 lets a server do, and its
+/// Upgrade and HTTP2-Settings are dropped as hop-by-hop.
+fn forwards_upgrade(http11: bool, in_connection: bool, upgrade: Option<&[u8]>) -> bool {
+    http11 && in_connection && upgrade.is_some_and(|v| !has_token(v, "h2c"))
+}
+
+/// A Host value's characters (RFC 3986 3.2.2 and 3.2.3): reg-name (unreserved,
+/// pct-encoded, sub-delims), an IP literal in brackets, a port after a colon; or empty.
+fn valid_host(value: &[u8]) -> bool {
+    value
+        .iter()
+        .all(|&b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=:[]".contains(&b))
 }
 
 fn parse_length(digits: &[u8]) -> Option<u64> {
@@ -465,6 +529,9 @@ fn prepare(
     };
     let http11 = version == 1;
     let headers = &*req.headers;
+    if let Err(why) = check_request_headers(headers, http.underscore_headers) {
+        return bad(why);
+    }
     let body = match request_framing(headers, http11) {
         Ok(f) => f,
         Err(why) => return bad(why),
@@ -484,7 +551,7 @@ fn prepare(
         .iter()
         .find(|h| header_is(h.name, "upgrade"))
         .map(|h| h.value);
-    let upgrade = http11 && upgrade_value.is_some() && connection_has("upgrade");
+    let upgrade = forwards_upgrade(http11, connection_has("upgrade"), upgrade_value);
     let expect_continue = body != Framing::Empty
         && headers
             .iter()
@@ -573,10 +640,10 @@ fn prepare(
         {
             continue;
         }
-        if super::policy::FORWARDED_HEADERS
-            .iter()
-            .any(|f| header_is(name, f))
-        {
+        if http.underscore_headers == UnderscoreHeaders::Drop && name.contains('_') {
+            continue;
+        }
+        if super::policy::is_forwarded_header(name) {
             if !trusted {
                 continue;
             }
@@ -670,6 +737,11 @@ fn rewrite_response(
     let (Some(status), Some(version)) = (resp.code, resp.version) else {
         return Err("malformed response status line".into());
     };
+    // httparse takes any three digits; 000-099 is no status (RFC 9110 15), and would be
+    // written back as fewer digits.
+    if status < 100 {
+        return Err(format!("malformed response status {status:03}"));
+    }
     let headers = &*resp.headers;
     let body = response_framing(status, headers, request.head_method)?;
     let connection: Vec<&[u8]> = headers
@@ -751,10 +823,10 @@ pub async fn serve<S>(
     mut client: S,
     mut buf: BytesMut,
 ) where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin + Readable,
 {
-    let mut out = Vec::with_capacity(1024);
-    let mut response_head = Vec::with_capacity(1024);
+    let mut out = Vec::with_capacity(HEAD_SIZE);
+    let mut response_head = Vec::with_capacity(HEAD_SIZE);
     // Connections to servers that get a PROXY header carry this client's address: never
     // shared with another client.
     let private = Pool::new(1, 4);
@@ -774,6 +846,7 @@ pub async fn serve<S>(
         // The limits are read once per request: a reload applies from the next one.
         let http = shared.http();
         let head_wait = Wait::Until(Instant::now() + http.request_timeout);
+        let mut released = false;
         let prepared = loop {
             if !buf.is_empty() {
                 match prepare(&buf, &shared, &http, &route, conn, &mut out) {
@@ -794,9 +867,32 @@ pub async fn serve<S>(
                     Parsed::Partial => {}
                 }
             }
-            match read_more(&mut client, &mut buf, head_wait).await {
-                Ok(0) | Err(_) => return,
+            // A connection quiet for IDLE_RELEASE gives its buffers back and waits for its
+            // next request without them (10,000 idle keep-alive clients are common); a busy
+            // one keeps them, with no syscall or allocation more per request.
+            let hot = Instant::now() + IDLE_RELEASE;
+            let quiet = buf.is_empty() && !released && hot < head_wait.deadline();
+            let wait = if quiet { Wait::Until(hot) } else { head_wait };
+            match read_more(&mut client, &mut buf, wait).await {
+                Ok(0) => return,
                 Ok(_) => {}
+                Err(e) if quiet && e == "timed out" => {
+                    released = true;
+                    super::routes::FREED.set(super::routes::FREED.get() + 1);
+                    buf = BytesMut::new();
+                    out = Vec::new();
+                    response_head = Vec::new();
+                    let readable = client.readable();
+                    if tokio::time::timeout_at(head_wait.deadline(), readable)
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    out.reserve(HEAD_SIZE);
+                    response_head.reserve(HEAD_SIZE);
+                }
+                Err(_) => return,
             }
         };
         buf.advance(prepared.head_len);
@@ -804,7 +900,9 @@ pub async fn serve<S>(
             head: &out,
             prepared,
         };
-        match exchange(
+        // Boxed: a connection waiting for its next request then holds a small task, not
+        // one the size of an exchange's state.
+        match Box::pin(exchange(
             &http,
             conn,
             &mut client,
@@ -812,7 +910,7 @@ pub async fn serve<S>(
             request,
             &mut response_head,
             &private,
-        )
+        ))
         .await
         {
             Outcome::KeepAlive => {}
@@ -1201,6 +1299,84 @@ mod tests {
         assert!(!named_in_connection("Host", &connection));
         assert!(named_in_connection("x-secret", &connection));
         assert!(!named_in_connection("x-other", &connection));
+    }
+
+    #[test]
+    fn request_header_rules_follow_rfc_9110_and_9112() {
+        let f = |h: &[(&'static str, &'static [u8])], u| check_request_headers(&headers(h), u);
+        let drop = UnderscoreHeaders::Drop;
+        assert_eq!(
+            f(
+                &[("Host", b"example.com:8080"), ("Content-Length", b"5")],
+                drop
+            ),
+            Ok(())
+        );
+        assert_eq!(f(&[("Host", b"[2001:2::1]:80")], drop), Ok(()));
+        assert_eq!(f(&[("Host", b"")], drop), Ok(()));
+        // RFC 9112 3.2: one Host, and a valid one.
+        assert_eq!(
+            f(&[("Host", b"a"), ("host", b"a")], drop),
+            Err("more than one Host")
+        );
+        for bad in [&b"a b"[..], b"a/b", b"user@a", b"a?b", b"a#b", b"\xc3\xa9"] {
+            assert_eq!(f(&[("Host", bad)], drop), Err("invalid Host"), "{bad:?}");
+        }
+        // RFC 9110 8.6: one number; not a list, even of equal values, nor the header twice.
+        for bad in [
+            &[("Content-Length", &b"5, 5"[..])][..],
+            &[("Content-Length", b"")],
+        ] {
+            assert!(f(bad, drop).is_err(), "{bad:?}");
+        }
+        assert!(f(&[("Content-Length", b"5"), ("content-length", b"5")], drop).is_err());
+        // Underscores: dropped while forwarding (the request goes on), refused, or kept.
+        let xff = [("X_Forwarded_For", &b"198.18.0.9"[..])];
+        assert_eq!(f(&xff, drop), Ok(()));
+        assert_eq!(f(&xff, UnderscoreHeaders::Allow), Ok(()));
+        assert_eq!(
+            f(&xff, UnderscoreHeaders::Reject),
+            Err("underscore in a header name")
+        );
+        // Even where underscores are allowed, an untrusted client's look-alike of a
+        // forwarded header is removed with the real ones.
+        assert!(super::super::policy::is_forwarded_header("X_Forwarded_For"));
+        assert!(super::super::policy::is_forwarded_header(
+            "x-forwarded-proto"
+        ));
+        assert!(!super::super::policy::is_forwarded_header("X_Forwarded_Fo"));
+    }
+
+    #[test]
+    fn header_names_must_be_tokens() {
+        // RFC 9110 5.1: field-name = token. httparse refuses anything else, and prepare
+        // answers its errors 400; this keeps that true should httparse ever relax.
+        for bad in [
+            &b"X Y"[..],
+            b"X(Y)",
+            b"\"X\"",
+            b"X@Y",
+            b"X\x7fY",
+            b"X/Y",
+            b"",
+        ] {
+            let mut head = b"GET / HTTP/1.1\r\nHost: x\r\n".to_vec();
+            head.extend_from_slice(bad);
+            head.extend_from_slice(b": 1\r\n\r\n");
+            let mut slots = [httparse::EMPTY_HEADER; 4];
+            let parsed = httparse::Request::new(&mut slots).parse(&head);
+            assert!(parsed.is_err(), "{:?} parsed", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn h2c_upgrades_are_never_forwarded() {
+        assert!(forwards_upgrade(true, true, Some(b"websocket")));
+        assert!(!forwards_upgrade(true, true, Some(b"h2c")));
+        assert!(!forwards_upgrade(true, true, Some(b"websocket, H2C")));
+        assert!(!forwards_upgrade(true, false, Some(b"websocket")));
+        assert!(!forwards_upgrade(false, true, Some(b"websocket")));
+        assert!(hop_by_hop("HTTP2-Settings"));
     }
 
     #[test]

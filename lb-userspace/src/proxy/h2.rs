@@ -16,10 +16,12 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::rt::TokioIo;
 use tracing::{debug, warn};
 
+use crate::config::UnderscoreHeaders;
+
 use super::{
     balance::ActiveGuard,
     body::{BoxError, DeadlineBody, ProxyBody, empty, error},
-    policy::{ConnInfo, FORWARDED_HEADERS, cookie_in, is_idempotent_method, without_port},
+    policy::{ConnInfo, cookie_in, is_forwarded_header, is_idempotent_method, without_port},
     routes::{BackendRoute, FrontendRoute, Shared},
     upstream::{Pool, Sender},
 };
@@ -33,6 +35,7 @@ const HOP_BY_HOP: &[&str] = &[
     "trailer",
     "transfer-encoding",
     "upgrade",
+    "http2-settings",
 ];
 
 /// A response body that keeps its server's connection counted until it is done, and
@@ -108,6 +111,9 @@ pub async fn handle(
             true,
         );
     }
+    if let Err(why) = check_request_headers(&req, shared.http().underscore_headers) {
+        return error(StatusCode::BAD_REQUEST, why, true);
+    }
     if frontend.redirect_ssl && !conn.tls {
         return redirect_to_https(&req, frontend.https_port);
     }
@@ -117,6 +123,41 @@ pub async fn handle(
         return error(StatusCode::SERVICE_UNAVAILABLE, "no such backend", false);
     };
     forward(&shared, &frontend, &backend, conn, &private, req).await
+}
+
+/// The HTTP/1 path's header rules (`h1::check_request_headers`) where hyper and h2 do not
+/// apply them already (h2 refuses names that are not lowercase tokens, connection headers
+/// such as Upgrade, and a Content-Length it cannot parse or two that differ):
+/// - Host more than once (RFC 9112 3.2), or naming another authority than `:authority`
+///   (RFC 9113 8.3.1: malformed);
+/// - Content-Length twice, even with equal values (RFC 9110 8.6);
+/// - an underscore in a field name under `underscore_headers = "reject"`.
+fn check_request_headers(
+    req: &Request<Incoming>,
+    underscores: UnderscoreHeaders,
+) -> Result<(), &'static str> {
+    let h = req.headers();
+    let mut hosts = h.get_all(header::HOST).iter();
+    if let Some(host) = hosts.next() {
+        if hosts.next().is_some() {
+            return Err("more than one Host");
+        }
+        if let Some(authority) = req.uri().authority()
+            && !host
+                .as_bytes()
+                .eq_ignore_ascii_case(authority.as_str().as_bytes())
+        {
+            return Err("Host differs from :authority");
+        }
+    }
+    let lengths = h.get_all(header::CONTENT_LENGTH);
+    if lengths.iter().count() > 1 || lengths.iter().any(|v| v.as_bytes().contains(&b',')) {
+        return Err("Content-Length must be one number");
+    }
+    if underscores == UnderscoreHeaders::Reject && h.keys().any(|k| k.as_str().contains('_')) {
+        return Err("underscore in a header name");
+    }
+    Ok(())
 }
 
 fn request_host(req: &Request<Incoming>) -> Option<String> {
@@ -157,8 +198,12 @@ fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .find_map(|v| cookie_in(v, name))
 }
 
+/// A WebSocket-style upgrade to pass on; never h2c (RFC 9113 3.1), which is for one hop.
 fn is_upgrade(req: &Request<Incoming>) -> bool {
-    req.headers().contains_key(header::UPGRADE)
+    req.headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| !v.split(',').any(|p| p.trim().eq_ignore_ascii_case("h2c")))
         && req
             .headers()
             .get(header::CONNECTION)
@@ -176,7 +221,12 @@ fn forwarded_headers(
 ) {
     let trusted = frontend.trusts(conn.client.ip());
     if !trusted {
-        for name in FORWARDED_HEADERS {
+        let spoofed: Vec<_> = headers
+            .keys()
+            .filter(|k| is_forwarded_header(k.as_str()))
+            .cloned()
+            .collect();
+        for name in spoofed {
             headers.remove(name);
         }
     }
@@ -244,6 +294,17 @@ async fn forward(
         )
     });
     strip_hop_by_hop(&mut parts.headers);
+    if http.underscore_headers == UnderscoreHeaders::Drop {
+        let underscored: Vec<_> = parts
+            .headers
+            .keys()
+            .filter(|k| k.as_str().contains('_'))
+            .cloned()
+            .collect();
+        for name in underscored {
+            parts.headers.remove(name);
+        }
+    }
     if let Some((Some(up), _)) = &upgrade_headers {
         parts.headers.insert(header::UPGRADE, up.clone());
         parts

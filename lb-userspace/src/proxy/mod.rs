@@ -4,13 +4,15 @@
 //! kernel; the VIP must be an address of this host.
 //!
 //! `[http] workers` threads each run a runtime of their own. HTTP/1.x is relayed by `h1`,
-//! HTTP/2 by hyper (`h2`). `update` swaps in new routes (servers keep their open
+//! HTTP/2 by hyper (`h2`); `limits` bounds every connection (write deadlines, HTTP/2 idle
+//! and stalls). `update` swaps in new routes (servers and frontends keep their open
 //! connection counts) and opens or closes listeners to match the config.
 
 pub mod balance;
 mod body;
 pub mod h1;
 pub mod h2;
+mod limits;
 mod listen;
 pub mod policy;
 pub mod routes;
@@ -19,12 +21,13 @@ pub mod upstream;
 use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
-    sync::Arc,
+    sync::{Arc, atomic::Ordering::Relaxed},
+    time::Duration,
 };
 
 use anyhow::Result;
 use tokio::{net::TcpListener, task::JoinHandle};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::config::{Config, Mode};
 use listen::{ListenerSpec, accept_loop, bind};
@@ -59,7 +62,10 @@ impl Proxy {
                 .spawn(move || {
                     upstream::WORKER.set(i);
                     rt.block_on(async {
-                        let _ = stopped.await;
+                        tokio::select! {
+                            _ = stopped => {}
+                            () = give_back_memory() => {}
+                        }
                     });
                 })?;
             started.push(Worker {
@@ -87,6 +93,21 @@ impl Proxy {
             .collect();
         *self.shared.routes.write().unwrap() = Arc::new(routes);
         *self.shared.http.write().unwrap() = Arc::new(config.http.clone());
+        let nofile = open_file_limit();
+        let fits = max_connections_for(nofile);
+        let limit = config.http.max_connections.unwrap_or(fits);
+        if self.shared.max_connections.swap(limit, Relaxed) != limit && !userspace.is_empty() {
+            if limit > fits {
+                warn!(
+                    max_connections = limit,
+                    nofile,
+                    fits,
+                    "[http] max_connections is more than the open file limit allows: past about {fits} connections, accepting (the API and metrics too) may fail; raise LimitNOFILE or lower max_connections"
+                );
+            } else {
+                info!(max_connections = limit, nofile, "proxy connection limit");
+            }
+        }
 
         // Listeners: one per bind; a bind whose spec changed is reopened.
         let mut wanted: HashMap<SocketAddr, ListenerSpec> = HashMap::new();
@@ -157,6 +178,42 @@ impl Proxy {
             )));
         }
         Ok(tasks)
+    }
+}
+
+/// RLIMIT_NOFILE as it is now (`lb run` raises it to the hard limit first).
+fn open_file_limit() -> u64 {
+    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(1024, |(soft, _)| soft)
+}
+
+/// The default `[http] max_connections`: a client connection may hold a server connection
+/// too, and the daemon keeps descriptors for the API, metrics, probes, pools and maps.
+fn max_connections_for(nofile: u64) -> usize {
+    let reserve = (nofile / 4).min(1024);
+    (nofile.saturating_sub(reserve) / 2).max(1) as usize
+}
+
+/// mimalloc keeps the pages of freed memory until this thread allocates or frees enough to
+/// look at them again: after a crowd of connections closed on an otherwise quiet worker, its
+/// RSS stayed where the crowd had taken it. Every 2 s after connections have closed (or
+/// given their buffers back while idle), free pages go back to mimalloc's arenas, and on
+/// the tick after, what its purge delay (1 s) held back goes back to the system.
+async fn give_back_memory() {
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    let mut seen = routes::FREED.get();
+    let mut pending = false;
+    loop {
+        tick.tick().await;
+        let closed = routes::FREED.get();
+        let now = closed != seen;
+        if now || pending {
+            // SAFETY: mi_collect takes no pointer and only tidies this thread's heap and the
+            // arenas; with another global allocator it tidies an unused heap.
+            unsafe { libmimalloc_sys::mi_collect(false) };
+        }
+        seen = closed;
+        pending = now;
     }
 }
 

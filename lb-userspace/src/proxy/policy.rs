@@ -43,6 +43,18 @@ pub const FORWARDED_HEADERS: [&str; 4] = [
     "forwarded",
 ];
 
+/// Whether `name` is one of [`FORWARDED_HEADERS`], or would pass for one with `_` for `-`
+/// (`X_Forwarded_For`: CGI-style servers read both alike), even where underscores are
+/// allowed.
+pub fn is_forwarded_header(name: &str) -> bool {
+    FORWARDED_HEADERS.iter().any(|f| {
+        f.len() == name.len()
+            && f.bytes()
+                .zip(name.bytes())
+                .all(|(f, n)| f == n.to_ascii_lowercase() || (f == b'-' && n == b'_'))
+    })
+}
+
 /// RFC 9110 9.2.2: may be sent again after a failed attempt.
 pub fn is_idempotent_method(m: &str) -> bool {
     matches!(m, "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE")

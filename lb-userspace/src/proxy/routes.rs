@@ -5,7 +5,10 @@ use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
     path::PathBuf,
-    sync::{Arc, RwLock, atomic::AtomicU32},
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed},
+    },
     time::Duration,
 };
 
@@ -83,6 +86,9 @@ pub struct FrontendRoute {
     pub https_port: u16,
     pub forward_for: bool,
     pub trusted: Vec<Cidr>,
+    /// `options.max_connections`, and its open client connections (kept across reloads).
+    pub max_connections: Option<u32>,
+    pub open: Arc<AtomicUsize>,
 }
 
 impl FrontendRoute {
@@ -116,6 +122,45 @@ pub struct Routes {
 pub struct Shared {
     pub routes: RwLock<Arc<Routes>>,
     pub http: RwLock<Arc<HttpConfig>>,
+    /// Open client connections over all frontends, and how many may be (0: no limit).
+    pub open: AtomicUsize,
+    pub max_connections: AtomicUsize,
+    /// Connections refused since the last warning, and when that was (seconds).
+    refused: AtomicU64,
+    refused_logged: AtomicU64,
+}
+
+/// Why a connection was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// `[http] max_connections`.
+    Global(usize),
+    /// The frontend's `options.max_connections`.
+    Frontend(u32),
+}
+
+thread_local! {
+    /// Client connections this thread has closed, or whose buffers it took back while they
+    /// idle: a worker gives freed memory back to the system after that
+    /// (`proxy::give_back_memory`).
+    pub static FREED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// A client connection, counted against `[http] max_connections` and its frontend's
+/// `max_connections` while it lives.
+pub struct Slot {
+    shared: Arc<Shared>,
+    frontend: Option<Arc<AtomicUsize>>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.shared.open.fetch_sub(1, Relaxed);
+        if let Some(f) = &self.frontend {
+            f.fetch_sub(1, Relaxed);
+        }
+        FREED.set(FREED.get() + 1);
+    }
 }
 
 impl Shared {
@@ -129,6 +174,52 @@ impl Shared {
 
     pub fn http(&self) -> Arc<HttpConfig> {
         self.http.read().unwrap().clone()
+    }
+
+    /// Count a new client connection of `frontend`, unless that would pass the global or
+    /// the frontend's limit.
+    pub fn admit(self: &Arc<Self>, frontend: &str) -> Result<Slot, Refused> {
+        let max = self.max_connections.load(Relaxed);
+        if self.open.fetch_add(1, Relaxed) >= max && max != 0 {
+            self.open.fetch_sub(1, Relaxed);
+            return Err(Refused::Global(max));
+        }
+        let route = self.frontend(frontend);
+        let frontend = match route {
+            Some(f) => {
+                let open = f.open.fetch_add(1, Relaxed);
+                if let Some(max) = f.max_connections
+                    && open >= max as usize
+                {
+                    f.open.fetch_sub(1, Relaxed);
+                    self.open.fetch_sub(1, Relaxed);
+                    return Err(Refused::Frontend(max));
+                }
+                Some(f.open.clone())
+            }
+            None => None,
+        };
+        Ok(Slot {
+            shared: self.clone(),
+            frontend,
+        })
+    }
+
+    /// Count a refusal; true when it is time to warn again (at most every 10 s), with how
+    /// many were refused since the last warning.
+    pub fn refusal_to_log(&self, now_s: u64) -> Option<u64> {
+        let count = self.refused.fetch_add(1, Relaxed) + 1;
+        let last = self.refused_logged.load(Relaxed);
+        if (last == 0 || now_s >= last + 10)
+            && self
+                .refused_logged
+                .compare_exchange(last, now_s.max(1), Relaxed, Relaxed)
+                .is_ok()
+        {
+            self.refused.fetch_sub(count, Relaxed);
+            return Some(count);
+        }
+        None
     }
 }
 
@@ -212,6 +303,7 @@ impl Routes {
                     ),
                     dialer: Dialer {
                         connect_timeout: http.connect_timeout,
+                        write_timeout: http.server_timeout,
                         proxy_protocol: o.proxy_protocol,
                         tls,
                     },
@@ -266,6 +358,12 @@ impl Routes {
                     https_port,
                     forward_for: f.options.forward_for.unwrap_or(true),
                     trusted: f.options.trusted_proxies.clone(),
+                    max_connections: f.options.max_connections,
+                    // Connections already open still count after a reload.
+                    open: old
+                        .frontends
+                        .get(&f.name)
+                        .map_or_else(Arc::default, |o| o.open.clone()),
                 }),
             );
         }

@@ -15,12 +15,15 @@ use tokio::{
     net::TcpStream,
 };
 
+use super::limits::Deadlined;
 use crate::config::ProxyVersion;
 
 /// How to reach the servers of a backend.
 #[derive(Clone)]
 pub struct Dialer {
     pub connect_timeout: Duration,
+    /// A write to the server must make progress within this (`[http] server_timeout`).
+    pub write_timeout: Duration,
     pub proxy_protocol: Option<ProxyVersion>,
     pub tls: Option<Arc<rustls::ClientConfig>>,
 }
@@ -67,6 +70,9 @@ impl std::fmt::Display for ConnectError {
     }
 }
 
+/// A connection to a server, with a deadline on its writes.
+pub type ServerIo = Deadlined<ServerStream>;
+
 /// A plain or TLS stream to a server.
 pub enum ServerStream {
     Plain(TcpStream),
@@ -75,6 +81,16 @@ pub enum ServerStream {
 
 impl Dialer {
     pub async fn connect(
+        &self,
+        server: SocketAddr,
+        client: SocketAddr,
+        local: SocketAddr,
+    ) -> Result<ServerIo, ConnectError> {
+        let stream = self.connect_stream(server, client, local).await?;
+        Ok(Deadlined::new(stream, self.write_timeout))
+    }
+
+    async fn connect_stream(
         &self,
         server: SocketAddr,
         client: SocketAddr,
@@ -161,7 +177,7 @@ use hyper::client::conn::http1::SendRequest;
 /// A server connection the HTTP/1 path drives itself, with what was read past the last
 /// response (nothing, for one that can be reused).
 pub struct Upstream {
-    pub io: ServerStream,
+    pub io: ServerIo,
     pub buf: bytes::BytesMut,
 }
 
@@ -169,7 +185,7 @@ impl Reusable for Upstream {
     /// Closed if its socket became readable while idle (EOF, or bytes nobody asked for).
     /// tokio answers from the readiness epoll reported, with no syscall when there is none.
     fn is_closed(&self) -> bool {
-        let tcp = match &self.io {
+        let tcp = match self.io.get_ref() {
             ServerStream::Plain(s) => s,
             ServerStream::Tls(s) => s.get_ref().0,
         };
