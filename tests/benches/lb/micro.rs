@@ -1,5 +1,6 @@
 //! Microbenchmarks of the real XDP object through BPF_PROG_TEST_RUN, in ns/packet, beside two
-//! baselines measured in the same run: XDP_DROP at once, and parse + XDP_TX.
+//! baselines measured in the same run: XDP_DROP at once, and parse + XDP_TX. Each figure is
+//! the median of five repetitions after a warm-up, with their min and max beside it.
 //!
 //! `repeat` reruns the same buffer, so paths that rewrite the frame run under `bench_restore`,
 //! which writes the original headers back (and, for new flows, a fresh source) before
@@ -15,10 +16,11 @@ use aya::{
 };
 use lb_common::{
     maps::{
-        BENCH_MODE_NEW_FLOW, BenchTemplate, MAP_BENCH_JUMP, MAP_BENCH_TEMPLATE, PROG_BENCH_DROP,
-        PROG_BENCH_PARSE_TX, PROG_BENCH_RESTORE, PROG_LB,
+        BENCH_MODE_NEW_FLOW, BenchTemplate, FLOW_ESTABLISHED, FlowKey, MAP_BENCH_JUMP,
+        MAP_BENCH_TEMPLATE, MAP_CONNTRACK, NatEntry, PROG_BENCH_DROP, PROG_BENCH_PARSE_TX,
+        PROG_BENCH_RESTORE, PROG_LB,
     },
-    wire::{IPPROTO_TCP, TCP_SYN},
+    wire::{IPPROTO_TCP, TCP_ACK, TCP_SYN},
 };
 use lb_tests::{
     fixture::{CLIENT_MAC, CLIENT_SIDE_MAC, SERVER_MAC, SERVER_SIDE_MAC, fixture_namespace},
@@ -29,6 +31,7 @@ use lb_userspace::{config::Config, dataplane::Dataplane};
 use crate::Row;
 
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 1);
+const VIP_DSR: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 2);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 const SNAT: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 1);
 
@@ -89,10 +92,66 @@ impl Bench {
     }
 }
 
+/// Repetitions of every timing; the rows give their median, and min and max beside it.
+const REPS: usize = 5;
+
+/// Median, min and max of `REPS` timings, after one warm-up run.
+fn spread(mut time: impl FnMut() -> Result<f64>) -> Result<[f64; 3]> {
+    time()?;
+    let mut runs = (0..REPS).map(|_| time()).collect::<Result<Vec<f64>>>()?;
+    runs.sort_by(f64::total_cmp);
+    Ok([runs[REPS / 2], runs[0], runs[REPS - 1]])
+}
+
+/// The micro bench's config: the NAT frontend of [`crate::large_backend_config`], and a DSR
+/// frontend on a second VIP to the same 500 servers.
+fn config() -> String {
+    let mut toml = crate::large_backend_config(500, "\"fxc\", \"fxs\"");
+    toml.push_str(
+        r#"
+[[frontends]]
+name = "bench-dsr"
+mode = "tcp"
+address = "198.18.100.2"
+binds = [{ port = 80 }]
+default_backend = "bench-dsr"
+interfaces = ["fxc", "fxs"]
+forwarding = "dsr"
+
+[[backends]]
+name = "bench-dsr"
+mode = "tcp"
+balancing_method = "maglev"
+port = 80
+servers = { type = "addresses", addresses = [{ address = "198.18.1.10" }, { address = "198.18.1.11" }, { address = "198.18.1.12" }] }
+"#,
+    );
+    toml
+}
+
+/// The client-side entry of the bench client's flow to `vip`:80.
+fn tracked(b: &mut Bench, vip: Ipv4Addr) -> Result<NatEntry> {
+    let map = b.dataplane.ebpf_mut().map(MAP_CONNTRACK).context("ct")?;
+    let ct: aya::maps::HashMap<&MapData, FlowKey, NatEntry> = aya::maps::HashMap::try_from(map)?;
+    let key = FlowKey {
+        src: lb_userspace::dataplane::plan::addr16(IpAddr::V4(CLIENT)),
+        dst: lb_userspace::dataplane::plan::addr16(IpAddr::V4(vip)),
+        sport: 40000u16.to_be(),
+        dport: 80u16.to_be(),
+        proto: IPPROTO_TCP,
+        _pad: [0; 3],
+    };
+    Ok(ct.get(&key, 0)?)
+}
+
+fn flow_state(b: &mut Bench, vip: Ipv4Addr) -> Result<u8> {
+    Ok(tracked(b, vip)?.state)
+}
+
 pub fn run(quick: bool) -> Result<Vec<Row>> {
     let repeat: u32 = if quick { 20_000 } else { 1_000_000 };
-    // Each new-flow run adds a flow to the tables; keep well inside their capacity.
-    let new_flow_repeat: u32 = if quick { 20_000 } else { 200_000 };
+    // Each new-flow run adds a flow to the tables; all repetitions stay inside their capacity.
+    let new_flow_repeat: u32 = if quick { 5_000 } else { 100_000 };
     let ns = fixture_namespace(&format!("lbbench{}", std::process::id()))?;
     let handle = ns.run(move || -> Result<Vec<Row>> {
         let mut dataplane = Dataplane::load()?;
@@ -103,11 +162,7 @@ pub fn run(quick: bool) -> Result<Vec<Row>> {
         let fxs = nix::net::if_::if_nametoindex("fxs")?;
         dataplane.add_tx_port(fxc)?;
         dataplane.add_tx_port(fxs)?;
-        let config = Config::parse(
-            "bench.toml",
-            &crate::large_backend_config(500, "\"fxc\", \"fxs\""),
-        )
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let config = Config::parse("bench.toml", &config()).map_err(|e| anyhow::anyhow!("{e}"))?;
         dataplane.apply_config(&config)?;
         let ctx_for = |ifindex: u32| -> Vec<u8> {
             [0u32, 0, 0, ifindex, 0, 0]
@@ -120,90 +175,104 @@ pub fn run(quick: bool) -> Result<Vec<Row>> {
             ctx: ctx_for(fxc),
         };
 
-        let syn = Frame {
-            dst_mac: CLIENT_SIDE_MAC,
-            src_mac: CLIENT_MAC,
-            vlan: None,
-            src: IpAddr::V4(CLIENT),
-            dst: IpAddr::V4(VIP),
-            sport: 40000,
-            dport: 80,
-            l4: L4::Tcp { flags: TCP_SYN },
-        }
-        .build(b"");
-        let non_vip = Frame {
-            dst_mac: CLIENT_SIDE_MAC,
-            src_mac: CLIENT_MAC,
-            vlan: None,
-            src: IpAddr::V4(CLIENT),
-            dst: IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1)),
-            sport: 40000,
-            dport: 22,
-            l4: L4::Tcp { flags: TCP_SYN },
-        }
-        .build(b"");
+        let client = |dst: Ipv4Addr, dport: u16, flags: u8| {
+            Frame {
+                dst_mac: CLIENT_SIDE_MAC,
+                src_mac: CLIENT_MAC,
+                vlan: None,
+                src: IpAddr::V4(CLIENT),
+                dst: IpAddr::V4(dst),
+                sport: 40000,
+                dport,
+                l4: L4::Tcp { flags },
+            }
+            .build(b"")
+        };
+        let syn = client(VIP, 80, TCP_SYN);
+        let ack = client(VIP, 80, TCP_ACK);
+        let dsr_syn = client(VIP_DSR, 80, TCP_SYN);
+        let dsr_ack = client(VIP_DSR, 80, TCP_ACK);
+        let non_vip = client(Ipv4Addr::new(198, 18, 0, 1), 22, TCP_SYN);
 
-        let drop = b.time(PROG_BENCH_DROP, &syn, repeat)?;
-        let parse_tx = b.time(PROG_BENCH_PARSE_TX, &syn, repeat)?;
-        let pass = b.time(PROG_LB, &non_vip, repeat)?;
+        let drop = spread(|| b.time(PROG_BENCH_DROP, &syn, repeat))?;
+        let parse_tx = spread(|| b.time(PROG_BENCH_PARSE_TX, &syn, repeat))?;
+        let pass = spread(|| b.time(PROG_LB, &non_vip, repeat))?;
 
-        // The wrapper alone, in both modes.
+        // The wrapper alone, in both modes (its median is subtracted).
         b.set_jump(false)?;
         b.set_template(&syn, 0)?;
-        let wrapper = b.time(PROG_BENCH_RESTORE, &syn, repeat)?;
+        let wrapper = spread(|| b.time(PROG_BENCH_RESTORE, &syn, repeat))?;
         b.set_template(&syn, BENCH_MODE_NEW_FLOW)?;
-        let wrapper_new = b.time(PROG_BENCH_RESTORE, &syn, repeat)?;
+        let wrapper_new = spread(|| b.time(PROG_BENCH_RESTORE, &syn, repeat))?;
 
         b.set_jump(true)?;
-        let new_flow = b.time(PROG_BENCH_RESTORE, &syn, new_flow_repeat)? - wrapper_new;
-        // The plain SYN, now tracked: every run follows the established entry.
+        let minus =
+            |[median, min, max]: [f64; 3], base: f64| [median - base, min - base, max - base];
+        let new_flow = minus(
+            spread(|| b.time(PROG_BENCH_RESTORE, &syn, new_flow_repeat))?,
+            wrapper_new[0],
+        );
+        b.set_template(&dsr_syn, BENCH_MODE_NEW_FLOW)?;
+        let new_flow_dsr = minus(
+            spread(|| b.time(PROG_BENCH_RESTORE, &dsr_syn, new_flow_repeat))?,
+            wrapper_new[0],
+        );
+
+        // The plain SYN opens the flow the rest time; the server's SYN-ACK and the client's
+        // ACK complete its handshake, then every run is an ACK of an established flow.
         b.set_template(&syn, 0)?;
         b.time(PROG_BENCH_RESTORE, &syn, 1)?;
-        let established = b.time(PROG_BENCH_RESTORE, &syn, repeat)? - wrapper;
-
-        // A server's reply to the tracked flow's SNAT port.
-        let snat_port = {
-            let map = b
-                .dataplane
-                .ebpf_mut()
-                .map(lb_common::maps::MAP_CONNTRACK)
-                .context("ct")?;
-            let ct: aya::maps::HashMap<
-                &MapData,
-                lb_common::maps::FlowKey,
-                lb_common::maps::NatEntry,
-            > = aya::maps::HashMap::try_from(map)?;
-            let key = lb_common::maps::FlowKey {
-                src: lb_userspace::dataplane::plan::addr16(IpAddr::V4(CLIENT)),
-                dst: lb_userspace::dataplane::plan::addr16(IpAddr::V4(VIP)),
-                sport: 40000u16.to_be(),
-                dport: 80u16.to_be(),
-                proto: IPPROTO_TCP,
-                _pad: [0; 3],
-            };
-            let entry = ct.get(&key, 0)?;
-            (u16::from_be(entry.sport), entry.dst)
+        let (snat_port, server) = {
+            let entry = tracked(&mut b, VIP)?;
+            let d = entry.dst;
+            (
+                u16::from_be(entry.sport),
+                Ipv4Addr::new(d[12], d[13], d[14], d[15]),
+            )
         };
-        let server = Ipv4Addr::new(
-            snat_port.1[12],
-            snat_port.1[13],
-            snat_port.1[14],
-            snat_port.1[15],
-        );
-        let reply = Frame {
-            dst_mac: SERVER_SIDE_MAC,
-            src_mac: SERVER_MAC,
-            vlan: None,
-            src: IpAddr::V4(server),
-            dst: IpAddr::V4(SNAT),
-            sport: 8080,
-            dport: snat_port.0,
-            l4: L4::Tcp { flags: TCP_SYN_ACK },
-        }
-        .build(b"");
+        let reply = |flags: u8| {
+            Frame {
+                dst_mac: SERVER_SIDE_MAC,
+                src_mac: SERVER_MAC,
+                vlan: None,
+                src: IpAddr::V4(server),
+                dst: IpAddr::V4(SNAT),
+                sport: 8080,
+                dport: snat_port,
+                l4: L4::Tcp { flags },
+            }
+            .build(b"")
+        };
+        let client_ctx = b.ctx.clone();
         b.ctx = ctx_for(fxs);
-        b.set_template(&reply, 0)?;
-        let nat_reply = b.time(PROG_BENCH_RESTORE, &reply, repeat)? - wrapper;
+        b.set_template(&reply(TCP_SYN_ACK), 0)?;
+        b.time(PROG_BENCH_RESTORE, &reply(TCP_SYN_ACK), 1)?;
+        b.ctx = client_ctx.clone();
+        b.set_template(&ack, 0)?;
+        let established = minus(
+            spread(|| b.time(PROG_BENCH_RESTORE, &ack, repeat))?,
+            wrapper[0],
+        );
+        b.set_template(&dsr_syn, 0)?;
+        b.time(PROG_BENCH_RESTORE, &dsr_syn, 1)?;
+        b.set_template(&dsr_ack, 0)?;
+        let established_dsr = minus(
+            spread(|| b.time(PROG_BENCH_RESTORE, &dsr_ack, repeat))?,
+            wrapper[0],
+        );
+
+        // The server's data ACKs on the established flow, to its SNAT port.
+        b.ctx = ctx_for(fxs);
+        b.set_template(&reply(TCP_ACK), 0)?;
+        let nat_reply = minus(
+            spread(|| b.time(PROG_BENCH_RESTORE, &reply(TCP_ACK), repeat))?,
+            wrapper[0],
+        );
+        let state = flow_state(&mut b, VIP)?;
+        anyhow::ensure!(
+            state == FLOW_ESTABLISHED && flow_state(&mut b, VIP_DSR)? == FLOW_ESTABLISHED,
+            "the timed ACKs did not belong to established flows"
+        );
         let stats = b.dataplane.stats()?;
         let count = |label: &str| {
             stats
@@ -211,36 +280,54 @@ pub fn run(quick: bool) -> Result<Vec<Row>> {
                 .find(|(l, _)| *l == label)
                 .map_or(0, |(_, v)| *v)
         };
+        let timed = (REPS as u64 + 1) * u64::from(repeat);
         anyhow::ensure!(
-            count("flow_new") >= u64::from(new_flow_repeat)
-                && count("nat_reply") >= u64::from(repeat),
+            count("flow_new") >= 2 * (REPS as u64 + 1) * u64::from(new_flow_repeat)
+                && count("nat_reply") >= timed
+                && count("nat_forward") >= timed
+                && count("dsr_forward") >= timed,
             "the timed runs did not take the paths they claim: {stats:?}"
         );
 
         let mut rows = Vec::new();
-        let ns_row = |workload: &str, system: &str, value: f64| {
-            Row::new(workload, system, value, "ns/packet")
-        };
-        rows.push(ns_row("micro-baseline", "xdp-drop", drop));
-        rows.push(ns_row("micro-baseline", "parse-tx", parse_tx));
-        rows.push(ns_row("micro-baseline", "restore-wrapper", wrapper));
-        for (workload, value) in [
-            ("micro-new-flow-syn", new_flow),
-            ("micro-established", established),
-            ("micro-nat-reply", nat_reply),
-            ("micro-non-vip-pass", pass),
+        let push =
+            |rows: &mut Vec<Row>, workload: &str, system: &str, [median, min, max]: [f64; 3]| {
+                rows.push(Row::new(workload, system, median, "ns/packet"));
+                rows.push(Row::new(
+                    workload,
+                    &format!("{system}:min"),
+                    min,
+                    "ns/packet",
+                ));
+                rows.push(Row::new(
+                    workload,
+                    &format!("{system}:max"),
+                    max,
+                    "ns/packet",
+                ));
+            };
+        push(&mut rows, "micro-baseline", "xdp-drop", drop);
+        push(&mut rows, "micro-baseline", "parse-tx", parse_tx);
+        push(&mut rows, "micro-baseline", "restore-wrapper", wrapper);
+        for (workload, system, value) in [
+            ("micro-new-flow-syn", "lb-nat", new_flow),
+            ("micro-new-flow-syn", "lb-dsr", new_flow_dsr),
+            ("micro-established", "lb-nat", established),
+            ("micro-established", "lb-dsr", established_dsr),
+            ("micro-nat-reply", "lb-nat", nat_reply),
+            ("micro-non-vip-pass", "lb-nat", pass),
         ] {
-            rows.push(ns_row(workload, "lb-nat", value));
+            push(&mut rows, workload, system, value);
             rows.push(Row::new(
                 workload,
-                "ratio:lb-nat/xdp-drop",
-                value / drop,
+                &format!("ratio:{system}/xdp-drop"),
+                value[0] / drop[0],
                 "x",
             ));
             rows.push(Row::new(
                 workload,
-                "ratio:lb-nat/parse-tx",
-                value / parse_tx,
+                &format!("ratio:{system}/parse-tx"),
+                value[0] / parse_tx[0],
                 "x",
             ));
         }
