@@ -5,7 +5,8 @@
 /// Version of the map layouts. A daemon re-attaches only to a pinned data plane of its own
 /// version (pins live under `<pin_path>/v<VERSION>`); bump it whenever a map changes.
 /// 2: more counters (`LB_STATS`), and TCP flows count as open only once established.
-pub const LAYOUT_VERSION: u32 = 2;
+/// 3: `LB_ADDRS` classifies by destination; egress is cached per CPU (`LB_EGRESS_CACHE`).
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Maps that hold state across a daemon restart (pinned when a pin path is set).
 pub const PINNED_MAPS: &[&str] = &[
@@ -23,6 +24,7 @@ pub const PINNED_MAPS: &[&str] = &[
     MAP_STICKY,
     MAP_SERVER_STATS,
     MAP_FRONTEND_STATS,
+    MAP_ADDRS,
 ];
 
 /// Frontend lookup: [`FrontendKey`] -> [`FrontendInfo`].
@@ -55,6 +57,14 @@ pub const MAP_STICKY: &str = "LB_STICKY";
 pub const MAP_SERVER_STATS: &str = "LB_SRV_STATS";
 /// Per-CPU [`TrafficStats`] per frontend id.
 pub const MAP_FRONTEND_STATS: &str = "LB_FE_STATS";
+/// The addresses lb answers for: [`Addr`] -> `ADDR_*` bits. The first lookup of every
+/// packet, so traffic for anything else costs one hash lookup.
+pub const MAP_ADDRS: &str = "LB_ADDRS";
+/// Per-CPU cache of FIB answers: [`EgressEntry`] in slot [`egress_slot`].
+pub const MAP_EGRESS_CACHE: &str = "LB_EGRESS_CACHE";
+/// Slot 0: the routing generation. The daemon bumps it on every neighbour, route or link
+/// change, which invalidates every cached egress at once.
+pub const MAP_EGRESS_GENERATION: &str = "LB_EGRESS_GEN";
 
 /// The XDP program that balances.
 pub const PROG_LB: &str = "lb_xdp";
@@ -107,6 +117,26 @@ pub const SNAT_PORT_RETRIES: u32 = 8;
 /// retransmission timeout (1 s, RFC 6298), so it is a spoofed source, or a client that
 /// retransmits its SYN anyway. Flows that were established never give their port up.
 pub const SYN_RECLAIM_NS: u64 = 1_000_000_000;
+
+/// `LB_ADDRS`: a frontend's address (its flows' client-side packets arrive to it).
+pub const ADDR_VIP: u32 = 1;
+/// `LB_ADDRS`: an SNAT address (servers' replies arrive to it).
+pub const ADDR_SNAT: u32 = 2;
+
+/// Slots of the per-CPU egress cache (a power of two): direct-mapped by destination.
+pub const EGRESS_CACHE_SLOTS: u32 = 4096;
+/// A cached egress is used this long at most before the FIB is asked again, even without a
+/// routing change seen (a safety net for a missed netlink event).
+pub const EGRESS_TTL_NS: u64 = 1_000_000_000;
+
+/// The egress cache slot of a destination reached from `ingress_ifindex`.
+#[inline(always)]
+pub fn egress_slot(dst: &Addr, ingress_ifindex: u32) -> u32 {
+    let w = |i: usize| u32::from_ne_bytes([dst[i], dst[i + 1], dst[i + 2], dst[i + 3]]);
+    // Fibonacci hashing: the multiply spreads the low bits that differ between neighbours.
+    let h = (w(0) ^ w(4) ^ w(8) ^ w(12) ^ ingress_ifindex).wrapping_mul(0x9e37_79b1);
+    (h >> 20) & (EGRESS_CACHE_SLOTS - 1)
+}
 
 /// The frontend is served by the userspace proxy: XDP passes its packets to the kernel.
 pub const FRONTEND_FLAG_USERSPACE: u32 = 1;
@@ -329,6 +359,21 @@ impl NatEntry {
     }
 }
 
+/// A FIB answer cached by one CPU: frames to `dst` that arrived on `ingress_ifindex` leave
+/// by `ifindex` with these MAC addresses, while `generation` is current and `filled_ns` is
+/// younger than [`EGRESS_TTL_NS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EgressEntry {
+    pub dst: Addr,
+    pub ingress_ifindex: u32,
+    pub ifindex: u32,
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
+    pub generation: u32,
+    pub filled_ns: u64,
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BenchTemplate {
@@ -357,6 +402,22 @@ mod pod {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn egress_slots_stay_in_the_cache_and_spread() {
+        let mut seen = [false; EGRESS_CACHE_SLOTS as usize];
+        for i in 0..1024u32 {
+            let mut dst = [0u8; 16];
+            dst[10] = 0xff;
+            dst[11] = 0xff;
+            dst[12..].copy_from_slice(&(0xc612_0000 + i).to_be_bytes());
+            let slot = egress_slot(&dst, 3);
+            assert!(slot < EGRESS_CACHE_SLOTS);
+            seen[slot as usize] = true;
+        }
+        // 1024 consecutive addresses take most of 4096 slots' share, not a few.
+        assert!(seen.iter().filter(|s| **s).count() > 800);
+    }
     use core::mem::size_of;
 
     #[test]
@@ -371,6 +432,7 @@ mod tests {
             16 + 16 + 2 + 2 + 4 + 8 + 2 + 2 + 1 + 1 + 2
         );
         assert_eq!(size_of::<StickyKey>(), 4 + 16);
+        assert_eq!(size_of::<EgressEntry>(), 16 + 4 + 4 + 6 + 6 + 4 + 8);
         assert_eq!(size_of::<StickyEntry>(), 4 + 4 + 8);
         assert_eq!(size_of::<TrafficStats>(), 8 * 8);
     }

@@ -59,6 +59,8 @@ stats! {
     DROP_UDP_BAD_LENGTH = 33, "drop_udp_bad_length";
     // A TCP flow still in its handshake gave its SNAT port up to a new SYN.
     FLOW_SYN_RECLAIMED = 34, "flow_syn_reclaimed";
+    // Egress missed the per-CPU cache (first packet, routing change, or TTL) and asked the FIB.
+    EGRESS_FIB_LOOKUP = 35, "egress_fib_lookup";
 }
 
 impl Stat {

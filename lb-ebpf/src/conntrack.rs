@@ -15,7 +15,7 @@ use lb_common::{
         FLOW_SYN_SEEN, NatEntry, SERVER_RESET_FLOWS,
     },
     stats::Stat,
-    wire::IPPROTO_TCP,
+    wire::{IPPROTO_TCP, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
 use crate::{
@@ -28,39 +28,45 @@ use crate::{
 /// Refresh a tracked entry's timestamp at most this often, to keep the hot path read-mostly.
 const TOUCH_INTERVAL_NS: u64 = 1_000_000_000;
 
-/// The packet's flow, if it has one: `nat` is then its rewrite. `None`: no live flow, for the
-/// new-flow stage.
+/// The client-side entry of the packet's flow, if it has one: `nat` is then its rewrite.
+/// `None`: no live flow, for the new-flow stage.
 #[inline(always)]
-pub fn lookup(pkt: &Packet, nat: &mut NatEntry, now: u64) -> Option<Next> {
-    let is_tcp = pkt.key.proto == IPPROTO_TCP;
-    if let Some(entry) = LB_CONNTRACK.get_ptr_mut(&pkt.key) {
-        // SAFETY: map value pointer from a successful lookup.
-        let entry = unsafe { &mut *entry };
-        if server_resets_flows(entry.server_id) {
-            return end_flow_of_down_server(pkt, entry);
-        }
-        if is_tcp {
-            track_tcp(entry, pkt, false);
-        }
-        touch(entry, &pkt.key.src, now);
-        account(entry.frontend_id, entry.server_id, pkt.len, false);
-        *nat = *entry;
-        count(if entry.flags & ENTRY_DSR != 0 {
-            Stat::DSR_FORWARD
-        } else {
-            Stat::NAT_FORWARD
-        });
-        return Some(Next::Forward);
+pub fn from_client(pkt: &Packet, nat: &mut NatEntry, now: u64) -> Option<Next> {
+    let entry = LB_CONNTRACK.get_ptr_mut(&pkt.key)?;
+    // SAFETY: map value pointer from a successful lookup.
+    let entry = unsafe { &mut *entry };
+    if server_resets_flows(entry.server_id) {
+        return end_flow_of_down_server(pkt, entry);
     }
-    if let Some(reverse) = LB_SNAT.get_ptr(&pkt.key) {
-        // SAFETY: as above.
-        *nat = unsafe { *reverse };
+    if pkt.key.proto == IPPROTO_TCP {
+        track_tcp(entry, pkt, false);
+    }
+    touch(entry, &pkt.key.src, now);
+    account(entry.frontend_id, entry.server_id, pkt.len, false);
+    *nat = *entry;
+    count(if entry.flags & ENTRY_DSR != 0 {
+        Stat::DSR_FORWARD
+    } else {
+        Stat::NAT_FORWARD
+    });
+    Some(Next::Forward)
+}
+
+/// A server's reply, matched by its reverse entry: `nat` is then the rewrite back to the
+/// client. `None`: no flow has this SNAT tuple.
+#[inline(always)]
+pub fn from_server(pkt: &Packet, nat: &mut NatEntry, now: u64) -> Option<Next> {
+    let reverse = LB_SNAT.get_ptr(&pkt.key)?;
+    // SAFETY: map value pointer from a successful lookup.
+    *nat = unsafe { *reverse };
+    // Only a SYN-ACK, FIN or RST from the server moves a TCP flow's state, and the client's
+    // own packets keep the flow fresh: other TCP replies skip the client-side entry.
+    if pkt.key.proto != IPPROTO_TCP || pkt.tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0 {
         track_reply(pkt, nat, now);
-        account(nat.frontend_id, nat.server_id, pkt.len, true);
-        count(Stat::NAT_REPLY);
-        return Some(Next::Forward);
     }
-    None
+    account(nat.frontend_id, nat.server_id, pkt.len, true);
+    count(Stat::NAT_REPLY);
+    Some(Next::Forward)
 }
 
 /// A flow leaves the open state: it no longer counts in its server's active flows.

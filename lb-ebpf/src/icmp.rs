@@ -13,7 +13,9 @@
     reason = "map keys go by reference: by value they would be copied onto the 512-byte BPF stack"
 )]
 
-use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action, helpers::generated::bpf_ktime_get_coarse_ns, programs::XdpContext,
+};
 use lb_common::{
     checksum::CsumDelta,
     maps::{ENTRY_DSR, NatEntry},
@@ -50,7 +52,9 @@ pub fn translate(ctx: &XdpContext, pkt: &Packet, nat: &mut NatEntry) -> u32 {
         return xdp_action::XDP_PASS;
     }
     count(Stat::ICMP_TRANSLATED);
-    egress::send(ctx, pkt, nat)
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    egress::send(ctx, pkt, nat, now)
 }
 
 /// Swap `count` words at `field` (inside a header already bounds-checked as a whole) for

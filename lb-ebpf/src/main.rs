@@ -23,15 +23,16 @@ mod rewrite;
 mod select;
 
 use aya_ebpf::{
-    bindings::xdp_action, helpers::bpf_ktime_get_ns, macros::xdp, programs::XdpContext,
+    bindings::xdp_action, helpers::generated::bpf_ktime_get_coarse_ns, macros::xdp,
+    programs::XdpContext,
 };
 use lb_common::{
-    maps::{ENTRY_DSR, NatEntry},
+    maps::{ADDR_SNAT, ADDR_VIP, ENTRY_DSR},
     stats::Stat,
 };
 
 use crate::{
-    maps::{LB_SCRATCH, count},
+    maps::{LB_ADDRS, LB_SCRATCH, count},
     parse::Scratch,
 };
 
@@ -77,7 +78,8 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
     action
 }
 
-/// The pipeline: parse -> tracked flow? -> else a new flow -> rewrite -> egress.
+/// The pipeline: parse -> whose address? -> tracked flow? -> else a new flow -> rewrite ->
+/// egress.
 #[inline(always)]
 fn balance(ctx: &XdpContext) -> u32 {
     // The parsed packet and its rewrite live in a per-CPU scratch slot: on the stack they
@@ -99,14 +101,32 @@ fn balance(ctx: &XdpContext) -> u32 {
     if pkt.icmp {
         return icmp::translate(ctx, pkt, nat);
     }
+    // Classify by destination: traffic for an address lb does not answer for costs this
+    // one lookup.
+    let kind = match LB_ADDRS.get_ptr(&pkt.key.dst) {
+        // SAFETY: map value pointer from a successful lookup.
+        Some(kind) => unsafe { *kind },
+        None => return counted(xdp_action::XDP_PASS, Stat::PASS_NOT_VIP),
+    };
+    // The coarse clock (a jiffy's resolution, no clock-source read) is enough for timeouts
+    // of a second and more.
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     // One rewrite target, filled by whichever stage matches, so the rewrite and egress code
     // exist once.
-    *nat = NatEntry::default();
-    // SAFETY: a helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
-    let next = match conntrack::lookup(pkt, nat, now) {
+    let tracked = if kind & ADDR_VIP != 0 {
+        conntrack::from_client(pkt, nat, now)
+    } else {
+        None
+    };
+    let tracked = match tracked {
+        None if kind & ADDR_SNAT != 0 => conntrack::from_server(pkt, nat, now),
+        other => other,
+    };
+    let next = match tracked {
         Some(next) => next,
-        None => new_flow::open(pkt, nat, now),
+        None if kind & ADDR_VIP != 0 => new_flow::open(pkt, nat, now),
+        None => Next::pass(Stat::PASS_NOT_VIP),
     };
     match next {
         Next::Forward => {}
@@ -119,7 +139,7 @@ fn balance(ctx: &XdpContext) -> u32 {
     if nat.flags & ENTRY_DSR == 0 && rewrite::apply(ctx, pkt, nat).is_none() {
         return counted(xdp_action::XDP_PASS, Stat::PASS_TRUNCATED);
     }
-    egress::send(ctx, pkt, nat)
+    egress::send(ctx, pkt, nat, now)
 }
 
 /// A final action, with the reason for it counted.

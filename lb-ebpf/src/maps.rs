@@ -6,9 +6,10 @@ use aya_ebpf::{
 };
 use lb_common::{
     maps::{
-        BackendInfo, CONNTRACK_ENTRIES, FlowKey, FrontendInfo, FrontendKey, MAX_BACKENDS,
-        MAX_FRONTENDS, MAX_SERVERS, MAX_SERVERS_PER_BACKEND, MAX_TX_PORTS, NatEntry, RING_STRIDE,
-        STICKY_ENTRIES, ServerInfo, StickyEntry, StickyKey, TrafficStats,
+        Addr, BackendInfo, CONNTRACK_ENTRIES, EGRESS_CACHE_SLOTS, EgressEntry, FlowKey,
+        FrontendInfo, FrontendKey, MAX_BACKENDS, MAX_FRONTENDS, MAX_SERVERS,
+        MAX_SERVERS_PER_BACKEND, MAX_TX_PORTS, NatEntry, RING_STRIDE, STICKY_ENTRIES, ServerInfo,
+        StickyEntry, StickyKey, TrafficStats,
     },
     stats::{STAT_COUNT, Stat},
 };
@@ -57,6 +58,16 @@ pub static LB_SNAT: LruHashMap<FlowKey, NatEntry> =
 
 #[map]
 pub static LB_TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_TX_PORTS, 0);
+
+#[map]
+pub static LB_ADDRS: HashMap<Addr, u32> = HashMap::with_max_entries(MAX_FRONTENDS * 2, 0);
+
+#[map]
+pub static LB_EGRESS_CACHE: PerCpuArray<EgressEntry> =
+    PerCpuArray::with_max_entries(EGRESS_CACHE_SLOTS, 0);
+
+#[map]
+pub static LB_EGRESS_GEN: Array<u32> = Array::with_max_entries(1, 0);
 
 #[map]
 pub static LB_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);

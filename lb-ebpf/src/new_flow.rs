@@ -37,6 +37,7 @@ const SNAT_HASH_SEED: u32 = 0x5a7;
 /// Open a flow for the packet if it is for a frontend, filling `nat` with its rewrite.
 #[inline(never)]
 pub fn open(pkt: &Packet, nat: &mut NatEntry, now: u64) -> Next {
+    *nat = NatEntry::default();
     let is_tcp = pkt.key.proto == IPPROTO_TCP;
     let fkey = FrontendKey {
         addr: pkt.key.dst,

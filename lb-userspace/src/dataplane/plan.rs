@@ -11,10 +11,10 @@ use std::{
 use lb_common::{
     maglev::{MaglevServer, build_table, round_robin_sequence},
     maps::{
-        Addr, FRONTEND_FLAG_DSR, FRONTEND_FLAG_USERSPACE, FrontendInfo, FrontendKey, MAX_BACKENDS,
-        MAX_FRONTENDS, MAX_SERVERS, METHOD_FIRST, METHOD_LEASTCONN, METHOD_MAGLEV,
-        METHOD_ROUNDROBIN, METHOD_SOURCE, SERVER_CHECK_DOWN, SERVER_PRESENT, SERVER_RESET_FLOWS,
-        ServerInfo,
+        ADDR_SNAT, ADDR_VIP, Addr, FRONTEND_FLAG_DSR, FRONTEND_FLAG_USERSPACE, FrontendInfo,
+        FrontendKey, MAX_BACKENDS, MAX_FRONTENDS, MAX_SERVERS, METHOD_FIRST, METHOD_LEASTCONN,
+        METHOD_MAGLEV, METHOD_ROUNDROBIN, METHOD_SOURCE, SERVER_CHECK_DOWN, SERVER_PRESENT,
+        SERVER_RESET_FLOWS, ServerInfo,
     },
     wire::{IPPROTO_TCP, IPPROTO_UDP},
 };
@@ -172,6 +172,21 @@ pub struct Plan {
     /// Server id -> server.
     pub servers: Vec<(u32, ServerInfo)>,
     pub backends: Vec<BackendPlan>,
+}
+
+impl Plan {
+    /// `LB_ADDRS`: each frontend's address, and each full-NAT frontend's SNAT address,
+    /// with their kinds (an address may be both).
+    pub fn addresses(&self) -> HashMap<Addr, u32> {
+        let mut addrs: HashMap<Addr, u32> = HashMap::new();
+        for (key, info) in &self.frontends {
+            *addrs.entry(key.addr).or_default() |= ADDR_VIP;
+            if info.flags & (FRONTEND_FLAG_DSR | FRONTEND_FLAG_USERSPACE) == 0 {
+                *addrs.entry(info.snat_addr).or_default() |= ADDR_SNAT;
+            }
+        }
+        addrs
+    }
 }
 
 pub fn addr16(ip: IpAddr) -> Addr {

@@ -36,7 +36,8 @@ pub fn remove_pins(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// `bpf_ktime_get_ns`'s clock, for comparing with entry timestamps.
+/// The clock of entry timestamps: XDP reads it coarse (`bpf_ktime_get_coarse_ns`), at most a
+/// tick behind this.
 pub fn monotonic_now_ns() -> u64 {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
         t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64

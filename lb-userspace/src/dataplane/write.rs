@@ -6,9 +6,9 @@ use std::collections::HashMap;
 use anyhow::{Context as _, Result};
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuValues};
 use lb_common::maps::{
-    BackendInfo, FrontendInfo, FrontendKey, MAP_BACKEND_SERVERS, MAP_BACKENDS, MAP_FRONTEND_STATS,
-    MAP_FRONTENDS, MAP_RING, MAP_SERVER_ACTIVE, MAP_SERVER_STATS, MAP_SERVERS, ServerInfo,
-    TrafficStats,
+    Addr, BackendInfo, FrontendInfo, FrontendKey, MAP_ADDRS, MAP_BACKEND_SERVERS, MAP_BACKENDS,
+    MAP_FRONTEND_STATS, MAP_FRONTENDS, MAP_RING, MAP_SERVER_ACTIVE, MAP_SERVER_STATS, MAP_SERVERS,
+    ServerInfo, TrafficStats,
 };
 use tracing::{info, warn};
 
@@ -87,6 +87,10 @@ impl Dataplane {
         for backend in &plan.backends {
             written += self.set_backend(backend)?;
         }
+        // Addresses before the frontends that use them, removed after: a packet never
+        // finds a frontend whose address XDP would pass as not lb's.
+        let addrs = plan.addresses();
+        self.write_addresses(&addrs, false)?;
         let mut frontends: BpfHashMap<&mut MapData, FrontendKey, FrontendInfo> =
             BpfHashMap::try_from(self.ebpf.map_mut(MAP_FRONTENDS).context(MAP_FRONTENDS)?)?;
         for (key, value) in &plan.frontends {
@@ -103,7 +107,31 @@ impl Dataplane {
             frontends.remove(key)?;
         }
         self.frontends = plan.frontends.iter().map(|(k, _)| *k).collect();
+        self.write_addresses(&addrs, true)?;
         Ok(written)
+    }
+
+    /// Write `LB_ADDRS`: every address in `addrs` with its kind; with `remove_stale`, also
+    /// remove the map's other keys (a pinned map may hold ones this process never wrote).
+    fn write_addresses(&mut self, addrs: &HashMap<Addr, u32>, remove_stale: bool) -> Result<()> {
+        let mut map: BpfHashMap<&mut MapData, Addr, u32> =
+            BpfHashMap::try_from(self.ebpf.map_mut(MAP_ADDRS).context(MAP_ADDRS)?)?;
+        for (addr, kind) in addrs {
+            if map.get(addr, 0).ok() != Some(*kind) {
+                map.insert(addr, kind, 0)?;
+            }
+        }
+        if remove_stale {
+            let stale: Vec<Addr> = map
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|a| !addrs.contains_key(a))
+                .collect();
+            for addr in &stale {
+                map.remove(addr)?;
+            }
+        }
+        Ok(())
     }
 
     /// Fill the backend's inactive half (only slots that differ from what that half holds),

@@ -123,7 +123,7 @@ name = "bench-dsr"
 mode = "tcp"
 balancing_method = "maglev"
 port = 80
-servers = { type = "addresses", addresses = [{ address = "198.18.1.10" }, { address = "198.18.1.11" }, { address = "198.18.1.12" }] }
+servers = { type = "addresses", addresses = [{ address = "198.18.128.1" }, { address = "198.18.128.2" }, { address = "198.18.128.3" }] }
 "#,
     );
     toml
