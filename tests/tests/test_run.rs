@@ -1541,3 +1541,125 @@ fn unestablished_flows_give_their_snat_ports_up_after_a_second_established_ones_
         assert_eq!(fx.counter("flow_syn_reclaimed"), 2);
     });
 }
+
+/// Egress comes from a per-CPU cache of FIB answers: the first packet to a destination asks
+/// the FIB, later ones (of any flow to it) do not; a routing change (the generation the
+/// daemon bumps on netlink events) makes the next packet ask again, and it follows the new
+/// neighbour. Replies toward the client are cached the same way.
+#[test]
+fn egress_is_cached_per_destination_and_asked_again_after_a_routing_change() {
+    with_fixture("egress_cache", |fx| {
+        let lookups = |fx: &Fixture| fx.counter("egress_fib_lookup");
+        let mut generation = fx.dataplane.egress_generation().unwrap();
+        generation.bump().unwrap();
+        let to_server = |out: &[u8]| -> [u8; 6] { out[..6].try_into().unwrap() };
+
+        let before = lookups(fx);
+        let (verdict, out) = fx.run(&tcp(TCP_SYN, 40200), fx.client_ifindex);
+        assert_eq!(verdict, XDP_REDIRECT);
+        assert_eq!(to_server(&out), SERVER_MAC);
+        assert_eq!(lookups(fx), before + 1, "the first packet asks the FIB");
+        let (verdict, out) = fx.run(&tcp(ACK, 40200), fx.client_ifindex);
+        assert_eq!((verdict, to_server(&out)), (XDP_REDIRECT, SERVER_MAC));
+        let (verdict, _) = fx.run(&tcp(TCP_SYN, 40201), fx.client_ifindex);
+        assert_eq!(verdict, XDP_REDIRECT);
+        assert_eq!(
+            lookups(fx),
+            before + 1,
+            "the same flow and another flow to the same server use the cache"
+        );
+
+        // The server's neighbour entry changes: until the generation moves the cached MAC
+        // stays (for at most EGRESS_TTL_NS); after it, the FIB's new answer is used.
+        let moved = [0x02, 0, 0, 0, 0, 0x52];
+        let status = std::process::Command::new("ip")
+            .args([
+                "neigh",
+                "replace",
+                "198.18.11.2",
+                "lladdr",
+                "02:00:00:00:00:52",
+            ])
+            .args(["dev", "fxs", "nud", "permanent"])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        generation.bump().unwrap();
+        let (verdict, out) = fx.run(&tcp(ACK, 40200), fx.client_ifindex);
+        assert_eq!((verdict, to_server(&out)), (XDP_REDIRECT, moved));
+        assert_eq!(
+            lookups(fx),
+            before + 2,
+            "a new generation asks the FIB again"
+        );
+
+        // No neighbour at all: the FIB has no answer, nothing is cached, and the kernel gets
+        // the packet (it resolves the neighbour itself).
+        let status = std::process::Command::new("ip")
+            .args(["neigh", "del", "198.18.11.2", "dev", "fxs"])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        generation.bump().unwrap();
+        let misses = fx.counter("pass_fib_miss");
+        for _ in 0..2 {
+            let (verdict, _) = fx.run(&tcp(ACK, 40200), fx.client_ifindex);
+            assert_eq!(verdict, XDP_PASS);
+        }
+        assert_eq!(fx.counter("pass_fib_miss"), misses + 2);
+        assert_eq!(lookups(fx), before + 4, "a failed answer is not cached");
+
+        // Replies toward the client: the first asks the FIB, the next uses the cache.
+        let snat_port = u16::from_be(
+            fx.tracked(&key(CLIENT.into(), VIP.into(), 40201, 80, 6))
+                .expect("tracked")
+                .sport,
+        );
+        let before = lookups(fx);
+        for flags in [TCP_SYN_ACK, ACK] {
+            let (verdict, out) = fx.run(&server_tcp(flags, snat_port), fx.server_ifindex);
+            assert_eq!((verdict, to_server(&out)), (XDP_REDIRECT, CLIENT_MAC));
+        }
+        assert_eq!(lookups(fx), before + 1);
+    });
+}
+
+/// The daemon's routing follower bumps the generation when a neighbour changes.
+#[test]
+fn a_neighbour_change_moves_the_egress_generation() {
+    with_fixture("egress_follow", |fx| {
+        let follower = fx.dataplane.egress_generation().unwrap();
+        let probe = fx.dataplane.egress_generation().unwrap();
+        // The thread inherits this fixture thread's namespace, so its netlink socket
+        // watches the fixture's interfaces. It ends with the test process.
+        std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(lb_userspace::dataplane::follow_routing_changes(follower))
+        });
+        let timeout = std::time::Duration::from_secs(10);
+        let subscribed = lb_tests::wait_until("the follower's first bump", timeout, || {
+            let now = probe.current()?;
+            Ok((now > 0).then_some(now))
+        })
+        .unwrap();
+        let status = std::process::Command::new("ip")
+            .args([
+                "neigh",
+                "replace",
+                "198.18.11.2",
+                "lladdr",
+                "02:00:00:00:00:53",
+            ])
+            .args(["dev", "fxs", "nud", "permanent"])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        lb_tests::wait_until("a bump after the neighbour change", timeout, || {
+            Ok((probe.current()? != subscribed).then_some(()))
+        })
+        .unwrap();
+    });
+}

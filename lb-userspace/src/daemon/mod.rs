@@ -26,7 +26,9 @@ use tracing::{debug, error, info, warn};
 use crate::{
     api,
     config::{Config, InitState},
-    dataplane::{BYTES_PER_FLOW, Dataplane, GcReport, on_bpffs, pin_dir, remove_pins},
+    dataplane::{
+        BYTES_PER_FLOW, Dataplane, GcReport, follow_routing_changes, on_bpffs, pin_dir, remove_pins,
+    },
     health::{CheckStats, Health, ProbeReport, Prober},
     metrics,
 };
@@ -137,6 +139,13 @@ impl Daemon {
             );
         }
         let (collect, collected) = collect::spawn(dataplane.collector()?, &config);
+        let generation = dataplane.egress_generation()?;
+        tokio::spawn(async move {
+            if let Err(e) = follow_routing_changes(generation).await {
+                // Cached egress then still expires after EGRESS_TTL_NS.
+                warn!("not following routing changes: {e:#}");
+            }
+        });
         let (reports, probes) = mpsc::unbounded_channel();
         let live = Arc::new(RwLock::new(api::types::Live::default()));
         let mut daemon = Daemon {

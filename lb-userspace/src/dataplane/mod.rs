@@ -8,6 +8,7 @@ mod counters;
 mod gc;
 pub mod neighbours;
 pub mod plan;
+mod routing;
 mod sys;
 mod write;
 
@@ -30,6 +31,7 @@ use tracing::{info, warn};
 pub use gc::{Collector, GcReport};
 use plan::Ids;
 pub use plan::Retired;
+pub use routing::{EgressGeneration, follow_routing_changes};
 use sys::map_mut;
 pub use sys::{monotonic_now_ns, on_bpffs, pin_dir, remove_pins};
 use write::BackendState;
