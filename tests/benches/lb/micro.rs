@@ -223,7 +223,7 @@ pub fn run(quick: bool) -> Result<Vec<Row>> {
         let minus =
             |[median, min, max]: [f64; 3], base: f64| [median - base, min - base, max - base];
         // Every repetition inserts into empty tables (the scale group times a full one).
-        let mut new_flows = |b: &mut Bench, frame: &[u8]| {
+        let new_flows = |b: &mut Bench, frame: &[u8]| {
             spread(|| {
                 clear_flows(b)?;
                 b.time(PROG_BENCH_RESTORE, frame, new_flow_repeat)
