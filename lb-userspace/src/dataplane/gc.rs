@@ -46,6 +46,8 @@ pub const SLICE: usize = 32_768;
 pub struct GcReport {
     /// Whether this tick completed a cycle over both tables.
     pub complete: bool,
+    /// Cycles this collector has completed.
+    pub cycles: u64,
     pub flows: usize,
     pub expired: usize,
     pub orphans: usize,
@@ -288,6 +290,7 @@ impl Collector {
     fn complete(&mut self, cycle: Cycle, servers: &[u32], retired: &Retired) -> Result<GcReport> {
         let mut report = cycle.sum;
         report.complete = true;
+        report.cycles = self.last.cycles + 1;
         if !retired.is_empty() {
             let stale: Vec<StickyKey> = self
                 .sticky

@@ -160,7 +160,7 @@ fn expected_rows() -> Vec<(String, String)> {
         ("syn-flood-survived", "lb-nat"),
         ("scale-flows", "lb"),
         ("scale-daemon-cpu", "lb"),
-        ("scale-gc-full-view", "lb"),
+        ("scale-gc-cycle", "lb"),
         ("scale-sighup-applied", "lb"),
         ("scale-api-put", "lb"),
         ("scale-sigterm-exit", "lb"),
