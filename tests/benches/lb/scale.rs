@@ -195,12 +195,11 @@ fn fill(pins: &Path, flows: u32) -> Result<()> {
     let (conntrack, snat) = (open(MAP_CONNTRACK)?, open(MAP_SNAT)?);
     let now = monotonic_now_ns();
     let vip = v4_mapped([198, 18, 100, 1]);
-    let snat_addr = v4_mapped([198, 18, 2, 1]);
     let (mut keys, mut values, mut rkeys, mut rvalues) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for i in 0..flows {
-        // Unique per flow: the client (and, for the reverse key, the server) address from
-        // the high bits, the port from the low 16.
+        // Unique per flow: the client address (and for the reverse key the SNAT address)
+        // from the high bits, the port from the low 16.
         let hi = (i >> 16) as u8;
         let port = ((i & 0xffff) as u16).to_be();
         let key = FlowKey {
@@ -212,7 +211,7 @@ fn fill(pins: &Path, flows: u32) -> Result<()> {
             _pad: [0; 3],
         };
         let entry = NatEntry {
-            src: snat_addr,
+            src: v4_mapped([198, 18, 2, 1 + hi]),
             dst: v4_mapped([198, 18, 11 + (hi % 3), 2]),
             sport: port,
             dport: 8080u16.to_be(),
@@ -240,6 +239,15 @@ fn fill(pins: &Path, flows: u32) -> Result<()> {
     }
     snat.update(&rkeys, &rvalues)?;
     conntrack.update(&keys, &values)?;
+    // Both tables hold every flow: no key collided, nothing was evicted.
+    for (name, mut map) in [(MAP_CONNTRACK, conntrack), (MAP_SNAT, snat)] {
+        let (mut k, mut v) = (Vec::new(), Vec::new());
+        let mut cursor = lb_userspace::dataplane::batch::Cursor::Start;
+        map.lookup(&mut cursor, usize::MAX, &mut k, &mut v)?;
+        if k.len() != flows as usize {
+            bail!("{name} holds {} entries, not {flows}", k.len());
+        }
+    }
     Ok(())
 }
 
