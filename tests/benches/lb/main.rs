@@ -160,6 +160,7 @@ fn expected_rows() -> Vec<(String, String)> {
         ("syn-flood-survived", "lb-nat"),
         ("scale-flows", "lb"),
         ("scale-daemon-cpu", "lb"),
+        ("scale-daemon-cpu-peak-1s", "lb"),
         ("scale-gc-cycle", "lb"),
         ("scale-sighup-applied", "lb"),
         ("scale-api-put", "lb"),
