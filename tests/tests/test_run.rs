@@ -1588,6 +1588,23 @@ fn the_collector_sweeps_a_slice_per_tick_and_applies_whole_table_counts_per_cycl
                 (k, entry)
             })
             .collect();
+        let orphans: Vec<(FlowKey, NatEntry)> = (0..10u16)
+            .map(|i| {
+                let gone = NatEntry {
+                    sport: (45_000 + i).to_be(),
+                    ..first
+                };
+                let reverse = NatEntry {
+                    src: first_key.dst,
+                    dst: first_key.src,
+                    sport: first_key.dport,
+                    dport: (3000 + i).to_be(),
+                    last_seen_ns: now - 5_000_000_000,
+                    ..first
+                };
+                (gone.reply_key(6), reverse)
+            })
+            .collect();
         {
             let map = fx.dataplane.ebpf_mut().map_mut(MAP_CONNTRACK).unwrap();
             let mut ct: BpfHashMap<&mut MapData, FlowKey, NatEntry> =
@@ -1610,6 +1627,10 @@ fn the_collector_sweeps_a_slice_per_tick_and_applies_whole_table_counts_per_cycl
                 };
                 snat.insert(e.reply_key(6), reverse, 0).unwrap();
             }
+            // Ten reverse entries past the grace period whose flows are gone: orphans.
+            for (k, e) in &orphans {
+                snat.insert(k, e, 0).unwrap();
+            }
         }
 
         let mut collector = fx.dataplane.collector().unwrap();
@@ -1620,7 +1641,7 @@ fn the_collector_sweeps_a_slice_per_tick_and_applies_whole_table_counts_per_cycl
             servers: vec![9999],
             ..Retired::default()
         };
-        let (mut ticks, mut expired) = (0, 0);
+        let (mut ticks, mut expired, mut orphaned) = (0, 0, 0);
         let report = loop {
             let r = collector
                 .tick(
@@ -1633,6 +1654,7 @@ fn the_collector_sweeps_a_slice_per_tick_and_applies_whole_table_counts_per_cycl
                 .unwrap();
             ticks += 1;
             expired += r.expired;
+            orphaned += r.orphans;
             if r.complete {
                 break r;
             }
@@ -1649,6 +1671,12 @@ fn the_collector_sweeps_a_slice_per_tick_and_applies_whole_table_counts_per_cycl
         );
         assert_eq!(report.flows, 3001);
         assert_eq!(expired, 1500);
+        assert_eq!(orphaned, 10, "reverse entries without a flow are removed");
+        {
+            let map = fx.dataplane.ebpf_mut().map(MAP_SNAT).unwrap();
+            let snat: BpfHashMap<&MapData, FlowKey, NatEntry> = BpfHashMap::try_from(map).unwrap();
+            assert!(orphans.iter().all(|(k, _)| snat.get(k, 0).is_err()));
+        }
         assert_eq!(report.active.get(&server).copied(), Some(1501));
         assert_eq!(fx.dataplane.server_active(server).unwrap(), 1501);
         assert_eq!(
