@@ -159,6 +159,7 @@ fn expected_rows() -> Vec<(String, String)> {
         ("maglev-apply-remove-1-of-500", "lb"),
         ("syn-flood-survived", "lb-nat"),
         ("scale-flows", "lb"),
+        ("scale-daemon-cpu-empty", "lb"),
         ("scale-daemon-cpu", "lb"),
         ("scale-daemon-cpu-peak-1s", "lb"),
         ("scale-gc-cycle", "lb"),

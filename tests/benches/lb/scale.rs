@@ -90,6 +90,12 @@ fn measure(
         &["run", "--config", path.to_str().context("path")?],
     )?;
 
+    // The daemon's own floor, before the table fills.
+    let (idle, _) = cpu_percent(
+        pid,
+        Duration::from_secs(if settings.quick { 2 } else { 10 }),
+    )?;
+    eprintln!("bench: scale: daemon at {idle:.1} % of a core with an empty table");
     let filled = Instant::now();
     fill(&pin_dir(&pins), flows)?;
     eprintln!(
@@ -173,6 +179,7 @@ fn measure(
     eprintln!("bench: scale: SIGHUP {hups:.1?} ms, PUT {puts:.1?} ms, SIGTERM {term:.1} ms");
     Ok(vec![
         Row::new("scale-flows", "lb", f64::from(flows), "flows"),
+        Row::new("scale-daemon-cpu-empty", "lb", idle, "% core"),
         Row::new("scale-daemon-cpu", "lb", cpu, "% core"),
         Row::new("scale-daemon-cpu-peak-1s", "lb", peak, "% core"),
         Row::new("scale-gc-cycle", "lb", cycle, "s"),
