@@ -149,6 +149,12 @@ pub fn render(
         "Flows the table can hold",
         capacity.clone(),
     );
+    let cycles = Counter::<u64>::default();
+    r.register(
+        "lb_conntrack_gc_cycles",
+        "Complete sweeps of the connection table (the table-wide counts are the last one's)",
+        cycles.clone(),
+    );
     let half_open = Gauge::<i64>::default();
     r.register(
         "lb_conntrack_half_open",
@@ -256,6 +262,7 @@ pub fn render(
     fill.set(gc.flows as i64);
     capacity.set(i64::from(conntrack_size));
     half_open.set(gc.half_open as i64);
+    cycles.inc_by(gc.cycles);
     let mut text = String::new();
     encode(&mut text, &r)?;
     Ok(text)

@@ -110,7 +110,7 @@ fn json(text: &str) -> serde_json::Value {
 fn answering(topo: &Topology) -> std::collections::BTreeSet<String> {
     let target: SocketAddr = (VIP, 80).into();
     topo.client
-        .run(move || (0..12).map(|_| tcp_session(target, 1).unwrap()).collect())
+        .run(move || (0..40).map(|_| tcp_session(target, 1).unwrap()).collect())
         .unwrap()
         .join()
         .unwrap()

@@ -1663,3 +1663,178 @@ fn a_neighbour_change_moves_the_egress_generation() {
         .unwrap();
     });
 }
+
+#[test]
+fn the_collector_sweeps_a_slice_per_tick_and_applies_whole_table_counts_per_cycle() {
+    use lb_common::{
+        flow::Timeouts,
+        maps::{ENTRY_COUNTED, FLOW_CLOSING, FLOW_ESTABLISHED, MAP_SNAT},
+    };
+    use lb_userspace::dataplane::Retired;
+    with_fixture("slices", |fx| {
+        // A real established flow gives the shapes of both entries and a server id.
+        fx.run(&tcp(TCP_SYN, 48000), fx.client_ifindex);
+        let first_key = key(CLIENT.into(), VIP.into(), 48000, 80, 6);
+        let snat_port = u16::from_be(fx.tracked(&first_key).unwrap().sport);
+        fx.run(&server_tcp(TCP_SYN_ACK, snat_port), fx.server_ifindex);
+        fx.run(&tcp(ACK, 48000), fx.client_ifindex);
+        let first = fx.tracked(&first_key).unwrap();
+        let server = first.server_id;
+        assert_eq!(fx.dataplane.server_active(server).unwrap(), 1);
+
+        // 3000 more flows written behind the data plane's back (so its counter still says
+        // 1): even ones established and fresh, odd ones closing and idle for 20 s.
+        let now = lb_userspace::dataplane::monotonic_now_ns();
+        let flows: Vec<(FlowKey, NatEntry)> = (0..3000u32)
+            .map(|i| {
+                let k = key(
+                    Ipv4Addr::new(198, 19, (i >> 8) as u8, i as u8).into(),
+                    VIP.into(),
+                    2000,
+                    80,
+                    6,
+                );
+                let closing = i % 2 == 1;
+                let entry = NatEntry {
+                    // Outside the SNAT range: no clash with the real flow's port.
+                    sport: (40_000 + i as u16).to_be(),
+                    state: if closing {
+                        FLOW_CLOSING
+                    } else {
+                        FLOW_ESTABLISHED
+                    },
+                    flags: ENTRY_COUNTED,
+                    last_seen_ns: if closing { now - 20_000_000_000 } else { now },
+                    ..first
+                };
+                (k, entry)
+            })
+            .collect();
+        let orphans: Vec<(FlowKey, NatEntry)> = (0..10u16)
+            .map(|i| {
+                let gone = NatEntry {
+                    sport: (45_000 + i).to_be(),
+                    ..first
+                };
+                let reverse = NatEntry {
+                    src: first_key.dst,
+                    dst: first_key.src,
+                    sport: first_key.dport,
+                    dport: (3000 + i).to_be(),
+                    last_seen_ns: now - 5_000_000_000,
+                    ..first
+                };
+                (gone.reply_key(6), reverse)
+            })
+            .collect();
+        {
+            let map = fx.dataplane.ebpf_mut().map_mut(MAP_CONNTRACK).unwrap();
+            let mut ct: BpfHashMap<&mut MapData, FlowKey, NatEntry> =
+                BpfHashMap::try_from(map).unwrap();
+            for (k, e) in &flows {
+                ct.insert(k, e, 0).unwrap();
+            }
+        }
+        {
+            let map = fx.dataplane.ebpf_mut().map_mut(MAP_SNAT).unwrap();
+            let mut snat: BpfHashMap<&mut MapData, FlowKey, NatEntry> =
+                BpfHashMap::try_from(map).unwrap();
+            for (k, e) in &flows {
+                let reverse = NatEntry {
+                    src: k.dst,
+                    dst: k.src,
+                    sport: k.dport,
+                    dport: k.sport,
+                    ..*e
+                };
+                snat.insert(e.reply_key(6), reverse, 0).unwrap();
+            }
+            // Ten reverse entries past the grace period whose flows are gone: orphans.
+            for (k, e) in &orphans {
+                snat.insert(k, e, 0).unwrap();
+            }
+        }
+
+        let mut collector = fx.dataplane.collector().unwrap();
+        let t = Timeouts::default();
+        let none = Retired::default();
+        // An id retired once the first cycle is under way: not reported by that cycle.
+        let retired = Retired {
+            servers: vec![9999],
+            ..Retired::default()
+        };
+        let (mut ticks, mut expired, mut orphaned) = (0, 0, 0);
+        let report = loop {
+            let r = collector
+                .tick(
+                    now,
+                    &t,
+                    &[server],
+                    if ticks == 0 { &none } else { &retired },
+                    500,
+                )
+                .unwrap();
+            ticks += 1;
+            expired += r.expired;
+            orphaned += r.orphans;
+            if r.complete {
+                break r;
+            }
+            assert_eq!(r.flows, 0, "no whole-table count before a cycle completes");
+            assert_eq!(
+                fx.dataplane.server_active(server).unwrap(),
+                1,
+                "counts are reconciled only when a cycle completes"
+            );
+        };
+        assert!(
+            ticks >= 9,
+            "3001 flows, then the 1501 reverse entries left, in slices of 500 took {ticks} ticks"
+        );
+        assert_eq!(report.flows, 3001);
+        assert_eq!(expired, 1500);
+        assert_eq!(orphaned, 10, "reverse entries without a flow are removed");
+        {
+            let map = fx.dataplane.ebpf_mut().map(MAP_SNAT).unwrap();
+            let snat: BpfHashMap<&MapData, FlowKey, NatEntry> = BpfHashMap::try_from(map).unwrap();
+            assert!(orphans.iter().all(|(k, _)| snat.get(k, 0).is_err()));
+        }
+        assert_eq!(report.active.get(&server).copied(), Some(1501));
+        assert_eq!(fx.dataplane.server_active(server).unwrap(), 1501);
+        assert_eq!(
+            report
+                .snat_ports_used
+                .get(&(server, 6))
+                .copied()
+                .unwrap_or(0),
+            1501,
+            "the reverse entries of expired flows went with them"
+        );
+        assert!(
+            report.unused.is_empty(),
+            "the cycle began before 9999 retired"
+        );
+        for (i, (k, e)) in flows.iter().enumerate() {
+            assert_eq!(fx.tracked(k).is_some(), i % 2 == 0, "flow {i}");
+            let map = fx.dataplane.ebpf_mut().map(MAP_SNAT).unwrap();
+            let snat: BpfHashMap<&MapData, FlowKey, NatEntry> = BpfHashMap::try_from(map).unwrap();
+            assert_eq!(
+                snat.get(&e.reply_key(6), 0).is_ok(),
+                i % 2 == 0,
+                "reverse {i}"
+            );
+        }
+
+        // The next cycle began with 9999 retired: it is reported unused when that ends.
+        let report = loop {
+            let r = collector.tick(now, &t, &[server], &retired, 500).unwrap();
+            if r.complete {
+                break r;
+            }
+            assert_eq!(r.flows, 3001, "between cycles, the last cycle's counts");
+            assert!(r.unused.is_empty());
+        };
+        assert_eq!(report.unused.servers, vec![9999]);
+        assert_eq!(report.cycles, 2);
+    });
+}

@@ -52,8 +52,8 @@ enum Task {
         /// Every workload briefly (under 90 s in all).
         #[arg(long)]
         quick: bool,
-        /// One group only, when working on it: micro, maglev, systems, http or flood.
-        #[arg(long, value_parser = ["micro", "maglev", "systems", "http", "flood"])]
+        /// One group only, when working on it: micro, maglev, systems, http, flood or scale.
+        #[arg(long, value_parser = ["micro", "maglev", "systems", "http", "flood", "scale"])]
         only: Option<String>,
     },
 }

@@ -1,6 +1,7 @@
-//! The garbage collector's task: a pass every `gc_interval` on a blocking thread, with map
+//! The garbage collector's task: a tick every `gc_interval` on a blocking thread, with map
 //! handles of its own, so that the daemon's events never wait behind a sweep of the
-//! connection table. Each pass's report goes to the daemon.
+//! connection table. Each tick sweeps a bounded slice ([`SLICE`]); its report goes to the
+//! daemon.
 
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::{
     config::Config,
-    dataplane::{Collector, GcReport, Retired, monotonic_now_ns},
+    dataplane::{Collector, GcReport, Retired, SLICE, monotonic_now_ns},
 };
 
 /// What a pass needs from the running config and data plane.
@@ -48,16 +49,25 @@ pub fn spawn(
         watch::channel(Settings::of(config, Vec::new(), Retired::default()));
     let (reports, received) = mpsc::unbounded_channel();
     tokio::spawn(async move {
+        let mut period = current.borrow_and_update().interval;
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        // A tick that overran is followed by a full interval, never by a burst.
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let interval = current.borrow_and_update().interval;
-            tokio::time::sleep(interval).await;
-            let now = current.borrow().clone();
+            ticks.tick().await;
+            let now = current.borrow_and_update().clone();
+            if now.interval != period {
+                period = now.interval;
+                ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            }
             let pass = tokio::task::spawn_blocking(move || {
-                let report = collector.run(
+                let report = collector.tick(
                     monotonic_now_ns(),
                     &now.timeouts,
                     &now.servers,
                     &now.retired,
+                    SLICE,
                 );
                 (collector, report)
             })

@@ -4,6 +4,7 @@
 //! per-CPU counters, `neighbours` keeps servers' next hops resolved, and `sys` holds the
 //! raw syscalls aya does not wrap.
 
+pub mod batch;
 mod counters;
 mod gc;
 pub mod neighbours;
@@ -28,7 +29,7 @@ use lb_common::maps::{
 };
 use tracing::{info, warn};
 
-pub use gc::{Collector, GcReport};
+pub use gc::{Collector, GcReport, SLICE};
 use plan::Ids;
 pub use plan::Retired;
 pub use routing::{EgressGeneration, follow_routing_changes};

@@ -1,6 +1,6 @@
 //! `cargo xtask bench`: lb against the kernel, nftables and HAProxy on one topology in one
 //! run, the XDP object against the cost of XDP itself, Maglev's quality, and the SYN flood
-//! rate lb survives. Writes a table to stdout, `results.json` and `results.svg`.
+//! rate lb survives, and the daemon at a full connection table. Writes a table to stdout, `results.json` and `results.svg`.
 //!
 //! Usage: `lb --out DIR [--quick] [--check] [--only GROUP]` (run through `cargo xtask bench`).
 
@@ -9,6 +9,7 @@ mod http;
 mod maglev;
 mod micro;
 mod report;
+mod scale;
 mod systems;
 
 use std::path::PathBuf;
@@ -167,6 +168,14 @@ fn expected_rows() -> Vec<(String, String)> {
         ("maglev-apply-500-servers", "lb"),
         ("maglev-apply-remove-1-of-500", "lb"),
         ("syn-flood-survived", "lb-nat"),
+        ("scale-flows", "lb"),
+        ("scale-daemon-cpu-empty", "lb"),
+        ("scale-daemon-cpu", "lb"),
+        ("scale-daemon-cpu-peak-1s", "lb"),
+        ("scale-gc-cycle", "lb"),
+        ("scale-sighup-applied", "lb"),
+        ("scale-api-put", "lb"),
+        ("scale-sigterm-exit", "lb"),
     ] {
         expected.push((workload.into(), system.into()));
     }
@@ -184,7 +193,7 @@ fn expected_rows() -> Vec<(String, String)> {
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let (mut quick, mut check, mut replot, mut out) = (false, false, false, None);
-    // One group only (micro, maglev, systems, http, flood): for working on one part.
+    // One group only (micro, maglev, systems, http, flood, scale): for working on one part.
     let mut only: Option<String> = None;
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -197,7 +206,7 @@ fn main() -> Result<()> {
             // cargo bench passes --bench to harness=false targets.
             "--bench" => {}
             other => bail!(
-                "unknown argument {other:?}; usage: --out DIR [--quick] [--check] [--only micro|maglev|systems|http|flood]"
+                "unknown argument {other:?}; usage: --out DIR [--quick] [--check] [--only micro|maglev|systems|http|flood|scale]"
             ),
         }
     }
@@ -234,6 +243,9 @@ fn main() -> Result<()> {
     }
     if runs("flood") {
         rows.extend(flood::run(&settings).context("SYN flood")?);
+    }
+    if runs("scale") {
+        rows.extend(scale::run(&settings).context("a full connection table")?);
     }
     add_ratios(&mut rows);
 

@@ -55,7 +55,7 @@ pub fn chart(rows: &[Row], path: &Path) -> Result<()> {
     let areas = body.split_evenly((panel_rows, columns));
     for (((workload, unit), bars), area) in panels.iter().zip(areas.iter()) {
         let lower_better = unit.starts_with("ns")
-            || ["us", "ms", "max/mean"].contains(&unit.as_str())
+            || ["us", "ms", "s", "% core", "max/mean"].contains(&unit.as_str())
             || unit.contains("moved");
         let better = if lower_better {
             "lower is better"
