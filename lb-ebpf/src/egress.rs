@@ -23,7 +23,7 @@ use network_types::eth::EthHdr;
 
 use crate::{
     maps::{LB_EGRESS_CACHE, LB_EGRESS_GEN, LB_TX_PORTS, count},
-    parse::{Packet, ptr_at},
+    parse::{Packet, ptr_at, same_addr},
 };
 
 const AF_INET: u8 = 2;
@@ -38,17 +38,6 @@ fn words(a: &[u8; 16]) -> [u32; 4] {
         u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
         u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
     ]
-}
-
-/// Two addresses compared as two 8-byte words.
-#[inline(always)]
-fn same_addr(a: &[u8; 16], b: &[u8; 16]) -> bool {
-    let (a, b) = (a.as_ptr() as *const u64, b.as_ptr() as *const u64);
-    // SAFETY: both are 16 bytes; unaligned reads stay inside them.
-    unsafe {
-        a.read_unaligned() == b.read_unaligned()
-            && a.add(1).read_unaligned() == b.add(1).read_unaligned()
-    }
 }
 
 #[inline(never)]

@@ -14,7 +14,7 @@ use lb_common::{
     flow::never_established,
     hash::flow_hash,
     maps::{
-        Addr, ENTRY_COUNTED, ENTRY_DSR, ENTRY_REVERSE, ENTRY_STICKY, FLOW_SYN_SEEN, FLOW_UDP,
+        ENTRY_COUNTED, ENTRY_DSR, ENTRY_REVERSE, ENTRY_STICKY, FLOW_SYN_SEEN, FLOW_UDP,
         FRONTEND_FLAG_DSR, FRONTEND_FLAG_USERSPACE, FlowKey, FrontendInfo, FrontendKey, NatEntry,
         SNAT_PORT_MAX, SNAT_PORT_MIN, SNAT_PORT_RETRIES, SYN_RECLAIM_NS,
     },
@@ -28,7 +28,7 @@ use crate::{
         LB_BACKENDS, LB_CONNTRACK, LB_FRONTENDS, LB_SCRATCH, LB_SERVERS, LB_SNAT, account,
         active_add, count, frontend_event, server_new_flow,
     },
-    parse::Packet,
+    parse::{Packet, same_addr},
     select::{choose_server, remember_client},
 };
 
@@ -218,15 +218,4 @@ fn reclaim_half_open(reply_key: &FlowKey, now: u64) -> bool {
     let _ = LB_SNAT.remove(reply_key);
     count(Stat::FLOW_SYN_RECLAIMED);
     true
-}
-
-/// Two addresses compared as two 8-byte words.
-#[inline(always)]
-fn same_addr(a: &Addr, b: &Addr) -> bool {
-    let (a, b) = (a.as_ptr() as *const u64, b.as_ptr() as *const u64);
-    // SAFETY: both are 16 bytes; unaligned reads stay inside them.
-    unsafe {
-        a.read_unaligned() == b.read_unaligned()
-            && a.add(1).read_unaligned() == b.add(1).read_unaligned()
-    }
 }

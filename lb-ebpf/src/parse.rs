@@ -43,6 +43,17 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
     Some((start + offset) as *mut T)
 }
 
+/// Two addresses compared as two 8-byte words.
+#[inline(always)]
+pub fn same_addr(a: &Addr, b: &Addr) -> bool {
+    let (a, b) = (a.as_ptr() as *const u64, b.as_ptr() as *const u64);
+    // SAFETY: both are 16 bytes; unaligned reads stay inside them.
+    unsafe {
+        a.read_unaligned() == b.read_unaligned()
+            && a.add(1).read_unaligned() == b.add(1).read_unaligned()
+    }
+}
+
 /// Write `::ffff:a.b.c.d` into a zeroed address as two word stores (byte-wise stores cost
 /// stack spills and instructions).
 #[inline(always)]

@@ -66,6 +66,32 @@ fn call(cmd: libc::c_long, attr: &mut BatchAttr) -> io::Result<()> {
     }
 }
 
+/// Write every `keys[i] = values[i]` into the map behind `data`, 64k entries a syscall.
+/// The caller vouches that `K` and `V` are the map's key and value types.
+pub(super) fn update<K, V>(data: &MapData, keys: &[K], values: &[V]) -> Result<()> {
+    ensure!(
+        keys.len() == values.len(),
+        "keys and values differ in length"
+    );
+    for (k, v) in keys.chunks(65536).zip(values.chunks(65536)) {
+        let mut attr = BatchAttr {
+            map_fd: data.fd().as_fd().as_raw_fd() as u32,
+            keys: k.as_ptr() as u64,
+            values: v.as_ptr() as u64,
+            count: k.len() as u32,
+            ..BatchAttr::default()
+        };
+        call(BPF_MAP_UPDATE_BATCH, &mut attr).context("BPF_MAP_UPDATE_BATCH")?;
+        ensure!(
+            attr.count as usize == k.len(),
+            "BPF_MAP_UPDATE_BATCH wrote {} of {} entries",
+            attr.count,
+            k.len()
+        );
+    }
+    Ok(())
+}
+
 impl<K: Pod + Default, V: Pod + Default> BatchMap<K, V> {
     pub fn new(data: MapData) -> Result<Self> {
         let info = data.info().context("reading the map's info")?;
@@ -142,18 +168,7 @@ impl<K: Pod + Default, V: Pod + Default> BatchMap<K, V> {
 
     /// Write every `keys[i] = values[i]`.
     pub fn update(&self, keys: &[K], values: &[V]) -> Result<()> {
-        ensure!(
-            keys.len() == values.len(),
-            "keys and values differ in length"
-        );
-        for (k, v) in keys.chunks(65536).zip(values.chunks(65536)) {
-            let mut attr = self.attr();
-            attr.keys = k.as_ptr() as u64;
-            attr.values = v.as_ptr() as u64;
-            attr.count = k.len() as u32;
-            call(BPF_MAP_UPDATE_BATCH, &mut attr).context("BPF_MAP_UPDATE_BATCH")?;
-        }
-        Ok(())
+        update(&self.data, keys, values)
     }
 
     /// Delete `keys`; returns which of them were present (and so removed by this call).

@@ -48,58 +48,8 @@ pub fn monotonic_now_ns() -> u64 {
 /// (Linux 5.6+) instead of one syscall per slot: a whole 65537-slot table in about 3 ms
 /// instead of 40. aya 0.14 has no batch operations.
 pub(super) fn update_batch(map: &aya::maps::Map, keys: &[u32], values: &[u32]) -> Result<()> {
-    use std::os::fd::{AsFd as _, AsRawFd as _};
-    anyhow::ensure!(
-        keys.len() == values.len(),
-        "keys and values differ in length"
-    );
-    if keys.is_empty() {
-        return Ok(());
-    }
     let aya::maps::Map::Array(data) = map else {
         anyhow::bail!("batch updates are for array maps");
     };
-    /// `union bpf_attr`'s `batch` member (include/uapi/linux/bpf.h).
-    #[repr(C)]
-    struct BatchAttr {
-        in_batch: u64,
-        out_batch: u64,
-        keys: u64,
-        values: u64,
-        count: u32,
-        map_fd: u32,
-        elem_flags: u64,
-        flags: u64,
-    }
-    const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
-    let mut attr = BatchAttr {
-        in_batch: 0,
-        out_batch: 0,
-        keys: keys.as_ptr() as u64,
-        values: values.as_ptr() as u64,
-        count: keys.len() as u32,
-        map_fd: data.fd().as_fd().as_raw_fd() as u32,
-        elem_flags: 0,
-        flags: 0,
-    };
-    // SAFETY: attr points at live slices of `count` u32 keys and values, the map's key and
-    // value sizes; the kernel reads them and writes back only `count`.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_UPDATE_BATCH,
-            &mut attr as *mut BatchAttr,
-            std::mem::size_of::<BatchAttr>() as u32,
-        )
-    };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error()).context("BPF_MAP_UPDATE_BATCH");
-    }
-    anyhow::ensure!(
-        attr.count as usize == keys.len(),
-        "BPF_MAP_UPDATE_BATCH wrote {} of {} slots",
-        attr.count,
-        keys.len()
-    );
-    Ok(())
+    super::batch::update(data, keys, values)
 }
