@@ -37,6 +37,7 @@ fn main() -> anyhow::Result<()> {
         "cargo:rerun-if-changed={}",
         workspace.join("lb-common").display()
     );
+    git_commit(workspace);
     aya_build::build_ebpf(
         [Package {
             name: "lb-ebpf",
@@ -46,4 +47,34 @@ fn main() -> anyhow::Result<()> {
         Toolchain::default(),
     )
     .context("building the XDP program; run `cargo xtask setup` if the toolchain is missing")
+}
+
+/// `LB_GIT_COMMIT` for `lb --version` and `lb_build_info`: the commit built, "unknown" outside
+/// a git checkout (a source tarball); the environment's value wins (a packager's).
+fn git_commit(workspace: &std::path::Path) {
+    println!("cargo:rerun-if-env-changed=LB_GIT_COMMIT");
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .arg("-C")
+            .arg(workspace)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let commit = env::var("LB_GIT_COMMIT")
+        .ok()
+        .or_else(|| git(&["rev-parse", "--short=12", "HEAD"]))
+        .unwrap_or_else(|| "unknown".into());
+    // Every commit and checkout appends to HEAD's reflog.
+    if let Some(log) = git(&[
+        "rev-parse",
+        "--path-format=absolute",
+        "--git-path",
+        "logs/HEAD",
+    ]) {
+        println!("cargo:rerun-if-changed={log}");
+    }
+    println!("cargo:rustc-env=LB_GIT_COMMIT={commit}");
 }

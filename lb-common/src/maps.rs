@@ -6,7 +6,8 @@
 /// version (pins live under `<pin_path>/v<VERSION>`); bump it whenever a map changes.
 /// 2: more counters (`LB_STATS`), and TCP flows count as open only once established.
 /// 3: `LB_ADDRS` classifies by destination; egress is cached per CPU (`LB_EGRESS_CACHE`).
-pub const LAYOUT_VERSION: u32 = 3;
+/// 4: `FrontendInfo` holds several SNAT addresses and the SNAT port range.
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// Maps that hold state across a daemon restart (pinned when a pin path is set).
 pub const PINNED_MAPS: &[&str] = &[
@@ -76,6 +77,12 @@ pub const PROG_PASS: &str = "lb_xdp_pass";
 pub const PROG_BENCH_DROP: &str = "bench_drop";
 pub const PROG_BENCH_PARSE_TX: &str = "bench_parse_tx";
 pub const PROG_BENCH_RESTORE: &str = "bench_restore";
+/// Floors: what the established path cannot avoid (parse, then the destination and flow
+/// lookups), and what a new flow cannot (one insert into each flow table, or into the
+/// conntrack table only, under a fresh key per run). Also how the bench fills the tables.
+pub const PROG_BENCH_FLOOR_LOOKUPS: &str = "bench_floor_lookups";
+pub const PROG_BENCH_FLOOR_INSERTS: &str = "bench_floor_inserts";
+pub const PROG_BENCH_FLOOR_INSERT: &str = "bench_floor_insert";
 /// One [`BenchTemplate`]: the frame `bench_restore` writes back before each run.
 pub const MAP_BENCH_TEMPLATE: &str = "BENCH_TEMPLATE";
 /// Slot 0: the program `bench_restore` tail-calls (the balancer, or nothing to time the
@@ -88,6 +95,22 @@ pub const BENCH_RESTORE_LEN: u32 =
     (crate::wire::ETH_HLEN + crate::wire::IPV4_HLEN + crate::wire::TCP_HLEN) as u32;
 /// `BenchTemplate::mode`: make every iteration a new flow.
 pub const BENCH_MODE_NEW_FLOW: u32 = 1;
+/// `BenchTemplate::mode` for `bench_generate`: cycle through
+/// `BENCH_FLOW_ADDRS * BENCH_FLOW_PORTS` source (address, port) tuples.
+pub const BENCH_MODE_MANY_FLOWS: u32 = 2;
+/// Source addresses of the many-flows mode: the template's low address byte plus 0..16.
+pub const BENCH_FLOW_ADDRS: u32 = 16;
+/// Source ports of the many-flows mode, from `BENCH_FLOW_PORT_MIN`.
+pub const BENCH_FLOW_PORTS: u32 = 62_500;
+pub const BENCH_FLOW_PORT_MIN: u32 = 1024;
+/// The systems bench's packet generator (XDP live frames): writes the template (an IPv4 UDP
+/// frame) over every frame and transmits it.
+pub const PROG_BENCH_GENERATE: &str = "bench_generate";
+/// The systems bench's server end: counts and drops UDP to [`BENCH_SINK_PORT`], passes the rest.
+pub const PROG_BENCH_SINK: &str = "bench_sink";
+/// Per-CPU u64: frames `bench_sink` dropped.
+pub const MAP_BENCH_SINK: &str = "BENCH_SINK";
+pub const BENCH_SINK_PORT: u16 = 9;
 
 pub const MAX_FRONTENDS: u32 = 1024;
 pub const MAX_BACKENDS: u32 = 64;
@@ -102,14 +125,16 @@ pub const CONNTRACK_ENTRIES: u32 = 1 << 20;
 pub const STICKY_ENTRIES: u32 = 1 << 18;
 pub const MAX_TX_PORTS: u32 = 256;
 
-/// SNAT source ports are taken from this range. It sits below the kernel's default ephemeral
-/// range (32768-60999), so the daemon's own sockets on the SNAT address never collide with it.
-pub const SNAT_PORT_MIN: u16 = 10000;
-pub const SNAT_PORT_MAX: u16 = 32767;
-/// Ports in the SNAT range: the flows one SNAT address can have open to one server port over
-/// one protocol at a time (each flow's reverse entry holds one).
-pub const SNAT_PORTS: u32 = SNAT_PORT_MAX as u32 - SNAT_PORT_MIN as u32 + 1;
-/// How many ports a new flow tries before it is dropped as "SNAT ports exhausted".
+/// The default SNAT port range (`snat_ports`), inclusive: every port but the privileged
+/// ones. A frontend's range and addresses are in its [`FrontendInfo`]; each (SNAT address,
+/// port) pair can be held by one flow per server address, server port and protocol at a
+/// time (each flow's reverse entry holds one).
+pub const DEFAULT_SNAT_PORT_MIN: u16 = 1024;
+pub const DEFAULT_SNAT_PORT_MAX: u16 = 65535;
+/// Most SNAT addresses a frontend has (`snat_addresses`).
+pub const MAX_SNAT_ADDRS: usize = 8;
+/// How many (address, port) pairs a new flow tries before it is dropped as "SNAT ports
+/// exhausted".
 pub const SNAT_PORT_RETRIES: u32 = 8;
 /// A TCP flow that never completed its handshake (still in it, or closed from it, as a
 /// spoofed SYN the server reset) idle this long gives its SNAT port up to a new SYN that
@@ -142,6 +167,10 @@ pub fn egress_slot(dst: &Addr, ingress_ifindex: u32) -> u32 {
 pub const FRONTEND_FLAG_USERSPACE: u32 = 1;
 /// L2 direct server return: only the destination MAC is rewritten; replies bypass lb.
 pub const FRONTEND_FLAG_DSR: u32 = 2;
+/// A DSR frontend on a maglev backend behind ECMP: a mid-stream TCP packet with no flow (its
+/// node failed, or ECMP moved it here) is balanced as a new flow would be, since every node
+/// computes the same table, and tracked as established.
+pub const FRONTEND_FLAG_STATELESS_FALLBACK: u32 = 4;
 
 /// `BackendInfo::method`.
 pub const METHOD_MAGLEV: u32 = 0;
@@ -219,17 +248,32 @@ pub struct FrontendKey {
     pub _pad: u8,
 }
 
-#[repr(C)]
+/// 8-aligned (its size, 152, needs no padding for it), like every map type holding an
+/// `Addr`.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FrontendInfo {
     pub backend_id: u32,
     /// `FRONTEND_FLAG_*`.
     pub flags: u32,
-    /// Source address of NATed packets towards servers.
-    pub snat_addr: Addr,
+    /// Source addresses of NATed packets towards servers: the first `snat_count` (1 to
+    /// [`MAX_SNAT_ADDRS`] for a full-NAT frontend; 0 otherwise).
+    pub snat_addrs: [Addr; MAX_SNAT_ADDRS],
     /// Index into the per-frontend counters.
     pub frontend_id: u32,
+    /// SNAT source ports, inclusive, in host byte order: each address has all of them.
+    pub snat_port_min: u16,
+    pub snat_port_max: u16,
+    pub snat_count: u32,
     pub _pad: u32,
+}
+
+impl FrontendInfo {
+    /// (address, port) pairs a flow to one server port may be given: addresses x ports.
+    pub const fn snat_space(&self) -> u32 {
+        let ports = (self.snat_port_max as u32 + 1).saturating_sub(self.snat_port_min as u32);
+        ports * self.snat_count
+    }
 }
 
 /// A backend. Its selection table and server list are double-buffered: userspace fills the
@@ -264,7 +308,8 @@ impl BackendInfo {
     }
 }
 
-#[repr(C)]
+/// 8-aligned (its size is 32, no padding added), like every map type holding an `Addr`.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ServerInfo {
     pub addr: Addr,
@@ -307,8 +352,9 @@ pub struct TrafficStats {
     pub drop_other: u64,
 }
 
-/// A flow's 5-tuple as seen on the wire in one direction.
-#[repr(C)]
+/// A flow's 5-tuple as seen on the wire in one direction. 8-aligned (no padding added: its
+/// size is 40), so XDP moves it, and its addresses, in 8-byte words.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {
     pub src: Addr,
@@ -423,7 +469,10 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<FrontendKey>(), 16 + 2 + 1 + 1);
-        assert_eq!(size_of::<FrontendInfo>(), 4 + 4 + 16 + 4 + 4);
+        assert_eq!(
+            size_of::<FrontendInfo>(),
+            4 + 4 + 16 * MAX_SNAT_ADDRS + 4 + 2 + 2 + 4 + 4
+        );
         assert_eq!(size_of::<BackendInfo>(), 4 + 4 + 8 + 8 + 4 + 4);
         assert_eq!(size_of::<ServerInfo>(), 16 + 2 + 2 + 4 + 4 + 4);
         assert_eq!(size_of::<FlowKey>(), 16 + 16 + 2 + 2 + 1 + 3);

@@ -61,6 +61,61 @@ stats! {
     FLOW_SYN_RECLAIMED = 34, "flow_syn_reclaimed";
     // Egress missed the per-CPU cache (first packet, routing change, or TTL) and asked the FIB.
     EGRESS_FIB_LOOKUP = 35, "egress_fib_lookup";
+    // A SYN reused a closed TCP flow's tuple while its server takes no new flows (drained,
+    // DOWN or removed): the old flow was forgotten and the SYN balanced afresh.
+    FLOW_REOPEN_REBALANCED = 36, "flow_reopen_rebalanced";
+    // A mid-stream TCP packet with no flow to a DSR frontend with dsr_stateless_fallback:
+    // balanced by the maglev table and tracked as established.
+    FLOW_STATELESS_FALLBACK = 37, "flow_stateless_fallback";
+}
+
+/// What a counter counts, by its label's prefix: metrics keep the kinds apart, since every
+/// packet gets exactly one verdict while a pass or a drop also counts its reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatKind {
+    /// The XDP action returned (`verdict_*`): these sum to the packets seen.
+    Verdict,
+    /// Why a packet was passed to the kernel (`pass_*`).
+    PassReason,
+    /// Why a packet was dropped (`drop_*`).
+    DropReason,
+    /// What happened to balanced traffic (the rest): flows opened, NAT, sticky hits, ...
+    Event,
+}
+
+impl StatKind {
+    /// The kind of the counter labelled `label`, and the label without its kind's prefix.
+    pub fn of(label: &str) -> (StatKind, &str) {
+        for (prefix, kind) in [
+            ("verdict_", StatKind::Verdict),
+            ("pass_", StatKind::PassReason),
+            ("drop_", StatKind::DropReason),
+        ] {
+            if let Some(rest) = label.strip_prefix(prefix) {
+                return (kind, rest);
+            }
+        }
+        (StatKind::Event, label)
+    }
+
+    /// The metric family (without `_total`) and label key the daemon exports this kind as.
+    pub const fn metric(self) -> (&'static str, &'static str) {
+        match self {
+            StatKind::Verdict => ("lb_xdp_verdicts", "verdict"),
+            StatKind::PassReason => ("lb_xdp_pass_reasons", "reason"),
+            StatKind::DropReason => ("lb_xdp_drop_reasons", "reason"),
+            StatKind::Event => ("lb_xdp_events", "event"),
+        }
+    }
+}
+
+/// The sample the counter labelled `label` (`flow_new`) is exported as:
+/// `lb_xdp_events_total{event="flow_new"}`.
+#[cfg(not(target_arch = "bpf"))]
+pub fn metric_sample(label: &str) -> std::string::String {
+    let (kind, name) = StatKind::of(label);
+    let (family, key) = kind.metric();
+    std::format!("{family}_total{{{key}=\"{name}\"}}")
 }
 
 impl Stat {
@@ -94,6 +149,33 @@ mod tests {
         labels.sort_unstable();
         labels.dedup();
         assert_eq!(labels.len() as u32, STAT_COUNT);
+    }
+
+    #[test]
+    fn kinds_split_verdicts_from_reasons() {
+        let verdicts: Vec<_> = Stat::ALL
+            .iter()
+            .filter(|(_, l)| StatKind::of(l).0 == StatKind::Verdict)
+            .map(|(_, l)| StatKind::of(l).1)
+            .collect();
+        assert_eq!(verdicts, ["pass", "drop", "tx", "redirect", "aborted"]);
+        assert_eq!(
+            StatKind::of("pass_not_vip"),
+            (StatKind::PassReason, "not_vip")
+        );
+        assert_eq!(
+            StatKind::of("drop_no_server"),
+            (StatKind::DropReason, "no_server")
+        );
+        assert_eq!(StatKind::of("flow_new"), (StatKind::Event, "flow_new"));
+        assert_eq!(
+            metric_sample("verdict_tx"),
+            "lb_xdp_verdicts_total{verdict=\"tx\"}"
+        );
+        assert_eq!(
+            metric_sample("drop_no_server"),
+            "lb_xdp_drop_reasons_total{reason=\"no_server\"}"
+        );
     }
 
     #[test]

@@ -21,8 +21,9 @@ use lb_common::{
 use crate::{
     Next,
     maps::{LB_CONNTRACK, LB_SERVERS, LB_SNAT, account, active_add, count},
+    mem::copy,
     parse::Packet,
-    select::remember_client,
+    select::{remember_client, takes_new_flows},
 };
 
 /// Refresh a tracked entry's timestamp at most this often, to keep the hot path read-mostly.
@@ -39,11 +40,14 @@ pub fn from_client(pkt: &Packet, nat: &mut NatEntry, now: u64) -> Option<Next> {
         return end_flow_of_down_server(pkt, entry);
     }
     if pkt.key.proto == IPPROTO_TCP {
+        if pkt.is_tcp_syn() && entry.state == FLOW_CLOSING && !takes_new_flows(entry.server_id) {
+            return forget_closed_flow(pkt, entry);
+        }
         track_tcp(entry, pkt, false);
     }
     touch(entry, &pkt.key.src, now);
     account(entry.frontend_id, entry.server_id, pkt.len, false);
-    *nat = *entry;
+    copy(nat, entry);
     count(if entry.flags & ENTRY_DSR != 0 {
         Stat::DSR_FORWARD
     } else {
@@ -58,7 +62,7 @@ pub fn from_client(pkt: &Packet, nat: &mut NatEntry, now: u64) -> Option<Next> {
 pub fn from_server(pkt: &Packet, nat: &mut NatEntry, now: u64) -> Option<Next> {
     let reverse = LB_SNAT.get_ptr(&pkt.key)?;
     // SAFETY: map value pointer from a successful lookup.
-    *nat = unsafe { *reverse };
+    copy(nat, unsafe { &*reverse });
     // Only a SYN-ACK, FIN or RST from the server moves a TCP flow's state, and the client's
     // own packets keep the flow fresh: other TCP replies skip the client-side entry.
     if pkt.key.proto != IPPROTO_TCP || pkt.tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0 {
@@ -144,6 +148,20 @@ fn end_flow_of_down_server(pkt: &Packet, entry: &mut NatEntry) -> Option<Next> {
         return Some(Next::Reset);
     }
     count(Stat::FLOW_RESET_REBALANCED);
+    None
+}
+
+/// A new connection on a closed flow's tuple whose server no longer takes new flows: a
+/// drain or a removal must not be undone by a client that reuses its ports. The flow is
+/// already closed (not counted), so only its entries go; `None` sends the SYN to the
+/// new-flow stage.
+#[inline(never)]
+fn forget_closed_flow(pkt: &Packet, entry: &NatEntry) -> Option<Next> {
+    if entry.flags & ENTRY_DSR == 0 {
+        let _ = LB_SNAT.remove(&entry.reply_key(pkt.key.proto));
+    }
+    let _ = LB_CONNTRACK.remove(&pkt.key);
+    count(Stat::FLOW_REOPEN_REBALANCED);
     None
 }
 

@@ -23,6 +23,7 @@ use network_types::eth::EthHdr;
 
 use crate::{
     maps::{LB_EGRESS_CACHE, LB_EGRESS_GEN, LB_TX_PORTS, count},
+    mem::copy,
     parse::{Packet, ptr_at, same_addr},
 };
 
@@ -72,8 +73,8 @@ pub fn send(ctx: &XdpContext, pkt: &Packet, nat: &NatEntry, now: u64) -> u32 {
     };
     // SAFETY: bounds checked by ptr_at.
     unsafe {
-        (*eth).dst_addr = cached.dmac;
-        (*eth).src_addr = cached.smac;
+        copy(&mut (*eth).dst_addr, &cached.dmac);
+        copy(&mut (*eth).src_addr, &cached.smac);
     }
     if cached.ifindex == ingress {
         return xdp_action::XDP_TX;
@@ -122,9 +123,9 @@ fn refill(ctx: &XdpContext, pkt: &Packet, nat: &NatEntry, cached: &mut EgressEnt
         cached.ifindex = 0;
         return false;
     }
-    cached.dst = nat.dst;
+    copy(&mut cached.dst, &nat.dst);
     cached.ifindex = fib.ifindex;
-    cached.smac = fib.smac;
-    cached.dmac = fib.dmac;
+    copy(&mut cached.smac, &fib.smac);
+    copy(&mut cached.dmac, &fib.dmac);
     true
 }

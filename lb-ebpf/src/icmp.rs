@@ -28,6 +28,7 @@ use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 use crate::{
     egress,
     maps::{LB_CONNTRACK, LB_SNAT, count},
+    mem::copy,
     parse::{Packet, ptr_at},
 };
 
@@ -35,9 +36,9 @@ use crate::{
 pub fn translate(ctx: &XdpContext, pkt: &Packet, nat: &mut NatEntry) -> u32 {
     // SAFETY (both lookups): the value is copied out at once.
     if let Some(entry) = LB_CONNTRACK.get_ptr(&pkt.key) {
-        *nat = unsafe { *entry };
+        copy(nat, unsafe { &*entry });
     } else if let Some(entry) = LB_SNAT.get_ptr(&pkt.key) {
-        *nat = unsafe { *entry };
+        copy(nat, unsafe { &*entry });
     } else {
         count(Stat::PASS_ICMP_NO_FLOW);
         return xdp_action::XDP_PASS;

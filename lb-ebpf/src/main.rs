@@ -16,6 +16,7 @@ mod conntrack;
 mod egress;
 mod icmp;
 mod maps;
+mod mem;
 mod new_flow;
 mod parse;
 mod reset;

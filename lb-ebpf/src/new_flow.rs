@@ -1,9 +1,10 @@
 //! The new-flow stage: a packet of no tracked flow opens one if it is for a frontend (TCP
-//! only with a SYN). The flow gets a server (`select`), an SNAT port reserved in the reverse
-//! table (full NAT), and a conntrack entry; everything else goes to the kernel. A TCP flow
-//! starts in its handshake, not counted as open; a SYN that finds its SNAT port held by a
-//! flow that never completed its handshake, idle for `SYN_RECLAIM_NS`, takes the port over,
-//! so a flood of spoofed SYNs cannot hold a server's ports for longer than that.
+//! only with a SYN). The flow gets a server (`select`), an SNAT address and port reserved in
+//! the reverse table (full NAT, from the frontend's addresses and port range), and a
+//! conntrack entry; everything else goes to the kernel. A TCP flow starts in its handshake,
+//! not counted as open; a SYN that finds its SNAT port held by a flow that never completed
+//! its handshake, idle for `SYN_RECLAIM_NS`, takes the port over, so a flood of spoofed SYNs
+//! cannot hold a server's ports for longer than that.
 #![expect(
     clippy::needless_borrows_for_generic_args,
     reason = "map keys and values go by reference: by value they would be copied onto the 512-byte BPF stack"
@@ -14,9 +15,10 @@ use lb_common::{
     flow::never_established,
     hash::flow_hash,
     maps::{
-        ENTRY_COUNTED, ENTRY_DSR, ENTRY_REVERSE, ENTRY_STICKY, FLOW_SYN_SEEN, FLOW_UDP,
-        FRONTEND_FLAG_DSR, FRONTEND_FLAG_USERSPACE, FlowKey, FrontendInfo, FrontendKey, NatEntry,
-        SNAT_PORT_MAX, SNAT_PORT_MIN, SNAT_PORT_RETRIES, SYN_RECLAIM_NS,
+        ENTRY_COUNTED, ENTRY_DSR, ENTRY_ESTABLISHED, ENTRY_REVERSE, ENTRY_STICKY, FLOW_ESTABLISHED,
+        FLOW_SYN_SEEN, FLOW_UDP, FRONTEND_FLAG_DSR, FRONTEND_FLAG_STATELESS_FALLBACK,
+        FRONTEND_FLAG_USERSPACE, FlowKey, FrontendInfo, FrontendKey, MAX_SNAT_ADDRS, NatEntry,
+        SNAT_PORT_RETRIES, SYN_RECLAIM_NS,
     },
     stats::Stat,
     wire::IPPROTO_TCP,
@@ -28,6 +30,7 @@ use crate::{
         LB_BACKENDS, LB_CONNTRACK, LB_FRONTENDS, LB_SCRATCH, LB_SERVERS, LB_SNAT, account,
         active_add, count, frontend_event, server_new_flow,
     },
+    mem::{copy, zero},
     parse::{Packet, same_addr},
     select::{choose_server, remember_client},
 };
@@ -37,7 +40,7 @@ const SNAT_HASH_SEED: u32 = 0x5a7;
 /// Open a flow for the packet if it is for a frontend, filling `nat` with its rewrite.
 #[inline(never)]
 pub fn open(pkt: &Packet, nat: &mut NatEntry, now: u64) -> Next {
-    *nat = NatEntry::default();
+    zero(nat);
     let is_tcp = pkt.key.proto == IPPROTO_TCP;
     let fkey = FrontendKey {
         addr: pkt.key.dst,
@@ -54,13 +57,19 @@ pub fn open(pkt: &Packet, nat: &mut NatEntry, now: u64) -> Next {
         return Next::pass(Stat::PASS_USERSPACE_FRONTEND);
     }
     // Only a SYN may open a TCP flow: a mid-stream packet without state would reach a server
-    // that never saw the handshake.
-    if is_tcp && !pkt.is_tcp_syn() {
+    // that never saw the handshake. With the stateless fallback (DSR, maglev) the table
+    // gives the server the flow's SYN got on whichever node saw it, so it goes on there.
+    let mid_stream = is_tcp && !pkt.is_tcp_syn();
+    if mid_stream && frontend.flags & FRONTEND_FLAG_STATELESS_FALLBACK == 0 {
         return Next::drop(Stat::DROP_TCP_NO_FLOW);
     }
     match track(pkt, frontend, now, nat) {
         Ok(()) => {
-            count(Stat::FLOW_NEW);
+            count(if mid_stream {
+                Stat::FLOW_STATELESS_FALLBACK
+            } else {
+                Stat::FLOW_NEW
+            });
             frontend_event(frontend.frontend_id, |s| s.new_flows += 1);
             server_new_flow(nat.server_id);
             account(nat.frontend_id, nat.server_id, pkt.len, false);
@@ -93,6 +102,9 @@ fn track(
     let server = LB_SERVERS.get(server_id).ok_or(Stat::DROP_MAP_ERROR)?;
     let sticky = backend.sticky_ttl_s != 0;
     let is_tcp = pkt.key.proto == IPPROTO_TCP;
+    // Only the stateless fallback lets a mid-stream packet here (`open`): its handshake is
+    // long done. Derived here, not passed: BPF calls take five arguments at most.
+    let established = is_tcp && !pkt.is_tcp_syn();
 
     to_server.server_id = server_id;
     to_server.last_seen_ns = now;
@@ -100,21 +112,26 @@ fn track(
     to_server.backend_id = frontend.backend_id as u16;
     // A TCP flow counts as open once the client completes the handshake (conntrack); a UDP
     // flow from its first packet.
-    to_server.state = if is_tcp { FLOW_SYN_SEEN } else { FLOW_UDP };
-    to_server.flags =
-        if is_tcp { 0 } else { ENTRY_COUNTED } | if sticky { ENTRY_STICKY } else { 0 };
+    to_server.state = match (is_tcp, established) {
+        (false, _) => FLOW_UDP,
+        (true, false) => FLOW_SYN_SEEN,
+        (true, true) => FLOW_ESTABLISHED,
+    };
+    let counted = !is_tcp || established;
+    to_server.flags = if counted { ENTRY_COUNTED } else { 0 }
+        | if established { ENTRY_ESTABLISHED } else { 0 }
+        | if sticky { ENTRY_STICKY } else { 0 };
     if frontend.flags & FRONTEND_FLAG_DSR != 0 {
         // Addresses and ports stay; the server holds the VIP and answers the client directly.
         to_server.flags |= ENTRY_DSR;
-        to_server.src = pkt.key.src;
-        to_server.dst = server.addr;
+        copy(&mut to_server.src, &pkt.key.src);
+        copy(&mut to_server.dst, &server.addr);
         to_server.sport = pkt.key.sport;
         to_server.dport = pkt.key.dport;
     } else {
-        to_server.src = frontend.snat_addr;
-        to_server.dst = server.addr;
+        copy(&mut to_server.dst, &server.addr);
         to_server.dport = server.port;
-        reserve_snat_port(pkt, to_server, now)?;
+        reserve_snat_port(pkt, frontend, to_server, now)?;
     }
     if LB_CONNTRACK.insert(&pkt.key, &*to_server, 0).is_err() {
         if to_server.flags & ENTRY_DSR == 0
@@ -125,7 +142,7 @@ fn track(
         }
         return Err(Stat::DROP_MAP_ERROR);
     }
-    if !is_tcp {
+    if counted {
         active_add(server_id, 1);
     }
     if sticky {
@@ -134,15 +151,27 @@ fn track(
     Ok(())
 }
 
-/// Reserve an SNAT port by inserting the reverse entry only if its tuple is free; sets
-/// `to_server.sport`. The reverse entry and key are built in the scratch slot, off the stack.
+/// Reserve an SNAT address and port by inserting the reverse entry only if its tuple is
+/// free; sets `to_server.src` and `to_server.sport`. The pairs tried are drawn from the flow
+/// hash over the frontend's whole space (its addresses x its port range), so flows spread
+/// over every address, and one address's ports towards a server being taken does not stop
+/// a flow from finding another's. The reverse entry and key are built in the scratch slot,
+/// off the stack.
 #[inline(always)]
-fn reserve_snat_port(pkt: &Packet, to_server: &mut NatEntry, now: u64) -> Result<(), Stat> {
+fn reserve_snat_port(
+    pkt: &Packet,
+    frontend: &FrontendInfo,
+    to_server: &mut NatEntry,
+    now: u64,
+) -> Result<(), Stat> {
+    if frontend.snat_count == 0 {
+        return Err(Stat::DROP_SNAT_EXHAUSTED);
+    }
     let scratch = LB_SCRATCH.get_ptr_mut(0).ok_or(Stat::DROP_MAP_ERROR)?;
     // SAFETY: per-CPU slot of this program run; `reverse*` are not used elsewhere.
     let (to_client, reply_key) = unsafe { (&mut (*scratch).reverse, &mut (*scratch).reverse_key) };
-    to_client.src = pkt.key.dst;
-    to_client.dst = pkt.key.src;
+    copy(&mut to_client.src, &pkt.key.dst);
+    copy(&mut to_client.dst, &pkt.key.src);
     to_client.sport = pkt.key.dport;
     to_client.dport = pkt.key.sport;
     to_client.server_id = to_server.server_id;
@@ -154,12 +183,19 @@ fn reserve_snat_port(pkt: &Packet, to_server: &mut NatEntry, now: u64) -> Result
     to_client._pad = 0;
     *reply_key = to_server.reply_key(pkt.key.proto);
     let hash = flow_hash(&pkt.key, SNAT_HASH_SEED);
-    let range = u32::from(SNAT_PORT_MAX - SNAT_PORT_MIN) + 1;
+    // Both are bounded so that the verifier (and the compiler) see no zero divisor and no
+    // index past the array: 1..=65536 ports, 1..=MAX_SNAT_ADDRS addresses (validation keeps
+    // the count there and the range the right way round).
+    let min = u32::from(frontend.snat_port_min);
+    let ports = (u32::from(frontend.snat_port_max).wrapping_sub(min) & 0xffff) + 1;
+    let addrs = (frontend.snat_count.wrapping_sub(1) & (MAX_SNAT_ADDRS as u32 - 1)) + 1;
+    let space = ports * addrs;
     let mut attempt = 0;
     while attempt < SNAT_PORT_RETRIES {
-        let port =
-            u32::from(SNAT_PORT_MIN) + hash.rotate_left(attempt * 5).wrapping_add(attempt) % range;
-        reply_key.dport = (port as u16).to_be();
+        let slot = hash.rotate_left(attempt * 5).wrapping_add(attempt) % space;
+        let addr = (slot / ports) as usize & (MAX_SNAT_ADDRS - 1);
+        copy(&mut reply_key.dst, &frontend.snat_addrs[addr]);
+        reply_key.dport = ((min + slot % ports) as u16).to_be();
         if LB_SNAT
             .insert(&*reply_key, &*to_client, u64::from(BPF_NOEXIST))
             .is_ok()
@@ -169,6 +205,7 @@ fn reserve_snat_port(pkt: &Packet, to_server: &mut NatEntry, now: u64) -> Result
                     .insert(&*reply_key, &*to_client, u64::from(BPF_NOEXIST))
                     .is_ok())
         {
+            copy(&mut to_server.src, &reply_key.dst);
             to_server.sport = reply_key.dport;
             return Ok(());
         }
@@ -203,10 +240,12 @@ fn reclaim_half_open(reply_key: &FlowKey, now: u64) -> bool {
     };
     // SAFETY: as above.
     let holder = unsafe { &*holder };
-    // The holder must be the flow this port was reserved for (same port, same server): a
-    // client whose entry was evicted and re-created may hold another port now.
+    // The holder must be the flow this port was reserved for (same SNAT address and port,
+    // same server): a client whose entry was evicted and re-created may hold another pair
+    // now.
     if !never_established(holder.state, holder.flags)
         || holder.sport != reply_key.dport
+        || !same_addr(&holder.src, &reply_key.dst)
         || !same_addr(&holder.dst, &reply_key.src)
         || now < holder.last_seen_ns.saturating_add(SYN_RECLAIM_NS)
     {

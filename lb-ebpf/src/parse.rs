@@ -21,6 +21,8 @@ use network_types::{
     udp::UdpHdr,
 };
 
+use crate::mem::{copy, zero};
+
 // Offsets step by the wire lengths while `ptr_at` checks the header structs' sizes: the two
 // must agree.
 const _: () = assert!(EthHdr::LEN == ETH_HLEN && Ipv6Hdr::LEN == IPV6_HLEN);
@@ -43,15 +45,13 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
     Some((start + offset) as *mut T)
 }
 
-/// Two addresses compared as two 8-byte words.
+/// Two addresses compared as two 8-byte words. Both must be 8-aligned, as every `Addr`
+/// field of lb-common's map types is (an unaligned read would be split into bytes).
 #[inline(always)]
 pub fn same_addr(a: &Addr, b: &Addr) -> bool {
     let (a, b) = (a.as_ptr() as *const u64, b.as_ptr() as *const u64);
-    // SAFETY: both are 16 bytes; unaligned reads stay inside them.
-    unsafe {
-        a.read_unaligned() == b.read_unaligned()
-            && a.add(1).read_unaligned() == b.add(1).read_unaligned()
-    }
+    // SAFETY: both are 16 bytes and 8-aligned (see above).
+    unsafe { a.read() == b.read() && a.add(1).read() == b.add(1).read() }
 }
 
 /// Write `::ffff:a.b.c.d` into a zeroed address as two word stores (byte-wise stores cost
@@ -125,7 +125,7 @@ pub fn parse(ctx: &XdpContext, pkt: &mut Packet) -> Result<(), Stat> {
     // SAFETY: the helper only reads the program's own context.
     let len = unsafe { bpf_xdp_get_buff_len(ctx.as_ptr().cast()) } as usize;
     let key = &mut pkt.key;
-    *key = FlowKey::default();
+    zero(key);
     // The transport segment's length as the IP header gives it.
     let l4_len;
     let (l4_offset, is_v6) = match ether_type {
@@ -168,8 +168,8 @@ pub fn parse(ctx: &XdpContext, pkt: &mut Packet) -> Result<(), Stat> {
             }
             key.proto = ip.next_hdr;
             l4_len = payload;
-            key.src = ip.src_addr;
-            key.dst = ip.dst_addr;
+            copy(&mut key.src, &ip.src_addr);
+            copy(&mut key.dst, &ip.dst_addr);
             (l3_offset + IPV6_HLEN, true)
         }
         _ => return Err(Stat::PASS_NOT_IP),
@@ -252,8 +252,8 @@ fn parse_icmp_error(
         let ip = unsafe { &*ip };
         key.proto = ip.next_hdr;
         // Reversed: the quoted packet went the other way.
-        key.src = ip.dst_addr;
-        key.dst = ip.src_addr;
+        copy(&mut key.src, &ip.dst_addr);
+        copy(&mut key.dst, &ip.src_addr);
         inner_l4 = inner_l3 + IPV6_HLEN;
     } else {
         if icmp_type != ICMP_DEST_UNREACH {
@@ -266,10 +266,8 @@ fn parse_icmp_error(
         if ihl < 5 {
             return Err(Stat::PASS_TRUNCATED);
         }
-        *key = FlowKey {
-            proto: ip.proto,
-            ..FlowKey::default()
-        };
+        zero(key);
+        key.proto = ip.proto;
         set_v4_mapped(&mut key.src, ip.dst_addr);
         set_v4_mapped(&mut key.dst, ip.src_addr);
         inner_l4 = inner_l3 + ihl * 4;

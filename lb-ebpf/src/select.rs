@@ -40,8 +40,9 @@ fn rr_next(backend_id: u32) -> u32 {
     }
 }
 
+/// Present with a weight above 0: neither drained, DOWN nor removed.
 #[inline(always)]
-fn takes_new_flows(server_id: u32) -> bool {
+pub fn takes_new_flows(server_id: u32) -> bool {
     LB_SERVERS
         .get(server_id)
         .is_some_and(|s| s.flags & SERVER_PRESENT != 0 && s.weight > 0)

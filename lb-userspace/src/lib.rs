@@ -1,12 +1,14 @@
 //! The lb daemon and its CLI. From the top down: `daemon` (the event loop) drives
 //! `api`, `metrics`, `health`, `proxy` and `dataplane`, which all consume the typed
-//! `config`; `cli` talks to a running daemon through the API; `tls` is shared by the
+//! `config`; `ha` syncs flows with the peer of a pair and renders keepalived's and
+//! BIRD's configs; `cli` talks to a running daemon through the API; `tls` is shared by the
 //! health checks and the proxy.
 pub mod api;
 pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
+pub mod ha;
 pub mod health;
 pub mod metrics;
 pub mod proxy;

@@ -3,7 +3,7 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Result;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand, ValueEnum};
 use lb_common::maps::PROG_PASS;
 use lb_userspace::{config::Config, dataplane::Dataplane};
 use tracing::{info, warn};
@@ -20,6 +20,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
     about = "XDP load balancer for bare-metal edge nodes"
 )]
 struct Cli {
+    /// How the daemon's log lines are written to stderr (RUST_LOG sets the level).
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
     log_format: LogFormat,
     #[command(subcommand)]
@@ -56,17 +57,24 @@ struct ApiArgs {
 
 #[derive(Subcommand)]
 enum Action {
+    /// Every one, a line each.
     List,
+    /// One, as the JSON document the API stores.
     Get {
+        /// Its name.
         name: String,
     },
     /// Replace NAME with the JSON document in FILE ("-" for stdin), or create it.
     Put {
+        /// Its name.
         name: String,
+        /// The JSON document ("-" for stdin).
         #[arg(long, short)]
         file: String,
     },
+    /// Remove it (the config file is saved without it).
     Delete {
+        /// Its name.
         name: String,
     },
 }
@@ -83,6 +91,7 @@ enum Command {
     /// SIGHUP, or a change of the file, reloads the config (only the difference is applied;
     /// an invalid file is rejected and the running config stays).
     Run {
+        /// The config file (TOML).
         #[arg(long, short)]
         config: PathBuf,
         /// Remove a pinned data plane first instead of taking it over.
@@ -95,11 +104,13 @@ enum Command {
     },
     /// Detach a pinned data plane and remove its pins (`[dataplane] pin_path`).
     Stop {
+        /// The config file (TOML).
         #[arg(long, short)]
         config: PathBuf,
     },
     /// Validate a config file and exit (non-zero when it is invalid).
     Check {
+        /// The config file (TOML).
         #[arg(long, short)]
         config: PathBuf,
     },
@@ -107,6 +118,7 @@ enum Command {
     /// each backend's servers with configured and effective weight, health and open flows.
     /// With --config, the API is the one that config's `[api]` names.
     Status {
+        /// Reach the API that this config file's `[api]` names, with its first token.
         #[arg(long, short)]
         config: Option<PathBuf>,
         #[command(flatten)]
@@ -128,18 +140,56 @@ enum Command {
     },
     /// A backend's servers with live health, weight and open flows, through the REST API.
     Servers {
+        /// The backend's name.
         backend: String,
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// High availability: the configs lb's partners need (README "High availability").
+    Ha {
+        #[command(subcommand)]
+        action: HaAction,
+    },
     /// Attach the pass-only XDP program to an interface (for the far end of a veth, so that
     /// frames lb redirects into the veth are delivered) and wait until SIGINT/SIGTERM.
     #[command(hide = true)]
-    Peer { interfaces: Vec<String> },
+    Peer {
+        /// The interfaces to attach it to.
+        interfaces: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum HaAction {
+    /// Print keepalived's config for this node of the pair (`[ha]`): VRRPv3, unicast to
+    /// the peer, lb's notify_fifo and track_file.
+    KeepalivedConfig {
+        /// The config file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Print BIRD's config for this node (`[bgp]`): an eBGP session to each neighbor
+    /// announcing every frontend's VIP.
+    BirdConfig {
+        /// The config file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let (version, commit, ebpf) = lb_userspace::metrics::build_info();
+    // Leaked once: clap wants the version for the process's lifetime.
+    let long: &'static str =
+        Box::leak(format!("{version} (commit {commit}, eBPF object {ebpf})").into_boxed_str());
+    let cli = match Cli::command()
+        .long_version(long)
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m))
+    {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
@@ -152,6 +202,15 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check { config } => match Config::load(&config) {
             Ok(c) => {
+                for w in c.host_warnings() {
+                    eprintln!(
+                        "{}: warning: {}: {}\n    fix: {}",
+                        config.display(),
+                        w.field,
+                        w.message,
+                        w.fix
+                    );
+                }
                 println!(
                     "{}: ok ({} frontends, {} backends)",
                     config.display(),
@@ -202,6 +261,21 @@ fn main() -> ExitCode {
             )?;
             Ok((lb_userspace::cli::servers_table(&servers), servers))
         }),
+        Command::Ha { action } => {
+            let (path, render): (_, fn(&Config) -> anyhow::Result<String>) = match action {
+                HaAction::KeepalivedConfig { config } => {
+                    (config, lb_userspace::ha::keepalived::render)
+                }
+                HaAction::BirdConfig { config } => (config, lb_userspace::ha::bird::render),
+            };
+            match Config::load(&path) {
+                Ok(c) => render(&c).map(|text| print!("{text}")),
+                Err(e) => {
+                    eprint!("{e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
         Command::Stop { config } => match Config::load(&config) {
             Ok(c) => {
                 let dir = lb_userspace::dataplane::pin_dir(&c.dataplane.pin_path);
@@ -363,4 +437,33 @@ fn run_until_signal(interval: std::time::Duration, mut tick: impl FnMut()) -> Re
         warn!("signal received; detaching");
         Ok::<(), anyhow::Error>(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `lb help` explains everything: each subcommand and each of its flags and arguments.
+    #[test]
+    fn every_subcommand_flag_and_argument_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id != "help" && id != "version" && arg.get_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                let path = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none() {
+                    missing.push(path.clone());
+                }
+                walk(sub, &path, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "lb", &mut missing);
+        assert!(missing.is_empty(), "no help for: {missing:#?}");
+        Cli::command().debug_assert();
+    }
 }

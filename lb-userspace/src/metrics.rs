@@ -16,7 +16,7 @@ use prometheus_client::{
 };
 
 use lb_common::{
-    maps::SNAT_PORTS,
+    stats::StatKind,
     wire::{IPPROTO_TCP, IPPROTO_UDP},
 };
 
@@ -55,8 +55,11 @@ pub fn render(
     gc: &GcReport,
     conntrack_size: u32,
     checks: &HashMap<(String, IpAddr), CheckStats>,
+    ha: Option<&crate::api::types::HaStatus>,
+    daemon: &DaemonInfo,
 ) -> Result<String> {
     let mut r = Registry::default();
+    register_daemon(&mut r, daemon);
     let fe_in = counter(
         &mut r,
         "lb_frontend_bytes_in",
@@ -136,11 +139,19 @@ pub fn render(
         check_failures.get_or_create(&l).inc_by(stats.failures);
         check_up_down.get_or_create(&l).inc_by(stats.transitions);
     }
-    let xdp = counter(
-        &mut r,
-        "lb_xdp_packets",
-        "XDP verdicts and the reasons behind them",
-    );
+    let xdp = [
+        (StatKind::Verdict, "XDP actions returned, one per packet"),
+        (
+            StatKind::PassReason,
+            "Why packets were passed to the kernel",
+        ),
+        (StatKind::DropReason, "Why packets were dropped"),
+        (
+            StatKind::Event,
+            "What happened to balanced traffic: flows opened, closed, NAT, sticky hits...",
+        ),
+    ]
+    .map(|(kind, help)| (kind, counter(&mut r, kind.metric().0, help)));
     let fill = Gauge::<i64>::default();
     r.register("lb_conntrack_entries", "Tracked flows", fill.clone());
     let capacity = Gauge::<i64>::default();
@@ -164,7 +175,11 @@ pub fn render(
     let snat_ports = gauge(
         &mut r,
         "lb_snat_ports",
-        "SNAT source ports towards each server, used (held by a tracked flow) and free, per protocol",
+        "SNAT source ports of each SNAT address (address) towards each server's address and port, \
+         per protocol: used = held by a tracked flow; free = the rest of the address's snat_ports \
+         (the union of the ranges of the frontends that use the address for this backend). \
+         used + free bounds the flows to one server port through one address; free = 0 means \
+         new flows must find another address or are dropped (snat_exhausted)",
     );
 
     let inventory = dataplane.inventory();
@@ -221,27 +236,40 @@ pub fn render(
         srv_sessions.get_or_create(&l).inc_by(s.new_flows);
         srv_in.get_or_create(&l).inc_by(s.bytes_in);
         srv_out.get_or_create(&l).inc_by(s.bytes_out);
-        // Each SNAT address has SNAT_PORTS ports per server port and protocol: the pool a
-        // flood of SYNs would exhaust.
+        // Each SNAT address has its ports per server port and protocol: the pool a flood of
+        // SYNs would exhaust. Addresses no longer configured are shown while flows hold
+        // their ports (with none free).
         for (protocol, number) in [("tcp", IPPROTO_TCP), ("udp", IPPROTO_UDP)] {
-            let used = gc
-                .snat_ports_used
-                .get(&(server.id, number))
-                .copied()
-                .unwrap_or(0);
-            if !server.present && used == 0 {
-                continue;
+            let mut pools: std::collections::BTreeMap<IpAddr, (u64, u64)> = server
+                .snat_pools
+                .iter()
+                .map(|(a, ports)| (*a, (u64::from(*ports), 0)))
+                .collect();
+            for ((id, proto, addr), used) in &gc.snat_ports_used {
+                if *id == server.id && *proto == number {
+                    pools
+                        .entry(crate::dataplane::plan::ip_of(addr))
+                        .or_default()
+                        .1 += used;
+                }
             }
-            let free = u64::from(SNAT_PORTS).saturating_sub(used);
-            for (state, value) in [("used", used), ("free", free)] {
-                snat_ports
-                    .get_or_create(&labels(&[
-                        ("backend", &server.backend),
-                        ("server", &address),
-                        ("protocol", protocol),
-                        ("state", state),
-                    ]))
-                    .set(value as i64);
+            for (snat, (ports, used)) in pools {
+                if !server.present && used == 0 {
+                    continue;
+                }
+                let snat = snat.to_string();
+                let free = ports.saturating_sub(used);
+                for (state, value) in [("used", used), ("free", free)] {
+                    snat_ports
+                        .get_or_create(&labels(&[
+                            ("backend", &server.backend),
+                            ("server", &address),
+                            ("protocol", protocol),
+                            ("address", &snat),
+                            ("state", state),
+                        ]))
+                        .set(value as i64);
+                }
             }
         }
     }
@@ -256,19 +284,294 @@ pub fn render(
         be_out.get_or_create(&l).inc_by(bytes_out);
     }
     for (label, value) in dataplane.stats()? {
-        xdp.get_or_create(&labels(&[("counter", label)]))
+        let (kind, name) = StatKind::of(label);
+        let family = &xdp.iter().find(|(k, _)| *k == kind).expect("every kind").1;
+        family
+            .get_or_create(&labels(&[(kind.metric().1, name)]))
             .inc_by(value);
     }
     fill.set(gc.flows as i64);
     capacity.set(i64::from(conntrack_size));
     half_open.set(gc.half_open as i64);
     cycles.inc_by(gc.cycles);
+    if let Some(ha) = ha {
+        register_ha(&mut r, ha);
+    }
     let mut text = String::new();
     encode(&mut text, &r)?;
-    Ok(text)
+    Ok(stable_order(&text))
 }
 
-/// Serve `GET /metrics` at `listen` on the admin runtime (call within it).
+/// The encoder writes a family's series in its hash map's order, which differs on every
+/// render. Sort each family's samples by their labels; a stable sort keeps the lines of one
+/// series (a histogram's buckets, sum and count) in the order written.
+fn stable_order(text: &str) -> String {
+    fn series_key(line: &str) -> String {
+        let name_end = line.find(['{', ' ']).unwrap_or(line.len());
+        let name = &line[..name_end];
+        let labels = line[name_end..]
+            .strip_prefix('{')
+            .and_then(|rest| rest.split_once('}'))
+            .map_or("", |(labels, _)| labels);
+        // `le` orders a histogram's buckets, which the encoder writes in order already.
+        let kept: Vec<&str> = labels
+            .split(',')
+            .filter(|l| !l.starts_with("le="))
+            .collect();
+        let base = name
+            .strip_suffix("_bucket")
+            .or_else(|| name.strip_suffix("_sum"))
+            .or_else(|| name.strip_suffix("_count"))
+            .unwrap_or(name);
+        format!("{base}{{{}", kept.join(","))
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut samples: Vec<&str> = Vec::new();
+    let flush = |samples: &mut Vec<&str>, out: &mut String| {
+        samples.sort_by_cached_key(|l| series_key(l));
+        for line in samples.drain(..) {
+            out.push_str(line);
+            out.push('\n');
+        }
+    };
+    for line in text.lines() {
+        if line.starts_with('#') {
+            flush(&mut samples, &mut out);
+            out.push_str(line);
+            out.push('\n');
+        } else if !line.is_empty() {
+            samples.push(line);
+        }
+    }
+    flush(&mut samples, &mut out);
+    out
+}
+
+/// What the daemon knows of itself: reloads, for `lb_build_info` and the reload metrics.
+#[derive(Clone, Debug, Default)]
+pub struct DaemonInfo {
+    pub reloads_ok: u64,
+    pub reloads_failed: u64,
+    /// When the last reload (or the start) succeeded, in seconds since the epoch.
+    pub last_reload_success: f64,
+}
+
+/// The version and commit this binary was built from, and the embedded XDP object's hash.
+pub fn build_info() -> (&'static str, &'static str, String) {
+    (
+        env!("CARGO_PKG_VERSION"),
+        env!("LB_GIT_COMMIT"),
+        crate::dataplane::ebpf_object_hash(),
+    )
+}
+
+fn register_daemon(r: &mut Registry, daemon: &DaemonInfo) {
+    let (version, commit, ebpf) = build_info();
+    gauge(
+        r,
+        "lb_build_info",
+        "Always 1: the version, commit and XDP object hash of the running binary",
+    )
+    .get_or_create(&labels(&[
+        ("version", version),
+        ("commit", commit),
+        ("ebpf_object", &ebpf),
+    ]))
+    .set(1);
+    let reloads = counter(r, "lb_config_reloads", "Config reloads, by result");
+    for (result, n) in [
+        ("success", daemon.reloads_ok),
+        ("failure", daemon.reloads_failed),
+    ] {
+        reloads
+            .get_or_create(&labels(&[("result", result)]))
+            .inc_by(n);
+    }
+    let last = Gauge::<f64, AtomicU64>::default();
+    r.register(
+        "lb_config_last_reload_success_timestamp_seconds",
+        "When the config was last loaded successfully (start or reload), Unix time",
+        last.clone(),
+    );
+    last.set(daemon.last_reload_success);
+    register_process(r);
+}
+
+/// The standard `process_*` metrics, from /proc/self.
+fn register_process(r: &mut Registry) {
+    let Some(p) = ProcessStats::read() else {
+        return;
+    };
+    let cpu = Counter::<f64, AtomicU64>::default();
+    r.register(
+        "process_cpu_seconds",
+        "User and system CPU time spent, in seconds",
+        cpu.clone(),
+    );
+    cpu.inc_by(p.cpu_seconds);
+    for (name, help, value) in [
+        (
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes",
+            p.resident_bytes,
+        ),
+        (
+            "process_virtual_memory_bytes",
+            "Virtual memory size in bytes",
+            p.virtual_bytes,
+        ),
+        ("process_open_fds", "Open file descriptors", p.open_fds),
+        (
+            "process_max_fds",
+            "Maximum open file descriptors",
+            p.max_fds,
+        ),
+        (
+            "process_start_time_seconds",
+            "Start time of the process since the epoch, in seconds",
+            p.start_time,
+        ),
+    ] {
+        let g = Gauge::<f64, AtomicU64>::default();
+        r.register(name, help, g.clone());
+        g.set(value);
+    }
+}
+
+struct ProcessStats {
+    cpu_seconds: f64,
+    resident_bytes: f64,
+    virtual_bytes: f64,
+    open_fds: f64,
+    max_fds: f64,
+    start_time: f64,
+}
+
+impl ProcessStats {
+    fn read() -> Option<ProcessStats> {
+        // SAFETY: sysconf has no preconditions.
+        let (hz, page) = unsafe {
+            (
+                libc::sysconf(libc::_SC_CLK_TCK) as f64,
+                libc::sysconf(libc::_SC_PAGESIZE) as f64,
+            )
+        };
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // Fields after the command's closing parenthesis, from field 3 (state) on.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let field = |n: usize| fields.get(n - 3)?.parse::<f64>().ok();
+        let boot = std::fs::read_to_string("/proc/stat")
+            .ok()?
+            .lines()
+            .find_map(|l| l.strip_prefix("btime "))?
+            .trim()
+            .parse::<f64>()
+            .ok()?;
+        let max_fds = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+            .ok()?
+            .0 as f64;
+        Some(ProcessStats {
+            cpu_seconds: (field(14)? + field(15)?) / hz,
+            virtual_bytes: field(23)?,
+            resident_bytes: field(24)? * page,
+            open_fds: std::fs::read_dir("/proc/self/fd").ok()?.count() as f64,
+            max_fds,
+            start_time: boot + field(22)? / hz,
+        })
+    }
+}
+
+/// The HA pair: this node's role, the sync's state and its totals.
+fn register_ha(r: &mut Registry, ha: &crate::api::types::HaStatus) {
+    let role = gauge(r, "lb_ha_role", "1 for the role keepalived gave this node");
+    for name in ["starting", "backup", "master", "fault"] {
+        role.get_or_create(&labels(&[("role", name)]))
+            .set(i64::from(ha.role == name));
+    }
+    let peer_role = gauge(
+        r,
+        "lb_ha_peer_role",
+        "1 for the role the peer last reported",
+    );
+    for name in ["starting", "backup", "master", "fault"] {
+        peer_role
+            .get_or_create(&labels(&[("role", name)]))
+            .set(i64::from(ha.peer_role == name));
+    }
+    let state = gauge(
+        r,
+        "lb_ha_sync_state",
+        "1 when true: sending, receiving, synced, split_brain",
+    );
+    for (name, on) in [
+        ("sending", ha.sending),
+        ("receiving", ha.receiving),
+        ("synced", ha.synced),
+        ("split_brain", ha.split_brain),
+    ] {
+        state
+            .get_or_create(&labels(&[("state", name)]))
+            .set(i64::from(on));
+    }
+    let lag = gauge(
+        r,
+        "lb_ha_sync_lag_entries",
+        "Changed entries the last sync scan found",
+    );
+    lag.get_or_create(&Labels::new()).set(ha.lag_entries as i64);
+    let lag_s = Gauge::<f64, AtomicU64>::default();
+    r.register(
+        "lb_ha_sync_lag_seconds",
+        "How far behind this node's tables the peer's may be",
+        lag_s.clone(),
+    );
+    lag_s.set(if ha.lag_seconds.is_finite() {
+        ha.lag_seconds
+    } else {
+        -1.0
+    });
+    let entries = counter(
+        r,
+        "lb_ha_sync_entries",
+        "Entries synced, by direction and kind",
+    );
+    for (direction, kind, n) in [
+        ("sent", "flow", ha.flows_sent),
+        ("received", "flow", ha.flows_received),
+        ("sent", "sticky", ha.sticky_sent),
+        ("received", "sticky", ha.sticky_received),
+    ] {
+        entries
+            .get_or_create(&labels(&[("direction", direction), ("kind", kind)]))
+            .inc_by(n);
+    }
+    for (name, help, n) in [
+        ("lb_ha_sync_errors", "Sync sessions that failed", ha.errors),
+        (
+            "lb_ha_sync_unmapped",
+            "Synced entries naming what this node lacks",
+            ha.unmapped,
+        ),
+        (
+            "lb_ha_failovers",
+            "Times this node became master",
+            ha.failovers,
+        ),
+        (
+            "lb_ha_split_brains",
+            "Times both nodes were master",
+            ha.split_brains,
+        ),
+    ] {
+        counter(r, name, help)
+            .get_or_create(&Labels::new())
+            .inc_by(n);
+    }
+}
+
+/// Serve `GET /metrics` at `listen` on the admin runtime (call within it): OpenMetrics to a
+/// client that asks for it (Prometheus does), the Prometheus text format to the rest (curl,
+/// promtool), each with its own content type.
 pub fn serve(listen: SocketAddr, shared: Shared) -> Result<()> {
     let listener = std::net::TcpListener::bind(listen)
         .with_context(|| format!("metrics: cannot listen on {listen} ([metrics] listen)"))?;
@@ -276,13 +579,28 @@ pub fn serve(listen: SocketAddr, shared: Shared) -> Result<()> {
     let listener = tokio::net::TcpListener::from_std(listener)?;
     let app = axum::Router::new().route(
         "/metrics",
-        axum::routing::get(move || {
+        axum::routing::get(move |headers: axum::http::HeaderMap| {
             let text = shared.read().map(|t| t.clone()).unwrap_or_default();
+            let openmetrics = headers
+                .get_all(axum::http::header::ACCEPT)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .any(|v| v.contains("application/openmetrics-text"));
             async move {
-                (
-                    [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
-                    text,
-                )
+                if openmetrics {
+                    (
+                        [(
+                            "content-type",
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        text,
+                    )
+                } else {
+                    (
+                        [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+                        to_prometheus_text(&text),
+                    )
+                }
             }
         }),
     );
@@ -290,4 +608,87 @@ pub fn serve(listen: SocketAddr, shared: Shared) -> Result<()> {
         let _ = axum::serve(listener, app).await;
     });
     Ok(())
+}
+
+/// The Prometheus text format (0.0.4) of the OpenMetrics text the encoder writes: a counter's
+/// HELP and TYPE name its `_total` samples, and OpenMetrics' own lines (`# EOF`, `# UNIT`,
+/// `_created` samples) go.
+fn to_prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| line.strip_prefix(p).map(|rest| (p, rest)));
+        match meta {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                out.push_str(prefix);
+                out.push_str(name);
+                if counters.contains(name) {
+                    out.push_str("_total");
+                }
+                out.push(' ');
+                out.push_str(tail);
+            }
+            None => {
+                let name = line.split(['{', ' ']).next().unwrap_or("");
+                if name
+                    .strip_suffix("_created")
+                    .is_some_and(|family| counters.contains(family))
+                {
+                    continue;
+                }
+                out.push_str(line);
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn series_are_sorted_within_each_family_and_histograms_keep_their_order() {
+        let text = "# TYPE a counter\na_total{x=\"b\"} 1\na_total{x=\"a\"} 2\n\
+                    # TYPE h histogram\nh_sum{s=\"b\"} 1\nh_count{s=\"b\"} 1\n\
+                    h_bucket{s=\"b\",le=\"10.0\"} 1\nh_bucket{s=\"b\",le=\"+Inf\"} 1\n\
+                    h_sum{s=\"a\"} 0\nh_count{s=\"a\"} 0\n\
+                    h_bucket{s=\"a\",le=\"10.0\"} 0\nh_bucket{s=\"a\",le=\"+Inf\"} 0\n# EOF\n";
+        assert_eq!(
+            stable_order(text),
+            "# TYPE a counter\na_total{x=\"a\"} 2\na_total{x=\"b\"} 1\n\
+             # TYPE h histogram\nh_sum{s=\"a\"} 0\nh_count{s=\"a\"} 0\n\
+             h_bucket{s=\"a\",le=\"10.0\"} 0\nh_bucket{s=\"a\",le=\"+Inf\"} 0\n\
+             h_sum{s=\"b\"} 1\nh_count{s=\"b\"} 1\n\
+             h_bucket{s=\"b\",le=\"10.0\"} 1\nh_bucket{s=\"b\",le=\"+Inf\"} 1\n# EOF\n"
+        );
+    }
+
+    #[test]
+    fn prometheus_text_names_counters_by_their_samples() {
+        let om = "# HELP a Flows.\n# TYPE a counter\na_total{x=\"1\"} 2\na_created{x=\"1\"} 1.5\n\
+                  # HELP g Open.\n# TYPE g gauge\n# UNIT g seconds\ng 3\n# EOF\n";
+        assert_eq!(
+            to_prometheus_text(om),
+            "# HELP a_total Flows.\n# TYPE a_total counter\na_total{x=\"1\"} 2\n\
+             # HELP g Open.\n# TYPE g gauge\ng 3\n"
+        );
+    }
+
+    #[test]
+    fn process_stats_are_read() {
+        let p = ProcessStats::read().expect("/proc/self");
+        assert!(p.resident_bytes > 0.0 && p.open_fds > 0.0 && p.start_time > 1.0e9);
+    }
 }

@@ -8,6 +8,7 @@ pub mod fixture;
 pub mod flood;
 pub mod netns;
 pub mod packets;
+pub mod pair;
 pub mod services;
 pub mod topology;
 pub mod traffic;

@@ -702,3 +702,40 @@ servers = {{ type = "addresses", addresses = [{{ address = "198.18.21.2" }}] }}
     );
     drop(far);
 }
+
+#[test]
+fn connections_through_each_of_two_snat_addresses_work() {
+    let text = config("maglev", &[Srv(1, None), Srv(1, None)], "", "", false).replace(
+        "snat_address = \"198.18.2.1\"",
+        "snat_addresses = [\"198.18.2.1\", \"198.18.2.2\"]\nsnat_ports = \"20000-29999\"",
+    );
+    let Some(mut bed) = bed("snat2", 2, &text) else {
+        return;
+    };
+    // Each connection completes its handshake and exchange through whichever address its
+    // hash drew: servers route both back through lb.
+    let tally = drive_tcp(&bed.topo.client, vip_tcp(), 200, 1, 4).unwrap();
+    assert_eq!(tally.failed, 0, "failures: {:?}", tally.errors);
+    // The flows (closing, still tracked) hold ports of both addresses.
+    let report = bed
+        .dataplane
+        .gc(monotonic_now_ns(), &Default::default())
+        .unwrap();
+    let mut per_address: BTreeMap<IpAddr, u64> = BTreeMap::new();
+    for ((_, proto, addr), used) in &report.snat_ports_used {
+        if *proto == 6 {
+            *per_address
+                .entry(lb_userspace::dataplane::plan::ip_of(addr))
+                .or_default() += used;
+        }
+    }
+    let one: IpAddr = Ipv4Addr::new(198, 18, 2, 1).into();
+    let two: IpAddr = Ipv4Addr::new(198, 18, 2, 2).into();
+    assert_eq!(
+        per_address.keys().copied().collect::<Vec<_>>(),
+        vec![one, two],
+        "{per_address:?}"
+    );
+    // At most one port per connection (a client port the kernel reused shares its flow).
+    assert!(per_address.values().sum::<u64>() <= 200, "{per_address:?}");
+}

@@ -1,6 +1,10 @@
 //! The daemon's Prometheus endpoint, scraped after known traffic.
 
-use std::time::Duration;
+use std::{
+    io::Write as _,
+    process::{Command, Stdio},
+    time::Duration,
+};
 
 use lb_tests::{
     require_root,
@@ -11,6 +15,76 @@ use lb_tests::{
 /// The value of the sample whose line starts with `prefix`.
 fn value(text: &str, prefix: &str) -> f64 {
     metric(text, prefix).unwrap_or_else(|| panic!("no sample {prefix} in:\n{text}"))
+}
+
+/// The series (name and labels) of a scrape, in order.
+fn series(body: &str) -> Vec<&str> {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' ').map(|(series, _)| series))
+        .collect()
+}
+
+/// Debian's promtool lints the scrape: any complaint fails.
+fn promtool_accepts(body: &str) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian's prometheus package; cargo xtask setup installs it)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool check metrics: {}\n{said}",
+        out.status
+    );
+}
+
+/// Every `lb_*` or `process_*` metric the alert rules and the dashboard under deploy/ name
+/// is in the scrape, and promtool accepts the rules.
+fn deploy_files_name_only_scraped_metrics(body: &str) {
+    let deploy = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy");
+    let scraped: std::collections::BTreeSet<&str> = body
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+    for file in ["prometheus/lb-alerts.yml", "grafana/lb.json"] {
+        let text = std::fs::read_to_string(format!("{deploy}/{file}")).unwrap();
+        let named: std::collections::BTreeSet<&str> = text
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("lb_") || w.starts_with("process_"))
+            .collect();
+        assert!(!named.is_empty(), "{file} names no metric");
+        let missing: Vec<_> = named.difference(&scraped).collect();
+        assert!(
+            missing.is_empty(),
+            "{file} names metrics no scrape has: {missing:?}"
+        );
+    }
+    let out = Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(format!("{deploy}/prometheus/lb-alerts.yml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check rules: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -26,9 +100,15 @@ fn metrics_count_the_traffic_that_was_sent() {
     // `lb status --config` reads the daemon through the API that config names.
     let tokens = std::env::temp_dir().join(format!("lbm{}.tokens", std::process::id()));
     std::fs::write(&tokens, "ro status-reader\n").unwrap();
+    // A TCP check (starting UP, so traffic needs no wait) gives the check metrics the alert
+    // rules name.
+    let demo = lb_userspace::DEFAULT_DEMO_CONFIG.replace(
+        "port = 8080\n",
+        "port = 8080\noptions = { health_check = { type = \"tcp\", interval = \"200ms\", init_state = \"up\" } }\n",
+    );
+    assert_ne!(demo, lb_userspace::DEFAULT_DEMO_CONFIG);
     let text = format!(
-        "{}\n[metrics]\nlisten = \"198.18.0.1:9100\"\n[dataplane]\ngc_interval = \"200ms\"\n[api]\nlisten = \"198.18.0.1:8081\"\ntoken_file = \"{}\"\n",
-        lb_userspace::DEFAULT_DEMO_CONFIG,
+        "{demo}\n[metrics]\nlisten = \"198.18.0.1:9100\"\n[dataplane]\ngc_interval = \"200ms\"\n[api]\nlisten = \"198.18.0.1:8081\"\ntoken_file = \"{}\"\n",
         tokens.display()
     );
     std::fs::write(&config, text).unwrap();
@@ -41,17 +121,86 @@ fn metrics_count_the_traffic_that_was_sent() {
     let text = scrape_metrics_when(
         &topo.client,
         ([198, 18, 0, 1], 9100).into(),
-        "50 flows opened and none open any more",
+        "50 flows opened, none open any more, and every server probed",
         Duration::from_secs(10),
         |text| {
             metric(text, "lb_frontend_sessions_total{frontend=\"demo\"}").is_some_and(|n| n >= 50.0)
                 && metric(text, "lb_frontend_current_sessions{frontend=\"demo\"}") == Some(0.0)
+                && (11..14).all(|n| {
+                    metric(
+                        text,
+                        &format!("lb_server_check_status{{backend=\"demo-servers\",server=\"198.18.{n}.2\"}}"),
+                    )
+                    .is_some()
+                })
         },
     )
     .unwrap();
     assert!(
         text.starts_with("HTTP/1.") && text.contains("200"),
         "{text}"
+    );
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP answer");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: text/plain; version=0.0.4"),
+        "the content type names the format written (Prometheus text, asked for nothing else):\n{head}"
+    );
+    // Prometheus asks for OpenMetrics, and gets it, with its content type.
+    let openmetrics = topo
+        .client
+        .exec(&[
+            "curl",
+            "-sf",
+            "--max-time",
+            "5",
+            "-D",
+            "-",
+            "-H",
+            "Accept: application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+            "http://198.18.0.1:9100/metrics",
+        ])
+        .unwrap();
+    assert!(
+        openmetrics
+            .to_ascii_lowercase()
+            .contains("content-type: application/openmetrics-text; version=1.0.0")
+            && openmetrics.trim_end().ends_with("# EOF"),
+        "{openmetrics}"
+    );
+    promtool_accepts(body);
+    deploy_files_name_only_scraped_metrics(body);
+    // Every packet has one verdict; the reasons are apart.
+    assert!(value(&text, "lb_xdp_verdicts_total{verdict=\"pass\"}") >= 0.0);
+    assert!(!text.contains("lb_xdp_verdicts_total{verdict=\"not_vip\"}"));
+    // Each family's series come in one order on every scrape.
+    let again = scrape_metrics_when(
+        &topo.client,
+        ([198, 18, 0, 1], 9100).into(),
+        "a later snapshot",
+        Duration::from_secs(10),
+        |_| true,
+    )
+    .unwrap();
+    assert_eq!(
+        series(body),
+        series(again.split_once("\r\n\r\n").unwrap().1),
+        "series in a stable order"
+    );
+    assert_eq!(
+        value(&text, "lb_build_info{"),
+        1.0,
+        "lb_build_info is always 1"
+    );
+    assert!(text.contains(&format!("version=\"{}\"", env!("CARGO_PKG_VERSION"))));
+    assert!(value(&text, "process_resident_memory_bytes ") > 0.0);
+    assert!(value(&text, "lb_config_last_reload_success_timestamp_seconds ") > 1.0e9);
+    assert_eq!(
+        value(
+            &text,
+            "lb_server_check_status{backend=\"demo-servers\",server=\"198.18.11.2\"}"
+        ),
+        1.0
     );
 
     assert_eq!(
@@ -93,10 +242,10 @@ fn metrics_count_the_traffic_that_was_sent() {
         1.0
     );
     assert_eq!(
-        value(&text, "lb_xdp_packets_total{counter=\"flow_new\"}"),
+        value(&text, "lb_xdp_events_total{event=\"flow_new\"}"),
         50.0
     );
-    assert!(value(&text, "lb_xdp_packets_total{counter=\"verdict_redirect\"}") > 0.0);
+    assert!(value(&text, "lb_xdp_verdicts_total{verdict=\"redirect\"}") > 0.0);
     assert!(value(&text, "lb_conntrack_entries ") >= 50.0);
     assert_eq!(value(&text, "lb_conntrack_capacity "), 1_048_576.0);
 

@@ -541,6 +541,39 @@ fn hold(c: &NetNs, port: u16, count: usize) -> Vec<TcpStream> {
     .unwrap()
 }
 
+/// Hold connections (`holds`: port and count), then expect a new request on `probe`'s
+/// port to be answered with its status and text; returns the held connections. A held
+/// connection lasts only server_timeout (2 s: its server waits for a body that never
+/// ends, so the proxy answers 504 and closes), so each attempt holds afresh: on a busy
+/// machine, connections held before a slow first attempt are gone by the next.
+fn hold_until_answered(
+    c: &NetNs,
+    holds: &[(u16, usize)],
+    probe: (u16, &str, &str),
+    what: &str,
+) -> Vec<TcpStream> {
+    let (port, status, text) = probe;
+    let mut held = Vec::new();
+    wait_until(what, Duration::from_secs(20), || {
+        held.clear();
+        for &(p, n) in holds {
+            held.extend(hold(c, p, n));
+        }
+        let answer = raw(
+            c,
+            port,
+            "GET /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        );
+        if answer.starts_with(status) && answer.contains(text) {
+            Ok(Some(()))
+        } else {
+            anyhow::bail!("answered {:?}", answer.lines().next())
+        }
+    })
+    .unwrap();
+    held
+}
+
 /// Wait until a new request on `port` is answered with `status`.
 fn wait_answered(c: &NetNs, port: u16, status: &str, what: &str) {
     wait_until(what, Duration::from_secs(20), || {
@@ -561,15 +594,12 @@ fn wait_answered(c: &NetNs, port: u16, status: &str, what: &str) {
 fn connection_limits_answer_503(topo: &Topology, log: &lb_tests::topology::Log) {
     let (c, lb) = (&topo.client, &topo.lb);
     // The frontend "small" takes 2 connections; a third is answered 503 and closed.
-    let mut held = hold(c, 81, 2);
-    wait_answered(
+    let mut held = hold_until_answered(
         c,
-        81,
-        "HTTP/1.1 503",
+        &[(81, 2)],
+        (81, "HTTP/1.1 503", "too many connections"),
         "a third connection to small to get 503",
     );
-    let answer = raw(c, 81, "GET /echo HTTP/1.1\r\nHost: x\r\n\r\n");
-    assert!(answer.contains("too many connections"), "{answer}");
     // Other frontends are not affected; one closed, small takes another.
     wait_answered(c, 80, "HTTP/1.1 200", "web to answer");
     held.pop();
@@ -577,8 +607,13 @@ fn connection_limits_answer_503(topo: &Topology, log: &lb_tests::topology::Log) 
 
     // [http] max_connections = 12 over all frontends: 1 + 11 held, then 503 everywhere,
     // and the API and metrics still answer.
-    held.extend(hold(c, 80, 11));
-    wait_answered(c, 80, "HTTP/1.1 503", "a 13th connection to get 503");
+    drop(held);
+    let held = hold_until_answered(
+        c,
+        &[(81, 1), (80, 11)],
+        (80, "HTTP/1.1 503", ""),
+        "a 13th connection to get 503",
+    );
     api_and_metrics_answer(lb);
     wait_for_log(log, "connection limit reached", 1, Duration::from_secs(10)).unwrap();
     drop(held);

@@ -12,7 +12,9 @@ use aya::{
     programs::{TestRun, TestRunOptions},
 };
 use lb_common::{
-    maps::{FlowKey, MAP_CONNTRACK, NatEntry, PROG_LB, SNAT_PORT_MAX, SNAT_PORT_MIN},
+    maps::{
+        DEFAULT_SNAT_PORT_MAX, DEFAULT_SNAT_PORT_MIN, FlowKey, MAP_CONNTRACK, NatEntry, PROG_LB,
+    },
     wire::TCP_SYN,
 };
 use lb_tests::{
@@ -34,6 +36,15 @@ const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 1);
 const SNAT: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 1);
 const SERVER: Ipv4Addr = Ipv4Addr::new(198, 18, 11, 2);
+/// The IPv4 frontends' `snat_ports` (the IPv6 one has the default range): small enough that
+/// the reclaim fixture fills it quickly.
+const SNAT_PORT_MIN: u16 = 10000;
+const SNAT_PORT_MAX: u16 = 32767;
+const SNAT_PORTS: u32 = SNAT_PORT_MAX as u32 - SNAT_PORT_MIN as u32 + 1;
+/// The second SNAT address of the "two-snat" frontend, and its range.
+const SNAT2: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 2);
+const TWO_SNAT_MIN: u16 = 20000;
+const TWO_SNAT_PORTS: u16 = 16;
 const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 2);
 const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0x100, 0, 0, 0, 1);
 const SNAT6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 2, 0, 0, 0, 1);
@@ -48,6 +59,7 @@ binds = [{ port = 80 }, { port = 53, protocol = "udp" }]
 default_backend = "v4-servers"
 interfaces = ["fxc", "fxs"]
 snat_address = "198.18.2.1"
+snat_ports = "10000-32767"
 
 [[frontends]]
 name = "v6"
@@ -66,6 +78,7 @@ binds = [{ port = 80 }]
 default_backend = "one-arm-servers"
 interfaces = ["fxc"]
 snat_address = "198.18.2.1"
+snat_ports = "10000-32767"
 
 [[frontends]]
 name = "sticky"
@@ -75,6 +88,17 @@ binds = [{ port = 80 }]
 default_backend = "sticky-servers"
 interfaces = ["fxc", "fxs"]
 snat_address = "198.18.2.1"
+snat_ports = "10000-32767"
+
+[[frontends]]
+name = "two-snat"
+mode = "tcp"
+address = "198.18.100.4"
+binds = [{ port = 80 }, { port = 53, protocol = "udp" }]
+default_backend = "two-snat-servers"
+interfaces = ["fxc", "fxs"]
+snat_addresses = ["198.18.2.1", "198.18.2.2"]
+snat_ports = "20000-20015"
 
 [[backends]]
 name = "sticky-servers"
@@ -104,6 +128,13 @@ mode = "tcp"
 balancing_method = "maglev"
 port = 8080
 servers = { type = "addresses", addresses = [{ address = "2001:2:0:11::2" }] }
+
+[[backends]]
+name = "two-snat-servers"
+mode = "tcp"
+balancing_method = "maglev"
+port = 8081
+servers = { type = "addresses", addresses = [{ address = "198.18.11.2" }] }
 "#;
 
 struct Fixture {
@@ -237,7 +268,12 @@ fn nat_round_trip(
         .tracked(&key(client, vip, 40000, vport, proto))
         .expect("the flow is tracked");
     let snat_port = u16::from_be(tracked.sport);
-    assert!((SNAT_PORT_MIN..=SNAT_PORT_MAX).contains(&snat_port));
+    let range = if client.is_ipv4() {
+        SNAT_PORT_MIN..=SNAT_PORT_MAX
+    } else {
+        DEFAULT_SNAT_PORT_MIN..=DEFAULT_SNAT_PORT_MAX
+    };
+    assert!(range.contains(&snat_port), "{snat_port} in {range:?}");
     let expected = Frame {
         dst_mac: SERVER_MAC,
         src_mac: SERVER_SIDE_MAC,
@@ -668,6 +704,45 @@ fn tcp_state_follows_handshake_close_reset_and_reuse() {
             (udp.state, udp.flags & ENTRY_COUNTED != 0),
             (FLOW_UDP, true)
         );
+    });
+}
+
+#[test]
+fn a_closed_tuple_reused_while_its_server_drains_is_balanced_afresh() {
+    use lb_common::maps::{FLOW_CLOSING, MAP_SNAT};
+    with_fixture("reuse_drained", |fx| {
+        let k = key(CLIENT.into(), VIP.into(), 41100, 80, 6);
+        fx.run(&tcp(TCP_SYN, 41100), fx.client_ifindex);
+        let entry = fx.tracked(&k).unwrap();
+        let snat_port = u16::from_be(entry.sport);
+        fx.run(&server_tcp(TCP_SYN_ACK, snat_port), fx.server_ifindex);
+        fx.run(&tcp(ACK, 41100), fx.client_ifindex);
+        fx.run(&tcp(RST, 41100), fx.client_ifindex);
+        assert_eq!(fx.tracked(&k).unwrap().state, FLOW_CLOSING);
+
+        // v4-servers' only server is drained; the client reuses the tuple.
+        let drained = CONFIG.replacen(
+            r#"addresses = [{ address = "198.18.11.2" }]"#,
+            r#"addresses = [{ address = "198.18.11.2", weight = 0 }]"#,
+            1,
+        );
+        assert_ne!(drained, CONFIG);
+        let config = Config::parse("fixture.toml", &drained).unwrap();
+        fx.dataplane.apply_config(&config).unwrap();
+        let no_server = fx.counter("drop_no_server");
+        assert_eq!(
+            fx.run(&tcp(TCP_SYN, 41100), fx.client_ifindex).0,
+            XDP_DROP,
+            "a new connection does not go to a drained server"
+        );
+        assert_eq!(fx.counter("flow_reopen_rebalanced"), 1);
+        assert_eq!(fx.counter("flow_reopened"), 0);
+        assert_eq!(fx.counter("drop_no_server"), no_server + 1);
+        assert!(fx.tracked(&k).is_none(), "the closed flow is forgotten");
+        let reverse = entry.reply_key(6);
+        let map = fx.dataplane.ebpf_mut().map(MAP_SNAT).unwrap();
+        let snat: BpfHashMap<&MapData, FlowKey, NatEntry> = BpfHashMap::try_from(map).unwrap();
+        assert!(snat.get(&reverse, 0).is_err(), "with its reverse entry");
     });
 }
 
@@ -1404,7 +1479,7 @@ fn byte_counters_count_the_frame_not_the_ip_headers_claim() {
 fn unestablished_flows_give_their_snat_ports_up_after_a_second_established_ones_never() {
     use lb_common::maps::{
         ENTRY_COUNTED, ENTRY_ESTABLISHED, FLOW_CLOSING, FLOW_ESTABLISHED, FLOW_SYN_RECV, MAP_SNAT,
-        SNAT_PORTS, SYN_RECLAIM_NS,
+        SYN_RECLAIM_NS,
     };
     with_fixture("reclaim", |fx| {
         // A first flow gives the shapes of a client-side and a server-side entry.
@@ -1480,7 +1555,9 @@ fn unestablished_flows_give_their_snat_ports_up_after_a_second_established_ones_
             .gc(now(), &lb_common::flow::Timeouts::default())
             .unwrap();
         assert_eq!(
-            r.snat_ports_used.get(&(first.server_id, 6)).copied(),
+            r.snat_ports_used
+                .get(&(first.server_id, 6, addr16(SNAT.into())))
+                .copied(),
             Some(u64::from(SNAT_PORTS)),
             "the collector sees every port of the server taken"
         );
@@ -1804,7 +1881,7 @@ fn the_collector_sweeps_a_slice_per_tick_and_applies_whole_table_counts_per_cycl
         assert_eq!(
             report
                 .snat_ports_used
-                .get(&(server, 6))
+                .get(&(server, 6, addr16(SNAT.into())))
                 .copied()
                 .unwrap_or(0),
             1501,
@@ -1836,5 +1913,231 @@ fn the_collector_sweeps_a_slice_per_tick_and_applies_whole_table_counts_per_cycl
         };
         assert_eq!(report.unused.servers, vec![9999]);
         assert_eq!(report.cycles, 2);
+    });
+}
+
+/// The "two-snat" frontend (198.18.100.4, SNAT 198.18.2.1 and .2, ports 20000-20015):
+/// flows spread over both addresses; once every port of the first towards the server is
+/// held, new flows get the second, and the server's replies to it go back to the client.
+#[test]
+fn a_second_snat_address_takes_flows_once_the_first_is_exhausted() {
+    use lb_common::maps::{ENTRY_REVERSE, MAP_SNAT};
+    const VIP4: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 4);
+    with_fixture("two_snat", |fx| {
+        let range = TWO_SNAT_MIN..TWO_SNAT_MIN + TWO_SNAT_PORTS;
+        // UDP flows spread by hash over both addresses, every port in the range.
+        let mut sources = std::collections::HashSet::new();
+        let mut server = None;
+        for sport in 42000..42016 {
+            let frame = client_frame(CLIENT.into(), VIP4.into(), sport, 53, L4::Udp).build(b"x");
+            assert_eq!(fx.run(&frame, fx.client_ifindex).0, XDP_REDIRECT);
+            let t = fx
+                .tracked(&key(CLIENT.into(), VIP4.into(), sport, 53, 17))
+                .expect("tracked");
+            assert!(
+                range.contains(&u16::from_be(t.sport)),
+                "{}",
+                u16::from_be(t.sport)
+            );
+            sources.insert(t.src);
+            server = Some(t.server_id);
+        }
+        let server = server.unwrap();
+        assert_eq!(
+            sources,
+            [addr16(SNAT.into()), addr16(SNAT2.into())].into(),
+            "16 flows use both addresses"
+        );
+
+        // Every port of the first address towards 198.18.11.2:8081 over TCP is held (by
+        // entries without a flow, which no SYN reclaims).
+        {
+            let map = fx.dataplane.ebpf_mut().map_mut(MAP_SNAT).unwrap();
+            let mut snat: BpfHashMap<&mut MapData, FlowKey, NatEntry> =
+                BpfHashMap::try_from(map).unwrap();
+            for port in range.clone() {
+                let k = key(SERVER.into(), SNAT.into(), 8081, port, 6);
+                let holder = NatEntry {
+                    src: addr16(VIP4.into()),
+                    dst: addr16(Ipv4Addr::new(198, 19, 0, 1).into()),
+                    sport: 80u16.to_be(),
+                    dport: port.to_be(),
+                    flags: ENTRY_REVERSE,
+                    server_id: server,
+                    last_seen_ns: lb_userspace::dataplane::monotonic_now_ns(),
+                    ..NatEntry::default()
+                };
+                snat.insert(k, holder, 0).unwrap();
+            }
+        }
+        let exhausted = fx.counter("drop_snat_exhausted");
+        let mut opened = Vec::new();
+        for sport in 43000..43008 {
+            let syn = client_frame(
+                CLIENT.into(),
+                VIP4.into(),
+                sport,
+                80,
+                L4::Tcp { flags: TCP_SYN },
+            )
+            .build(b"");
+            let (verdict, out) = fx.run(&syn, fx.client_ifindex);
+            if verdict == XDP_DROP {
+                continue;
+            }
+            assert_eq!(verdict, XDP_REDIRECT);
+            let t = fx
+                .tracked(&key(CLIENT.into(), VIP4.into(), sport, 80, 6))
+                .expect("tracked");
+            assert_eq!(
+                t.src,
+                addr16(SNAT2.into()),
+                "the first address has no port left"
+            );
+            let port = u16::from_be(t.sport);
+            assert!(range.contains(&port));
+            let expected = Frame {
+                dst_mac: SERVER_MAC,
+                src_mac: SERVER_SIDE_MAC,
+                vlan: None,
+                src: SNAT2.into(),
+                dst: SERVER.into(),
+                sport: port,
+                dport: 8081,
+                l4: L4::Tcp { flags: TCP_SYN },
+            }
+            .build(b"");
+            assert_eq!(out, expected, "SYN rewritten to 198.18.2.2 -> server:8081");
+            opened.push((sport, port));
+        }
+        assert!(!opened.is_empty(), "8 SYNs, 16 free pairs: some open");
+        assert_eq!(
+            fx.counter("drop_snat_exhausted") - exhausted,
+            8 - opened.len() as u64,
+            "the others tried only taken pairs"
+        );
+
+        // The server's answer to the second address goes back to its client.
+        let (sport, port) = opened[0];
+        let reply = Frame {
+            dst_mac: SERVER_SIDE_MAC,
+            src_mac: SERVER_MAC,
+            vlan: None,
+            src: SERVER.into(),
+            dst: SNAT2.into(),
+            sport: 8081,
+            dport: port,
+            l4: L4::Tcp { flags: TCP_SYN_ACK },
+        };
+        let (verdict, out) = fx.run(&reply.build(b""), fx.server_ifindex);
+        assert_eq!(verdict, XDP_REDIRECT);
+        let expected = Frame {
+            dst_mac: CLIENT_MAC,
+            src_mac: CLIENT_SIDE_MAC,
+            src: VIP4.into(),
+            dst: CLIENT.into(),
+            sport: 80,
+            dport: sport,
+            ..reply
+        }
+        .build(b"");
+        assert_eq!(out, expected, "reply rewritten to VIP -> client");
+        assert!(checksums_valid(&out));
+
+        // The collector counts ports per address.
+        let now = lb_userspace::dataplane::monotonic_now_ns();
+        let r = fx
+            .dataplane
+            .gc(now, &lb_common::flow::Timeouts::default())
+            .unwrap();
+        assert_eq!(
+            fx.tracked(&key(CLIENT.into(), VIP4.into(), sport, 80, 6))
+                .unwrap()
+                .server_id,
+            server
+        );
+        assert_eq!(
+            r.snat_ports_used
+                .get(&(server, 6, addr16(SNAT2.into())))
+                .copied(),
+            Some(opened.len() as u64)
+        );
+        assert_eq!(
+            r.snat_ports_used
+                .get(&(server, 6, addr16(SNAT.into())))
+                .copied(),
+            Some(u64::from(TWO_SNAT_PORTS)),
+            "the first address's ports are all held (the holders are younger than the grace period)"
+        );
+    });
+}
+
+/// DSR with `dsr_stateless_fallback`: a mid-stream packet of a flow this node does not track
+/// (another ECMP node's) goes to the server the Maglev table gives its tuple, the one a
+/// SYN of that tuple gets, and is tracked as established from then on; without the option
+/// the same packet is dropped.
+#[test]
+fn dsr_stateless_fallback_sends_an_untracked_ack_where_its_syn_would_go() {
+    use lb_common::maps::{ENTRY_COUNTED, ENTRY_DSR, ENTRY_ESTABLISHED, FLOW_ESTABLISHED};
+    with_fixture("dsr_fallback", |fx| {
+        const DSR: &str = r#"
+[[frontends]]
+name = "dsr"
+mode = "tcp"
+address = "198.18.100.5"
+binds = [{ port = 8080 }]
+default_backend = "dsr-servers"
+interfaces = ["fxc", "fxs"]
+forwarding = "dsr"
+dsr_stateless_fallback = FALLBACK
+
+[[backends]]
+name = "dsr-servers"
+mode = "tcp"
+balancing_method = "maglev"
+port = 8080
+servers = { type = "addresses", addresses = [{ address = "198.18.11.2" }, { address = "198.18.11.3" }, { address = "198.18.11.4" }] }
+"#;
+        let vip: IpAddr = "198.18.100.5".parse().unwrap();
+        let apply = |fx: &mut Fixture, fallback: bool| {
+            let text = format!("{CONFIG}{}", DSR.replace("FALLBACK", &fallback.to_string()));
+            let config = Config::parse("fixture.toml", &text).unwrap();
+            fx.dataplane.apply_config(&config).unwrap();
+        };
+        let frame = |flags: u8, sport: u16| {
+            client_frame(CLIENT.into(), vip, sport, 8080, L4::Tcp { flags }).build(b"")
+        };
+        let forget = |fx: &mut Fixture, k: &FlowKey| {
+            let map = fx.dataplane.ebpf_mut().map_mut(MAP_CONNTRACK).unwrap();
+            let mut ct: BpfHashMap<&mut MapData, FlowKey, NatEntry> =
+                BpfHashMap::try_from(map).unwrap();
+            ct.remove(k).unwrap();
+        };
+
+        // Without the option: dropped, as any mid-stream packet without state.
+        apply(fx, false);
+        let no_flow = fx.counter("drop_tcp_no_flow");
+        assert_eq!(fx.run(&frame(ACK, 42000), fx.client_ifindex).0, XDP_DROP);
+        assert_eq!(fx.counter("drop_tcp_no_flow"), no_flow + 1);
+
+        apply(fx, true);
+        for sport in 42001..42009 {
+            let k = key(CLIENT.into(), vip, sport, 8080, 6);
+            let (verdict, _) = fx.run(&frame(ACK, sport), fx.client_ifindex);
+            assert_ne!(verdict, XDP_DROP, "port {sport}");
+            let fallback = fx.tracked(&k).expect("tracked from the ACK on");
+            assert_eq!(fallback.state, FLOW_ESTABLISHED);
+            assert_eq!(
+                fallback.flags & (ENTRY_DSR | ENTRY_COUNTED | ENTRY_ESTABLISHED),
+                ENTRY_DSR | ENTRY_COUNTED | ENTRY_ESTABLISHED
+            );
+            // The same tuple's SYN, on a node without the entry, gets the same server.
+            forget(fx, &k);
+            fx.run(&frame(TCP_SYN, sport), fx.client_ifindex);
+            let syn = fx.tracked(&k).expect("tracked from the SYN");
+            assert_eq!(syn.server_id, fallback.server_id, "port {sport}");
+        }
+        assert_eq!(fx.counter("flow_stateless_fallback"), 8);
+        assert_eq!(fx.counter("drop_tcp_no_flow"), no_flow + 1);
     });
 }

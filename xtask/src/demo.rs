@@ -18,6 +18,45 @@ use lb_tests::{
 };
 
 const DEMO_CONFIG: &str = include_str!("../../examples/demo.toml");
+/// The API and metrics listen on lb's client-side address, reachable from the client
+/// namespace.
+const API: &str = "198.18.0.1:8081";
+const METRICS: &str = "198.18.0.1:9100";
+/// The demo's read-write token: the API is reachable only inside its namespaces.
+const TOKEN: &str = "demo";
+
+/// The demo's config and token file, in a directory removed when the demo ends.
+struct DemoFiles {
+    dir: std::path::PathBuf,
+    config: std::path::PathBuf,
+}
+
+impl DemoFiles {
+    fn write() -> Result<DemoFiles> {
+        let dir = std::env::temp_dir().join(format!("lbdemo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let files = DemoFiles {
+            config: dir.join("lb.toml"),
+            dir,
+        };
+        let tokens = files.dir.join("tokens");
+        std::fs::write(&tokens, format!("rw {TOKEN}\n"))?;
+        std::fs::write(
+            &files.config,
+            format!(
+                "{DEMO_CONFIG}\n[api]\nlisten = \"{API}\"\ntoken_file = \"{}\"\n\n[metrics]\nlisten = \"{METRICS}\"\n",
+                tokens.display()
+            ),
+        )?;
+        Ok(files)
+    }
+}
+
+impl Drop for DemoFiles {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
 const WORKERS: usize = 4;
 const EXCHANGES: usize = 3;
 
@@ -29,17 +68,26 @@ pub fn run(duration: u64) -> Result<()> {
     ctrlc::set_handler(move || on_signal.store(true, Ordering::Relaxed))
         .context("installing the Ctrl-C handler")?;
 
+    // The daemon watches its file: it stays until the daemon is gone (dropped after the
+    // topology, which stops the daemon).
+    let files = DemoFiles::write()?;
     // Dropping the topology removes every namespace, whatever happens below.
     let topo = Topology::new("lbdemo", 3)?;
     topo.start_peers(&lb)?;
     let _servers = topo.start_name_servers(SERVER_PORT)?;
-    let config = std::env::temp_dir().join(format!("lbdemo-{}.toml", std::process::id()));
-    std::fs::write(&config, DEMO_CONFIG)?;
-    let started = topo.start_lb(&lb, &config);
-    let _ = std::fs::remove_file(&config);
-    started?;
+    topo.start_lb(&lb, &files.config)?;
     println!(
         "demo: client -> {VIP}:{VIP_TCP_PORT} through lb (XDP full NAT) -> 3 servers weighted 1:1:2, for {duration} s (Ctrl-C stops)"
+    );
+    let lb_in_client = format!("ip netns exec {} {}", topo.client.name, lb.display());
+    let api = format!("--api http://{API} --token {TOKEN}");
+    println!("demo: while it runs, try (as root, in another terminal):");
+    println!("  {lb_in_client} status {api}");
+    println!("  {lb_in_client} servers demo-servers {api}");
+    println!("  {lb_in_client} backends get demo-servers {api}");
+    println!(
+        "  ip netns exec {} curl -s http://{METRICS}/metrics | grep ^lb_server",
+        topo.client.name
     );
 
     let tally = Arc::new(Mutex::new(Tally::default()));

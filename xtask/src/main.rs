@@ -18,8 +18,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install what a fresh machine lacks (rust-src, bpf-linker, Debian packages, cargo-fuzz).
-    /// Idempotent.
+    /// Install what a fresh machine lacks for every task (rust-src, bpf-linker, the tests'
+    /// Debian packages, cargo-fuzz), services neither started nor enabled. Idempotent. Each
+    /// other task installs only what it needs: `run` the toolchain, `test` and `bench` their
+    /// tools too.
     Setup,
     /// With no lb arguments: the demo on an embedded topology. With `-- <args>`: run lb.
     Run {
@@ -66,7 +68,11 @@ fn main() -> Result<()> {
     });
     let root = workspace_root();
     std::env::set_current_dir(&root)?;
-    let tools = setup::setup(&root)?;
+    let needs = match &task {
+        Task::Run { .. } | Task::Fuzz { .. } => setup::Needs::Run,
+        Task::Setup | Task::Test | Task::Bench { .. } => setup::Needs::Test,
+    };
+    let tools = setup::setup(&root, needs)?;
     // Every nested cargo finds bpf-linker through PATH.
     let path = std::env::join_paths(std::iter::once(tools.bin.clone()).chain(
         std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),

@@ -13,15 +13,18 @@ pub struct Tools {
 }
 
 const BPF_LINKER_VERSION: &str = "0.13";
-/// Debian packages the tests, the demo and the benchmarks use: `ip` (iproute2) for
-/// namespaces and veths, ethtool to turn off veth checksum offload, nft, haproxy, nginx,
-/// iperf3 and wrk as systems to compare with and load generators, and real PostgreSQL,
-/// MariaDB, Redis and openssl servers for health-check tests; curl as a real HTTP client;
-/// python3 for a test server that digests request bodies, and python3-venv for
-/// schemathesis (from PyPI), which tests the REST API against its OpenAPI document.
-const DEBIAN_PACKAGES: &[&str] = &[
-    "iproute2",
-    "ethtool",
+/// Debian packages the demo needs: `ip` (iproute2) for namespaces and veths, ethtool to turn
+/// off veth checksum offload.
+const RUN_PACKAGES: &[&str] = &["iproute2", "ethtool"];
+
+/// Debian packages the tests and benchmarks add: nft, haproxy, nginx, iperf3 and wrk as
+/// systems to compare with and load generators, and real PostgreSQL, MariaDB, Redis and
+/// openssl servers for health-check tests; curl as a real HTTP client; python3 for a test
+/// server that digests request bodies, and python3-venv for schemathesis (from PyPI), which
+/// tests the REST API against its OpenAPI document; keepalived (VRRP) and bird2 (BGP), the
+/// partners of an HA pair and of ECMP scale-out; prometheus for promtool, which checks a real
+/// scrape and the alert rules.
+const TEST_PACKAGES: &[&str] = &[
     "nftables",
     "haproxy",
     "nginx",
@@ -34,7 +37,19 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "redis-server",
     "python3",
     "python3-venv",
+    "keepalived",
+    "bird2",
+    "prometheus",
 ];
+
+/// What the invoked command needs installed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Needs {
+    /// The toolchain (rust-src, bpf-linker) and what the demo's namespaces use.
+    Run,
+    /// That, and every test's and benchmark's tools.
+    Test,
+}
 
 /// Schemathesis, pinned: its checks are part of the test suite.
 const SCHEMATHESIS: &str = "schemathesis==4.32.5";
@@ -42,15 +57,18 @@ const SCHEMATHESIS: &str = "schemathesis==4.32.5";
 /// cargo-fuzz, pinned: `cargo xtask fuzz` runs the targets in fuzz/ with it.
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
-pub fn setup(root: &Path) -> Result<Tools> {
+pub fn setup(root: &Path, needs: Needs) -> Result<Tools> {
     let tools_dir = root.join(".tools");
     let tools = Tools {
         bin: tools_dir.join("bin"),
     };
     rust_src()?;
     bpf_linker(&tools_dir)?;
-    debian_packages()?;
-    schemathesis(&tools_dir)?;
+    debian_packages(RUN_PACKAGES)?;
+    if needs == Needs::Test {
+        debian_packages(TEST_PACKAGES)?;
+        schemathesis(&tools_dir)?;
+    }
     Ok(tools)
 }
 
@@ -183,8 +201,10 @@ fn schemathesis(tools_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn debian_packages() -> Result<()> {
-    let missing: Vec<&str> = DEBIAN_PACKAGES
+/// Install the `packages` missing. Their services are neither started (a policy-rc.d that
+/// refuses, while apt runs) nor enabled at boot: the tests start their own instances.
+fn debian_packages(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|p| {
@@ -199,12 +219,66 @@ fn debian_packages() -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    eprintln!("setup: installing Debian packages {missing:?}");
+    eprintln!("setup: installing Debian packages {missing:?} (services not started nor enabled)");
     crate::run(Command::new("apt-get").arg("update").arg("-q"))?;
-    crate::run(
+    let before = enabled_units();
+    let policy = Path::new("/usr/sbin/policy-rc.d");
+    // An existing policy (a container image's) is the host's choice: kept.
+    let ours = !policy.exists();
+    if ours {
+        std::fs::write(
+            policy,
+            "#!/bin/sh\n# cargo xtask setup: start no service\nexit 101\n",
+        )?;
+        std::fs::set_permissions(policy, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    }
+    let installed = crate::run(
         Command::new("apt-get")
             .args(["install", "-y", "-q", "--no-install-recommends"])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
+    );
+    if ours {
+        let _ = std::fs::remove_file(policy);
+    }
+    installed?;
+    let enabled: Vec<String> = enabled_units().difference(&before).cloned().collect();
+    disable_services(&enabled);
+    Ok(())
+}
+
+/// The units enabled at boot: the symlinks in /etc/systemd/system/*.wants/.
+fn enabled_units() -> std::collections::BTreeSet<String> {
+    let mut units = std::collections::BTreeSet::new();
+    let Ok(dirs) = std::fs::read_dir("/etc/systemd/system") else {
+        return units;
+    };
+    for dir in dirs.flatten() {
+        if dir.file_name().to_string_lossy().ends_with(".wants")
+            && let Ok(links) = std::fs::read_dir(dir.path())
+        {
+            units.extend(
+                links
+                    .flatten()
+                    .map(|l| l.file_name().to_string_lossy().into_owned()),
+            );
+        }
+    }
+    units
+}
+
+/// Undo the boot-time enabling the packages' maintainer scripts did (`units` appeared during
+/// the install; a unit may come from a dependency, nginx's from nginx-common).
+fn disable_services(units: &[String]) {
+    for unit in units {
+        eprintln!("setup: disabling {unit} at boot (tests start their own instances)");
+        // deb-systemd-helper edits the symlinks directly, with or without systemd running,
+        // and remembers the choice across upgrades; it wants to be called as if by dpkg.
+        let _ = Command::new("deb-systemd-helper")
+            .args(["disable", unit])
+            .env("DPKG_MAINTSCRIPT_PACKAGE", "lb-xtask-setup")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
 }

@@ -431,6 +431,7 @@ async fn lb_status(State(api): Shared, Path(lb_id): Path<String>) -> ApiResult<J
         lb: lb_id.clone(),
         conntrack_entries: live.conntrack_entries,
         conntrack_capacity: live.conntrack_capacity,
+        ha: live.ha.clone(),
         ..Status::default()
     };
     for f in config

@@ -62,6 +62,39 @@ pub struct Status {
     pub servers: Vec<ServerStatus>,
     pub conntrack_entries: u64,
     pub conntrack_capacity: u64,
+    /// The HA pair, when `[ha]` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ha: Option<HaStatus>,
+}
+
+/// This node of an HA pair in `lb status`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
+pub struct HaStatus {
+    /// What keepalived made this node: starting, backup, master or fault.
+    pub role: String,
+    /// The role the peer last reported; "starting" when it is not connected.
+    pub peer_role: String,
+    pub peer: String,
+    /// Whether this node streams to the peer, and the peer to it.
+    pub sending: bool,
+    pub receiving: bool,
+    /// Whether this node completed a bulk sync from the peer (or found none to reach):
+    /// until then keepalived holds it in FAULT.
+    pub synced: bool,
+    /// Changed entries the last scan found (what the peer lacked when it began).
+    pub lag_entries: u64,
+    /// How far behind this node's tables the peer's may be.
+    pub lag_seconds: f64,
+    pub flows_sent: u64,
+    pub flows_received: u64,
+    pub sticky_sent: u64,
+    pub sticky_received: u64,
+    pub errors: u64,
+    /// Entries that named a frontend, backend or server this node lacks (configs differ).
+    pub unmapped: u64,
+    pub failovers: u64,
+    pub split_brains: u64,
+    pub split_brain: bool,
 }
 
 /// What the daemon publishes for the API, on every change and every collection.
@@ -73,6 +106,7 @@ pub struct Live {
     pub frontends: BTreeMap<String, FrontendStatus>,
     pub conntrack_entries: u64,
     pub conntrack_capacity: u64,
+    pub ha: Option<HaStatus>,
 }
 
 /// A load balancer as the API shows it.

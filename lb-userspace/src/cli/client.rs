@@ -21,6 +21,8 @@ pub struct Client {
 pub struct ApiFailure {
     pub status: u16,
     pub body: Value,
+    /// The call, for an answer that is not the API's: "GET http://127.0.0.1:9100/v1/lbs".
+    pub call: String,
 }
 
 impl std::fmt::Display for ApiFailure {
@@ -34,7 +36,25 @@ impl std::fmt::Display for ApiFailure {
                 }
                 Ok(())
             }
-            _ => write!(f, "{} {}", self.status, self.body),
+            // Not lb's error document: most likely --api names another server (the
+            // metrics port, a proxy) or another version of lb.
+            _ => {
+                write!(
+                    f,
+                    "{}: {} with no lb API error in the answer; is that lb's REST API? \
+                     Check --api (or LB_API_URL): it is the daemon's [api] listen, for \
+                     example http://127.0.0.1:8081",
+                    self.call, self.status
+                )?;
+                match &self.body {
+                    Value::Null => Ok(()),
+                    Value::String(text) => {
+                        let text: String = text.chars().take(200).collect();
+                        write!(f, " (it answered: {:?})", text.trim())
+                    }
+                    other => write!(f, " (it answered: {other})"),
+                }
+            }
         }
     }
 }
@@ -83,8 +103,12 @@ impl Client {
                 .send(b),
             _ => bail!("unsupported call {method} {path}"),
         };
-        let mut response =
-            sent.with_context(|| format!("cannot reach the API at {}", self.base))?;
+        let mut response = sent.with_context(|| {
+            format!(
+                "cannot reach the API at {} (the daemon's [api] listen; --api or LB_API_URL)",
+                self.base
+            )
+        })?;
         let status = response.status().as_u16();
         let text = response.body_mut().read_to_string().unwrap_or_default();
         let value = if text.trim().is_empty() {
@@ -98,6 +122,7 @@ impl Client {
             Err(ApiFailure {
                 status,
                 body: value,
+                call: format!("{method} {url}"),
             }
             .into())
         }

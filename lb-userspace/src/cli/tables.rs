@@ -189,5 +189,38 @@ pub fn status_table(s: &Status) -> String {
         "\nconnection table: {} of {} flows\n",
         s.conntrack_entries, s.conntrack_capacity
     );
+    if let Some(ha) = &s.ha {
+        out += &format!(
+            "ha: {} (peer {} {}{}), {}; sync lag {} entries, {:.1} s; flows sent {}, received {}; sticky sent {}, received {}; errors {}, failovers {}, split brains {}{}\n",
+            ha.role.to_uppercase(),
+            ha.peer,
+            ha.peer_role.to_uppercase(),
+            match (ha.sending, ha.receiving) {
+                (true, true) => ", syncing both ways",
+                (true, false) => ", sending only",
+                (false, true) => ", receiving only",
+                (false, false) => ", not connected",
+            },
+            if ha.synced {
+                "synced"
+            } else {
+                "waiting for the bulk sync (held in FAULT)"
+            },
+            ha.lag_entries,
+            ha.lag_seconds,
+            ha.flows_sent,
+            ha.flows_received,
+            ha.sticky_sent,
+            ha.sticky_received,
+            ha.errors,
+            ha.failovers,
+            ha.split_brains,
+            if ha.split_brain {
+                " (SPLIT BRAIN NOW)"
+            } else {
+                ""
+            },
+        );
+    }
     out
 }

@@ -105,6 +105,25 @@ impl Config {
                 ));
             }
         }
+        if let Some(ha) = &self.ha {
+            match std::fs::read(&ha.secret_file) {
+                Err(e) => out.push(Problem::new(
+                    "ha.secret_file",
+                    format!("cannot read {:?}: {e}", ha.secret_file),
+                    "give the path of a file with the secret both nodes share, such as one made by `head -c 32 /dev/urandom | base64 > /etc/lb/ha.secret`",
+                )),
+                Ok(secret) if secret.trim_ascii().len() < 16 => out.push(Problem::new(
+                    "ha.secret_file",
+                    format!(
+                        "{:?} holds {} bytes; a shared secret needs at least 16",
+                        ha.secret_file,
+                        secret.trim_ascii().len()
+                    ),
+                    "write a longer secret, such as `head -c 32 /dev/urandom | base64`",
+                )),
+                Ok(_) => {}
+            }
+        }
         out
     }
 }

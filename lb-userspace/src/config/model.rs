@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::values::{
     AclCriterion, CheckKind, Cidr, ExpectedCodes, Forwarding, InitState, Method, Mode, OnDown,
-    Port, Protocol, ProxyVersion, RouteCond, StickyKind, UnderscoreHeaders, duration,
+    Port, PortRange, Protocol, ProxyVersion, RouteCond, StickyKind, UnderscoreHeaders, duration,
 };
 
 /// Largest server weight (0 drains).
@@ -45,6 +45,12 @@ pub struct Config {
     pub http: HttpConfig,
     #[serde(default)]
     pub api: ApiConfig,
+    /// The master/backup pair (README "High availability"); absent = a single node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ha: Option<super::HaConfig>,
+    /// Active/active behind ECMP: the BGP announcement of the VIPs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bgp: Option<super::BgpConfig>,
 }
 
 /// A load balancer of the product's API (`/v1/lbs/{id}`).
@@ -219,12 +225,30 @@ pub struct Frontend {
     /// arrives and where server replies arrive.
     #[serde(default)]
     pub interfaces: Vec<String>,
-    /// Source address for packets sent to servers; replies must route back to it.
+    /// Source address for packets sent to servers; replies must route back to it. The
+    /// same as `snat_addresses = [it]`; set one of the two, not both.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>)]
     pub snat_address: Option<IpAddr>,
+    /// Source addresses for packets sent to servers (1 to 8, of the frontend's family);
+    /// replies must route back to each. A new flow's address and port are drawn from its
+    /// hash over every address's ports, so each address adds `snat_ports` flows per server
+    /// port and protocol.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<String>)]
+    pub snat_addresses: Vec<IpAddr>,
+    /// SNAT source ports, "MIN-MAX", both included; default "1024-65535".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub snat_ports: Option<PortRange>,
     #[serde(default)]
     pub forwarding: Forwarding,
+    /// dsr: a mid-stream TCP packet of a flow this node does not track (another ECMP node's,
+    /// or one older than the last sync) is sent to the server the Maglev table gives,
+    /// and tracked from then on, instead of being dropped (as Katran and Cilium do).
+    /// Needs `balancing_method = "maglev"` so that every node picks the same server.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dsr_stateless_fallback: bool,
     /// http: named conditions for `backends` rules.
     #[serde(default)]
     pub acls: Vec<Acl>,
@@ -234,6 +258,23 @@ pub struct Frontend {
     pub backends: Vec<RouteRule>,
     #[serde(default)]
     pub options: FrontendOptions,
+}
+
+impl Frontend {
+    /// The SNAT addresses, in order: `snat_address` or `snat_addresses` (validation refuses
+    /// both).
+    pub fn snat_addresses(&self) -> Vec<IpAddr> {
+        self.snat_address
+            .iter()
+            .chain(&self.snat_addresses)
+            .copied()
+            .collect()
+    }
+
+    /// The SNAT port range, default 1024-65535.
+    pub fn snat_ports(&self) -> PortRange {
+        self.snat_ports.clone().unwrap_or_default()
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]

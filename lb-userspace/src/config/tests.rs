@@ -352,3 +352,174 @@ servers = { type = "addresses", addresses = [{ address = "198.18.11.2" }] }
     );
     assert!(e.problems[0].1.fix.contains("mode = \"http\""), "{e}");
 }
+
+/// GOOD with its `snat_address` line replaced by `lines`.
+fn snat(lines: &str) -> String {
+    GOOD.replace("snat_address = \"198.18.2.1\"", lines)
+}
+
+/// The one problem of a config: (line, field, message, fix).
+fn only_problem(text: &str) -> (Option<usize>, String, String, String) {
+    let e = errors(text);
+    assert_eq!(e.problems.len(), 1, "{e}");
+    let (line, p) = e.problems[0].clone();
+    (line, p.field, p.message, p.fix)
+}
+
+#[test]
+fn snat_addresses_and_ports_parse_and_default() {
+    let c = Config::parse("lb.toml", GOOD).unwrap();
+    let f = &c.frontends[0];
+    assert_eq!(
+        f.snat_addresses(),
+        vec!["198.18.2.1".parse::<std::net::IpAddr>().unwrap()]
+    );
+    assert_eq!(f.snat_ports(), PortRange::new(1024, 65535));
+    let c = Config::parse(
+        "lb.toml",
+        &snat("snat_addresses = [\"198.18.2.1\", \"198.18.2.2\"]\nsnat_ports = \"20000-29999\""),
+    )
+    .unwrap();
+    let f = &c.frontends[0];
+    assert_eq!(f.snat_addresses().len(), 2);
+    assert_eq!((f.snat_ports().min, f.snat_ports().max), (20000, 29999));
+    // Written back as written (the API returns these fields).
+    let json = serde_json::to_value(f).unwrap();
+    assert_eq!(json["snat_addresses"][1], "198.18.2.2");
+    assert_eq!(json["snat_ports"], "20000-29999");
+    assert!(json.get("snat_address").is_none());
+}
+
+#[test]
+fn snat_address_and_snat_addresses_together_are_refused() {
+    let (line, field, message, fix) = only_problem(&snat(
+        "snat_address = \"198.18.2.1\"\nsnat_addresses = [\"198.18.2.2\"]",
+    ));
+    assert_eq!(line, Some(10));
+    assert_eq!(field, "frontends[0].snat_addresses");
+    assert_eq!(
+        message,
+        "snat_address (198.18.2.1) and snat_addresses are both set"
+    );
+    assert!(fix.starts_with("keep one"), "{fix}");
+}
+
+#[test]
+fn snat_addresses_are_checked_one_by_one() {
+    let (line, field, message, fix) =
+        only_problem(&snat("snat_addresses = [\"198.18.2.1\", \"2001:2::1\"]"));
+    assert_eq!(
+        (line, field.as_str()),
+        (Some(9), "frontends[0].snat_addresses[1]")
+    );
+    assert_eq!(
+        message,
+        "snat_addresses 2001:2::1 is not of the same family as address 198.18.100.1"
+    );
+    assert_eq!(fix, "use an SNAT address of the frontend's family");
+
+    let (_, field, message, fix) =
+        only_problem(&snat("snat_addresses = [\"198.18.2.1\", \"198.18.2.1\"]"));
+    assert_eq!(field, "frontends[0].snat_addresses[1]");
+    assert_eq!(message, "SNAT address 198.18.2.1 is listed twice");
+    assert_eq!(fix, "list each address once");
+
+    let (_, field, message, _) = only_problem(&snat("snat_addresses = [\"0.0.0.0\"]"));
+    assert_eq!(field, "frontends[0].snat_addresses[0]");
+    assert_eq!(message, "0.0.0.0 cannot be an SNAT address");
+
+    let (_, field, message, _) = only_problem(&snat("snat_address = \"2001:2::1\""));
+    assert_eq!(field, "frontends[0].snat_address");
+    assert_eq!(
+        message,
+        "snat_address 2001:2::1 is not of the same family as address 198.18.100.1"
+    );
+
+    let nine: Vec<String> = (1..=9).map(|i| format!("\"198.18.2.{i}\"")).collect();
+    let (_, field, message, fix) =
+        only_problem(&snat(&format!("snat_addresses = [{}]", nine.join(", "))));
+    assert_eq!(field, "frontends[0].snat_addresses");
+    assert_eq!(message, "9 SNAT addresses; a frontend has at most 8");
+    assert!(fix.starts_with("list at most 8"), "{fix}");
+
+    let (_, field, message, _) = only_problem(&snat("snat_addresses = []"));
+    assert_eq!(field, "frontends[0].snat_address");
+    assert_eq!(message, "a tcp frontend needs an SNAT address for full NAT");
+}
+
+#[test]
+fn snat_ports_errors_name_the_line_and_the_fix() {
+    for (ports, message) in [
+        (
+            "\"30000-20000\"",
+            "port range \"30000-20000\" is backwards (30000 is past 20000)",
+        ),
+        (
+            "\"0-100\"",
+            "\"0\" in \"0-100\" is not a port from 1 to 65535",
+        ),
+        (
+            "\"1024-65536\"",
+            "\"65536\" in \"1024-65536\" is not a port from 1 to 65535",
+        ),
+    ] {
+        let text = GOOD.replace(
+            "snat_address = \"198.18.2.1\"",
+            &format!("snat_address = \"198.18.2.1\"\nsnat_ports = {ports}"),
+        );
+        let e = errors(&text);
+        let (line, p) = &e.problems[0];
+        assert_eq!(p.field, "frontends[0].snat_ports");
+        assert_eq!(*line, Some(10), "{e}");
+        assert!(p.message.contains(message), "{}", p.message);
+        assert_eq!(
+            p.fix, "write the first and last port, such as \"1024-65535\"",
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn ha_and_bgp_sections_are_checked_field_by_field() {
+    let ha = r#"
+[ha]
+listen = "198.18.50.1:7946"
+peer = "198.18.50.1:7946"
+secret_file = "/etc/lb/ha.secret"
+sync_interval = "1ms"
+
+[ha.vrrp]
+virtual_router_id = 0
+advert_int = "105ms"
+
+[bgp]
+local_as = 65001
+router_id = "198.18.60.2"
+neighbors = []
+"#;
+    let e = errors(&format!("{GOOD}{ha}"));
+    let fields: Vec<&str> = e.problems.iter().map(|(_, p)| p.field.as_str()).collect();
+    for field in [
+        "ha.peer",
+        "ha.sync_interval",
+        "ha.vrrp.interface",
+        "ha.vrrp.virtual_router_id",
+        "ha.vrrp.advert_int",
+        "ha.vrrp.addresses",
+        "bgp.neighbors",
+    ] {
+        assert!(fields.contains(&field), "{field} in {fields:?}");
+    }
+    // Each names its line in the file.
+    assert!(e.problems.iter().all(|(line, _)| line.is_some()), "{e}");
+}
+
+#[test]
+fn the_stateless_fallback_needs_dsr_and_maglev() {
+    let e = errors(&GOOD.replace(
+        "snat_address = \"198.18.2.1\"",
+        "snat_address = \"198.18.2.1\"\ndsr_stateless_fallback = true",
+    ));
+    assert_eq!(e.problems[0].1.field, "frontends[0].dsr_stateless_fallback");
+    assert!(e.problems[0].1.message.contains("forwarding = \"dsr\""));
+}

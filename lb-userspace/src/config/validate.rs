@@ -229,6 +229,22 @@ impl Config {
                     "name one of the [[backends]] entries",
                 ),
                 Some(b) => {
+                    if f.dsr_stateless_fallback && f.forwarding != Forwarding::Dsr {
+                        problem(
+                            format!("{at}.dsr_stateless_fallback"),
+                            "dsr_stateless_fallback needs forwarding = \"dsr\": with full NAT a flow's SNAT port lives on one node only".into(),
+                            "set forwarding = \"dsr\", or remove dsr_stateless_fallback",
+                        );
+                    } else if f.dsr_stateless_fallback && b.balancing_method != Method::Maglev {
+                        problem(
+                            format!("{at}.dsr_stateless_fallback"),
+                            format!(
+                                "dsr_stateless_fallback needs backend {:?} to use maglev, not {}: only a table every node computes alike sends an untracked packet to its flow's server",
+                                b.name, b.balancing_method
+                            ),
+                            "set balancing_method = \"maglev\" on the backend",
+                        );
+                    }
                     if f.forwarding == Forwarding::Dsr
                         && let Some(bind) = f.binds.iter().find(|bind| bind.port != b.port.number)
                     {
@@ -296,22 +312,7 @@ impl Config {
                     "list them, for example interfaces = [\"eth0\"]",
                 );
             }
-            match f.snat_address {
-                None if in_xdp && f.forwarding == Forwarding::Nat => problem(
-                    format!("{at}.snat_address"),
-                    "a tcp frontend needs an SNAT address for full NAT".into(),
-                    "set snat_address to an address of this host that servers route back to",
-                ),
-                Some(a) if a.is_ipv4() != f.address.is_ipv4() => problem(
-                    format!("{at}.snat_address"),
-                    format!(
-                        "snat_address {a} is not of the same family as address {}",
-                        f.address
-                    ),
-                    "use an SNAT address of the frontend's family",
-                ),
-                _ => {}
-            }
+            self.validate_snat(f, &at, in_xdp, &mut problem);
         }
         let h = &self.http;
         for (field, value) in [
@@ -360,7 +361,166 @@ impl Config {
                 "use about one worker per core, such as 2 (the default)",
             );
         }
+        if let Some(ha) = &self.ha {
+            self.validate_ha(ha, &mut problem);
+        }
+        if let Some(bgp) = &self.bgp
+            && bgp.neighbors.is_empty()
+        {
+            problem(
+                "bgp.neighbors".into(),
+                "no BGP neighbor to announce the VIPs to".into(),
+                "add neighbors = [{ address = \"198.18.60.1\", remote_as = 65000 }]",
+            );
+        }
         out
+    }
+
+    fn validate_ha(&self, ha: &super::HaConfig, problem: &mut impl FnMut(String, String, &str)) {
+        if ha.listen.is_ipv4() != ha.peer.is_ipv4() || ha.listen.ip() == ha.peer.ip() {
+            problem(
+                "ha.peer".into(),
+                format!(
+                    "peer {} must be another address of the same family as listen {}",
+                    ha.peer, ha.listen
+                ),
+                "give the other node's sync address, such as \"198.18.50.2:7946\"",
+            );
+        }
+        if ha.listen.ip().is_unspecified() {
+            problem(
+                "ha.listen".into(),
+                format!("listen {} is not an address of this node", ha.listen),
+                "give this node's own address on the link to its peer: keepalived sends its adverts from it",
+            );
+        }
+        let ms = ha.sync_interval.as_millis();
+        if !(10..=10_000).contains(&ms) {
+            problem(
+                "ha.sync_interval".into(),
+                format!("sync_interval {ms}ms is outside 10ms..=10s"),
+                "use a short interval such as \"200ms\" (the default): younger flows may be lost at a failover",
+            );
+        }
+        let v = &ha.vrrp;
+        if v.interface.is_empty() {
+            problem(
+                "ha.vrrp.interface".into(),
+                "no interface for VRRP adverts".into(),
+                "name the interface that holds ha.listen's address, such as \"eth1\"",
+            );
+        }
+        if v.virtual_router_id == 0 {
+            problem(
+                "ha.vrrp.virtual_router_id".into(),
+                "virtual_router_id 0 is not a VRRP router id".into(),
+                "use 1 to 255, the same on both nodes",
+            );
+        }
+        let cs = v.advert_int.as_millis();
+        if !(10..=40_950).contains(&cs) || !cs.is_multiple_of(10) {
+            problem(
+                "ha.vrrp.advert_int".into(),
+                format!("advert_int {cs}ms is not a VRRPv3 interval"),
+                "use a multiple of 10ms from \"10ms\" to \"40s\", such as \"100ms\" (the default)",
+            );
+        }
+        if v.addresses.is_empty() {
+            problem(
+                "ha.vrrp.addresses".into(),
+                "no floating address".into(),
+                "list the VIP (or the clients' next hop) and the servers' gateway, such as [{ address = \"198.18.0.1/24\", interface = \"eth0\" }]",
+            );
+        }
+        for (i, a) in v.addresses.iter().enumerate() {
+            if a.interface.is_empty() {
+                problem(
+                    format!("ha.vrrp.addresses[{i}].interface"),
+                    format!("floating address {} has no interface", a.address.net),
+                    "name the interface that holds it on the master",
+                );
+            }
+        }
+    }
+
+    /// `snat_address` / `snat_addresses`: one of the two (the first is a one-address list),
+    /// needed by a full-NAT frontend in XDP, at most `MAX_SNAT_ADDRS` unicast addresses of
+    /// the frontend's family, each once.
+    fn validate_snat(
+        &self,
+        f: &Frontend,
+        at: &str,
+        in_xdp: bool,
+        problem: &mut impl FnMut(String, String, &str),
+    ) {
+        let max = lb_common::maps::MAX_SNAT_ADDRS;
+        if let (Some(one), false) = (f.snat_address, f.snat_addresses.is_empty()) {
+            problem(
+                format!("{at}.snat_addresses"),
+                format!("snat_address ({one}) and snat_addresses are both set"),
+                "keep one: snat_address = \"A\" is the same as snat_addresses = [\"A\"], so \
+                 move it into the list",
+            );
+            return;
+        }
+        let addresses = f.snat_addresses();
+        if addresses.is_empty() {
+            if in_xdp && f.forwarding == Forwarding::Nat {
+                problem(
+                    format!("{at}.snat_address"),
+                    "a tcp frontend needs an SNAT address for full NAT".into(),
+                    "set snat_address (or snat_addresses) to addresses of this host that servers \
+                     route back to",
+                );
+            }
+            return;
+        }
+        if addresses.len() > max {
+            problem(
+                format!("{at}.snat_addresses"),
+                format!(
+                    "{} SNAT addresses; a frontend has at most {max}",
+                    addresses.len()
+                ),
+                &format!(
+                    "list at most {max} addresses (each adds snat_ports flows per server port)"
+                ),
+            );
+        }
+        let field = |j: usize| match f.snat_address {
+            Some(_) => format!("{at}.snat_address"),
+            None => format!("{at}.snat_addresses[{j}]"),
+        };
+        let name = if f.snat_address.is_some() {
+            "snat_address"
+        } else {
+            "snat_addresses"
+        };
+        let mut seen = HashSet::new();
+        for (j, a) in addresses.iter().enumerate() {
+            if a.is_ipv4() != f.address.is_ipv4() {
+                problem(
+                    field(j),
+                    format!(
+                        "{name} {a} is not of the same family as address {}",
+                        f.address
+                    ),
+                    "use an SNAT address of the frontend's family",
+                );
+            } else if a.is_unspecified() || a.is_multicast() || a.is_loopback() {
+                problem(
+                    field(j),
+                    format!("{a} cannot be an SNAT address"),
+                    "use a unicast address of this host that servers route back to",
+                );
+            } else if !seen.insert(*a) {
+                problem(
+                    field(j),
+                    format!("SNAT address {a} is listed twice"),
+                    "list each address once",
+                );
+            }
+        }
     }
 
     fn validate_http_frontend(

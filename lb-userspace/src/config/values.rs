@@ -70,6 +70,16 @@ spelled! {
 }
 
 spelled! {
+    /// Which node of an HA pair should be master when both are healthy and synced.
+    #[derive(Default)]
+    pub enum HaRole {
+        #[default]
+        Master = "master",
+        Backup = "backup",
+    }
+}
+
+spelled! {
     /// What the proxy does with a request header whose name has an underscore, such as
     /// `X_Forwarded_For`: CGI-style servers (PHP, WSGI, Rack) read `_` and `-` alike, so it
     /// could pass for a header the proxy rewrote. nginx drops them
@@ -254,6 +264,100 @@ impl Serialize for Port {
         } else {
             s.serialize_u16(self.number)
         }
+    }
+}
+
+/// A range of ports, both ends included, written "1024-65535" (or one port, "5000"); written
+/// back as it was written. Its ends are 1 to 65535 and the first is not past the last.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortRange {
+    pub min: u16,
+    pub max: u16,
+    text: String,
+}
+
+impl PortRange {
+    pub fn new(min: u16, max: u16) -> PortRange {
+        PortRange {
+            min,
+            max,
+            text: format!("{min}-{max}"),
+        }
+    }
+
+    /// Ports in the range.
+    pub fn len(&self) -> u32 {
+        u32::from(self.max) - u32::from(self.min) + 1
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    pub fn contains(&self, port: u16) -> bool {
+        (self.min..=self.max).contains(&port)
+    }
+
+    /// Whether the two ranges share a port.
+    pub fn overlaps(&self, min: u16, max: u16) -> bool {
+        self.min <= max && min <= self.max
+    }
+
+    pub fn parse(text: &str) -> Result<PortRange, String> {
+        let (lo, hi) = match text.split_once('-') {
+            Some((lo, hi)) => (lo.trim(), hi.trim()),
+            None => (text.trim(), text.trim()),
+        };
+        let port = |s: &str| {
+            s.parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| format!("{s:?} in {text:?} is not a port from 1 to 65535"))
+        };
+        let (min, max) = (port(lo)?, port(hi)?);
+        if min > max {
+            return Err(format!(
+                "port range {text:?} is backwards ({min} is past {max})"
+            ));
+        }
+        Ok(PortRange {
+            min,
+            max,
+            text: text.to_string(),
+        })
+    }
+}
+
+impl Default for PortRange {
+    /// The default SNAT range: every unprivileged port.
+    fn default() -> Self {
+        PortRange::new(
+            lb_common::maps::DEFAULT_SNAT_PORT_MIN,
+            lb_common::maps::DEFAULT_SNAT_PORT_MAX,
+        )
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.min, self.max)
+    }
+}
+
+impl<'de> Deserialize<'de> for PortRange {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        PortRange::parse(&text).map_err(|e| {
+            de::Error::custom(format!(
+                "{e}{FIX}write the first and last port, such as \"1024-65535\""
+            ))
+        })
+    }
+}
+
+impl Serialize for PortRange {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text)
     }
 }
 
@@ -471,6 +575,27 @@ mod tests {
     }
 
     #[test]
+    fn port_ranges() {
+        let r = PortRange::parse("1024-65535").unwrap();
+        assert_eq!((r.min, r.max, r.len()), (1024, 65535, 64512));
+        assert_eq!(PortRange::parse(" 5000 ").unwrap().len(), 1);
+        assert_eq!(PortRange::default(), PortRange::new(1024, 65535));
+        assert!(r.overlaps(32768, 60999) && !r.overlaps(1, 1023));
+        assert_eq!(
+            PortRange::parse("2000-1000").unwrap_err(),
+            "port range \"2000-1000\" is backwards (2000 is past 1000)"
+        );
+        assert_eq!(
+            PortRange::parse("0-100").unwrap_err(),
+            "\"0\" in \"0-100\" is not a port from 1 to 65535"
+        );
+        assert!(PortRange::parse("1024-65536").is_err());
+        assert!(PortRange::parse("low-high").is_err());
+        let json = serde_json::to_string(&PortRange::parse("1024 - 2047").unwrap()).unwrap();
+        assert_eq!(json, "\"1024 - 2047\"", "written back as written");
+    }
+
+    #[test]
     fn every_word_serialises_as_it_is_spelled() {
         fn check<T: serde::Serialize + fmt::Display>(all: &[T]) {
             for w in all {
@@ -489,6 +614,7 @@ mod tests {
         check(OnDown::ALL);
         check(InitState::ALL);
         check(UnderscoreHeaders::ALL);
+        check(HaRole::ALL);
     }
 
     #[test]

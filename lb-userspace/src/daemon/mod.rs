@@ -3,9 +3,11 @@
 //! SIGHUP or a change of the config file reloads (`reload`), an API change is applied and
 //! saved, a probe result may take a server in or out, a collection pass refreshes what the
 //! API and the metrics show (`publish`), SIGINT/SIGTERM stop it. Map I/O runs on the
-//! runtime's blocking threads; the garbage collector runs on its own (`collect`).
+//! runtime's blocking threads; the garbage collector runs on its own (`collect`), and so
+//! does an HA pair's flow sync (`ha`).
 
 mod collect;
+mod ha;
 mod linger;
 mod publish;
 mod reload;
@@ -83,10 +85,14 @@ pub struct Daemon {
     /// What the API reads of servers and frontends.
     live: Arc<RwLock<api::types::Live>>,
     publisher: publish::Publisher,
+    /// Reloads and their last success, for the metrics.
+    reloads: metrics::DaemonInfo,
     /// The rendered metrics, when `[metrics] listen` is set.
     metrics: Option<metrics::Shared>,
     collect: watch::Sender<collect::Settings>,
     collected: mpsc::UnboundedReceiver<Result<GcReport>>,
+    /// The HA pair's sync, when `[ha]` is set.
+    ha: Option<ha::HaLink>,
     detach_on_exit: bool,
 }
 
@@ -121,14 +127,8 @@ impl Daemon {
             "connection table allocated (client-side and server-side entries)"
         );
         info!(
-            ports = %format_args!(
-                "{}-{}",
-                lb_common::maps::SNAT_PORT_MIN,
-                lb_common::maps::SNAT_PORT_MAX
-            ),
-            per_server = lb_common::maps::SNAT_PORTS,
             syn_reclaim_ms = lb_common::maps::SYN_RECLAIM_NS / 1_000_000,
-            "SNAT source ports: per SNAT address, server port and protocol; handshakes idle past syn_reclaim_ms give theirs to new SYNs"
+            "SNAT source ports: each frontend's snat_ports per SNAT address, server port and protocol; handshakes idle past syn_reclaim_ms give theirs to new SYNs"
         );
         let restored = dataplane.pinned_health()?;
         if !restored.is_empty() {
@@ -163,9 +163,14 @@ impl Daemon {
             api: None,
             live: live.clone(),
             publisher: publish::Publisher::default(),
+            reloads: metrics::DaemonInfo {
+                last_reload_success: unix_now(),
+                ..metrics::DaemonInfo::default()
+            },
             metrics: None,
             collect,
             collected,
+            ha: None,
             detach_on_exit: options.detach_on_exit,
         };
         if let Some(listen) = config.api.listen {
@@ -186,7 +191,11 @@ impl Daemon {
             info!(%listen, "metrics at /metrics");
             daemon.metrics = Some(shared);
         }
+        let ha = config.ha.clone();
         daemon.install(config).await?;
+        if let Some(ha) = &ha {
+            daemon.ha = Some(ha::start(&daemon.config, ha, &daemon.dataplane)?);
+        }
         info!(
             frontends = daemon.config.frontends.len(),
             backends = daemon.config.backends.len(),
@@ -209,6 +218,9 @@ impl Daemon {
     /// Attach to new interfaces, apply the config's difference, detach from interfaces no
     /// longer named.
     async fn install(&mut self, config: Config) -> Result<()> {
+        for w in config.host_warnings() {
+            warn!(field = %w.field, fix = %w.fix, "{}", w.message);
+        }
         let wanted = config.interfaces();
         let attached = self
             .with_dataplane(move |dp| {
@@ -288,14 +300,17 @@ impl Daemon {
                 .get(&(backend.to_string(), address))
                 .is_none_or(|h| h.up)
         };
-        let (written, servers, retired) = {
+        let (written, servers, retired, names) = {
             let (config, up) = (config.clone(), up.clone());
             self.with_dataplane(move |dp| {
                 let written = dp.apply_config_with_health(&config, &up)?;
-                Ok((written, dp.server_ids(), dp.retired()))
+                Ok((written, dp.server_ids(), dp.retired(), dp.names()))
             })
             .await?
         };
+        if let Some(ha) = &self.ha {
+            ha.shared.set_names(names);
+        }
         self.collect
             .send_replace(collect::Settings::of(config, servers, retired));
         if self.proxy.is_none() && config.frontends.iter().any(|f| config.in_userspace(f)) {
@@ -457,6 +472,9 @@ impl Daemon {
 
     async fn stop(self) -> Result<()> {
         warn!("signal received; detaching");
+        if let Some(ha) = &self.ha {
+            ha.stop();
+        }
         let detach = self.detach_on_exit;
         let proxy = self.proxy;
         let dataplane = self.dataplane;
@@ -478,4 +496,11 @@ impl Daemon {
         })
         .await?
     }
+}
+
+/// Seconds since the Unix epoch.
+pub(crate) fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }

@@ -54,6 +54,8 @@ impl Daemon {
                 self.publisher.report.clone(),
                 self.checks.clone(),
                 self.config.dataplane.conntrack_size,
+                self.ha.as_ref().map(|h| h.status()),
+                self.reloads.clone(),
             )
         });
         let read = self
@@ -71,8 +73,9 @@ impl Daemon {
                 for (id, name) in &inventory.frontends {
                     frontends.insert(name.clone(), (*id, dp.frontend_stats(*id)?));
                 }
-                let metrics = render
-                    .map(|(report, checks, size)| metrics::render(dp, &report, size, &checks));
+                let metrics = render.map(|(report, checks, size, ha, reloads)| {
+                    metrics::render(dp, &report, size, &checks, ha.as_ref(), &reloads)
+                });
                 Ok(Counters {
                     servers,
                     frontends,
@@ -102,6 +105,7 @@ impl Daemon {
         let mut live = Live {
             conntrack_entries: self.publisher.report.flows as u64,
             conntrack_capacity: u64::from(self.config.dataplane.conntrack_size),
+            ha: self.ha.as_ref().map(|h| h.status()),
             ..Live::default()
         };
         for backend in &self.config.backends {

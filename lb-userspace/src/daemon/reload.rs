@@ -27,14 +27,21 @@ impl Daemon {
         let path = self.path.clone();
         let loaded = tokio::task::spawn_blocking(move || Config::load(&path)).await;
         match loaded {
-            Err(e) => error!(reason = why, error = %e, "config reload failed"),
-            Ok(Err(e)) => error!(
-                reason = why,
-                "config reload rejected; the running config stays:\n{e}"
-            ),
+            Err(e) => {
+                self.reloads.reloads_failed += 1;
+                error!(reason = why, error = %e, "config reload failed")
+            }
+            Ok(Err(e)) => {
+                self.reloads.reloads_failed += 1;
+                error!(
+                    reason = why,
+                    "config reload rejected; the running config stays:\n{e}"
+                )
+            }
             Ok(Ok(config)) => {
                 let config = keep_restart_only(&self.config, config);
                 if config == self.config {
+                    self.reload_succeeded();
                     info!(reason = why, "config unchanged");
                     return;
                 }
@@ -53,16 +60,25 @@ impl Daemon {
 
     async fn install_reloaded(&mut self, config: Config, why: &str) {
         match self.install(config).await {
-            Ok(()) => info!(reason = why, "config reloaded"),
+            Ok(()) => {
+                self.reload_succeeded();
+                info!(reason = why, "config reloaded")
+            }
             Err(e) => {
+                self.reloads.reloads_failed += 1;
                 error!(reason = why, error = %format!("{e:#}"), "config reload failed part-way")
             }
         }
     }
+
+    fn reload_succeeded(&mut self) {
+        self.reloads.reloads_ok += 1;
+        self.reloads.last_reload_success = super::unix_now();
+    }
 }
 
 /// `new` with the settings that take effect only at a restart (`[api]`, `[metrics]`, the
-/// pin path, the connection table's size, the proxy's workers) as they run: what the
+/// pin path, the connection table's size, the proxy's workers, `[ha]`, `[bgp]`) as they run: what the
 /// daemon runs, and an API change saves, is never a file's partial view of them. A file
 /// that changes them is told so.
 fn keep_restart_only(running: &Config, mut new: Config) -> Config {
@@ -82,6 +98,14 @@ fn keep_restart_only(running: &Config, mut new: Config) -> Config {
     if new.dataplane.conntrack_size != running.dataplane.conntrack_size {
         ignored.push("dataplane.conntrack_size");
         new.dataplane.conntrack_size = running.dataplane.conntrack_size;
+    }
+    if new.ha != running.ha {
+        ignored.push("[ha]");
+        new.ha = running.ha.clone();
+    }
+    if new.bgp != running.bgp {
+        ignored.push("[bgp]");
+        new.bgp = running.bgp.clone();
     }
     if new.http.workers != running.http.workers {
         ignored.push("http.workers");

@@ -18,8 +18,8 @@ use aya::maps::{Array, HashMap as BpfHashMap, MapData};
 use lb_common::{
     flow::{Timeouts, is_half_open},
     maps::{
-        ENTRY_COUNTED, ENTRY_DSR, FlowKey, MAP_CONNTRACK, MAP_SERVER_ACTIVE, MAP_SNAT, MAP_STICKY,
-        NatEntry, StickyEntry, StickyKey,
+        Addr, ENTRY_COUNTED, ENTRY_DSR, FlowKey, MAP_CONNTRACK, MAP_SERVER_ACTIVE, MAP_SNAT,
+        MAP_STICKY, NatEntry, StickyEntry, StickyKey,
     },
     wire::IPPROTO_TCP,
 };
@@ -61,9 +61,9 @@ pub struct GcReport {
     /// TCP flows left whose handshake the client has not completed (they do not count as
     /// open).
     pub half_open: usize,
-    /// SNAT ports held (reverse entries left) per server id and IP protocol; each server
-    /// has `SNAT_PORTS` per protocol and SNAT address.
-    pub snat_ports_used: HashMap<(u32, u8), u64>,
+    /// SNAT ports held (reverse entries left) per server id, IP protocol and SNAT address:
+    /// each server has its frontends' `snat_ports` per protocol and SNAT address.
+    pub snat_ports_used: HashMap<(u32, u8, Addr), u64>,
     /// Open flows per server id after reconciliation.
     pub active: HashMap<u32, u64>,
     /// Open flows per frontend id.
@@ -295,7 +295,7 @@ impl Collector {
                 *cycle
                     .sum
                     .snat_ports_used
-                    .entry((entry.server_id, key.proto))
+                    .entry((entry.server_id, key.proto, key.dst))
                     .or_default() += 1;
                 cycle.uses(entry);
             }

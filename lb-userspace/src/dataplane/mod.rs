@@ -1,11 +1,12 @@
 //! The kernel side as userspace sees it. This file loads the embedded XDP object, pins its
 //! maps and attaches it; `plan` turns a config into what the maps hold, `write` writes it
 //! (double-buffered tables, only changed slots), `gc` expires flows, `counters` reads the
-//! per-CPU counters, `neighbours` keeps servers' next hops resolved, and `sys` holds the
+//! per-CPU counters, `flows` reads and writes tracked flows in bulk (HA sync), `neighbours` keeps servers' next hops resolved, and `sys` holds the
 //! raw syscalls aya does not wrap.
 
 pub mod batch;
 mod counters;
+mod flows;
 mod gc;
 pub mod neighbours;
 pub mod plan;
@@ -29,6 +30,7 @@ use lb_common::maps::{
 };
 use tracing::{info, warn};
 
+pub use flows::{FlowTables, Names, reverse_of};
 pub use gc::{Collector, GcReport, SLICE};
 use plan::Ids;
 pub use plan::Retired;
@@ -39,6 +41,21 @@ use write::BackendState;
 
 /// The XDP object built by build.rs from lb-ebpf.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
+
+/// The first 12 hex digits of the embedded XDP object's SHA-256: which data plane a binary
+/// carries (`lb --version`, `lb_build_info`).
+pub fn ebpf_object_hash() -> String {
+    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HASH.get_or_init(|| {
+        ring::digest::digest(&ring::digest::SHA256, EBPF_OBJECT)
+            .as_ref()
+            .iter()
+            .take(6)
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    })
+    .clone()
+}
 
 /// Kernel memory per tracked flow: a client-side and a server-side hash entry, each a
 /// 40-byte key, a 56-byte value and about 64 bytes of htab element overhead.
@@ -51,6 +68,8 @@ pub struct Dataplane {
     /// Servers as last written, by id.
     servers: HashMap<u32, ServerInfo>,
     frontends: Vec<FrontendKey>,
+    /// SNAT ports per backend id and SNAT address, as last planned ([`plan::Plan::snat_pools`]).
+    snat_pools: HashMap<u32, HashMap<lb_common::maps::Addr, u32>>,
     managed_neighbours: HashSet<std::net::IpAddr>,
     links: HashMap<(String, String), aya::programs::xdp::XdpLinkId>,
     /// Where maps and links are pinned, if anywhere.
@@ -74,6 +93,9 @@ pub struct InventoryServer {
     pub weight: u32,
     /// Still in its backend (a removed server keeps its id and counters).
     pub present: bool,
+    /// SNAT addresses its backend's flows may come from, each with how many ports it has
+    /// towards the server's port (per protocol).
+    pub snat_pools: Vec<(std::net::IpAddr, u32)>,
 }
 
 impl Dataplane {
@@ -120,6 +142,7 @@ impl Dataplane {
             backends: HashMap::new(),
             servers: HashMap::new(),
             frontends: Vec::new(),
+            snat_pools: HashMap::new(),
             managed_neighbours: HashSet::new(),
             links: HashMap::new(),
             pins: pins.map(Path::to_path_buf),
@@ -262,12 +285,23 @@ impl Dataplane {
             .iter()
             .map(|((backend, address, _port), id)| {
                 let info = self.servers.get(&id);
+                let mut snat_pools: Vec<(std::net::IpAddr, u32)> = self
+                    .ids
+                    .backends
+                    .get(backend)
+                    .and_then(|b| self.snat_pools.get(&b))
+                    .into_iter()
+                    .flatten()
+                    .map(|(addr, ports)| (plan::ip_of(addr), *ports))
+                    .collect();
+                snat_pools.sort_unstable();
                 InventoryServer {
                     id,
                     backend: backend.clone(),
                     address: *address,
                     weight: info.map_or(0, |s| s.weight),
                     present: info.is_some(),
+                    snat_pools,
                 }
             })
             .collect();

@@ -11,10 +11,11 @@ use std::{
 use lb_common::{
     maglev::{MaglevServer, build_table, round_robin_sequence},
     maps::{
-        ADDR_SNAT, ADDR_VIP, Addr, FRONTEND_FLAG_DSR, FRONTEND_FLAG_USERSPACE, FrontendInfo,
-        FrontendKey, MAX_BACKENDS, MAX_FRONTENDS, MAX_SERVERS, METHOD_FIRST, METHOD_LEASTCONN,
-        METHOD_MAGLEV, METHOD_ROUNDROBIN, METHOD_SOURCE, SERVER_CHECK_DOWN, SERVER_PRESENT,
-        SERVER_RESET_FLOWS, ServerInfo,
+        ADDR_SNAT, ADDR_VIP, Addr, FRONTEND_FLAG_DSR, FRONTEND_FLAG_STATELESS_FALLBACK,
+        FRONTEND_FLAG_USERSPACE, FrontendInfo, FrontendKey, MAX_BACKENDS, MAX_FRONTENDS,
+        MAX_SERVERS, MAX_SNAT_ADDRS, METHOD_FIRST, METHOD_LEASTCONN, METHOD_MAGLEV,
+        METHOD_ROUNDROBIN, METHOD_SOURCE, SERVER_CHECK_DOWN, SERVER_PRESENT, SERVER_RESET_FLOWS,
+        ServerInfo,
     },
     wire::{IPPROTO_TCP, IPPROTO_UDP},
 };
@@ -175,17 +176,52 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// `LB_ADDRS`: each frontend's address, and each full-NAT frontend's SNAT address,
+    /// `LB_ADDRS`: each frontend's address, and each full-NAT frontend's SNAT addresses,
     /// with their kinds (an address may be both).
     pub fn addresses(&self) -> HashMap<Addr, u32> {
         let mut addrs: HashMap<Addr, u32> = HashMap::new();
         for (key, info) in &self.frontends {
             *addrs.entry(key.addr).or_default() |= ADDR_VIP;
             if info.flags & (FRONTEND_FLAG_DSR | FRONTEND_FLAG_USERSPACE) == 0 {
-                *addrs.entry(info.snat_addr).or_default() |= ADDR_SNAT;
+                for addr in &info.snat_addrs[..info.snat_count as usize] {
+                    *addrs.entry(*addr).or_default() |= ADDR_SNAT;
+                }
             }
         }
         addrs
+    }
+}
+
+impl Plan {
+    /// The SNAT ports each backend's flows can be given, per SNAT address: backend id ->
+    /// address -> how many ports (the union of the ranges of the full-NAT frontends that
+    /// send to the backend through that address). Each server port of the backend has that
+    /// many per address and protocol.
+    pub fn snat_pools(&self) -> HashMap<u32, HashMap<Addr, u32>> {
+        let mut ranges: HashMap<(u32, Addr), Vec<(u16, u16)>> = HashMap::new();
+        for (_, info) in &self.frontends {
+            if info.flags & (FRONTEND_FLAG_DSR | FRONTEND_FLAG_USERSPACE) != 0 {
+                continue;
+            }
+            for addr in &info.snat_addrs[..(info.snat_count as usize).min(MAX_SNAT_ADDRS)] {
+                ranges
+                    .entry((info.backend_id, *addr))
+                    .or_default()
+                    .push((info.snat_port_min, info.snat_port_max));
+            }
+        }
+        let mut pools: HashMap<u32, HashMap<Addr, u32>> = HashMap::new();
+        for ((backend, addr), mut list) in ranges {
+            list.sort_unstable();
+            let (mut ports, mut next) = (0u32, 0u32);
+            for (min, max) in list {
+                let (min, max) = (u32::from(min).max(next), u32::from(max) + 1);
+                ports += max.saturating_sub(min);
+                next = next.max(max);
+            }
+            pools.entry(backend).or_default().insert(addr, ports);
+        }
+        pools
     }
 }
 
@@ -194,6 +230,12 @@ pub fn addr16(ip: IpAddr) -> Addr {
         IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
         IpAddr::V6(v6) => v6.octets(),
     }
+}
+
+/// The address of a 16-byte map address (IPv4-mapped ones as IPv4).
+pub fn ip_of(addr: &Addr) -> IpAddr {
+    let v6 = std::net::Ipv6Addr::from(*addr);
+    v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
 }
 
 /// The data plane's id of a balancing method.
@@ -295,17 +337,33 @@ impl Plan {
                     },
                     _pad: 0,
                 };
+                let mut snat_addrs = [Addr::default(); MAX_SNAT_ADDRS];
+                let addresses = f.snat_addresses();
+                // Validation keeps the list within MAX_SNAT_ADDRS.
+                for (slot, a) in snat_addrs.iter_mut().zip(&addresses) {
+                    *slot = addr16(*a);
+                }
+                let ports = f.snat_ports();
                 let info = FrontendInfo {
                     backend_id,
                     flags: if config.in_userspace(f) {
                         FRONTEND_FLAG_USERSPACE
                     } else if f.forwarding == Forwarding::Dsr {
+                        // Validation allows the fallback only for DSR on maglev.
                         FRONTEND_FLAG_DSR
+                            | if f.dsr_stateless_fallback {
+                                FRONTEND_FLAG_STATELESS_FALLBACK
+                            } else {
+                                0
+                            }
                     } else {
                         0
                     },
-                    snat_addr: f.snat_address.map(addr16).unwrap_or_default(),
+                    snat_addrs,
                     frontend_id,
+                    snat_port_min: ports.min,
+                    snat_port_max: ports.max,
+                    snat_count: addresses.len().min(MAX_SNAT_ADDRS) as u32,
                     _pad: 0,
                 };
                 plan.frontends.push((key, info));
@@ -335,6 +393,53 @@ mod tests {
         assert!((share(2) - 0.50).abs() < 0.01);
         assert_eq!(plan.frontends.len(), 2, "one tcp and one udp bind");
         assert_eq!(plan.frontends[0].0.port, 80u16.to_be());
+        let info = &plan.frontends[0].1;
+        assert_eq!(info.snat_count, 1);
+        assert_eq!((info.snat_port_min, info.snat_port_max), (1024, 65535));
+    }
+
+    #[test]
+    fn every_snat_address_and_the_range_reach_the_frontend_and_lb_addrs() {
+        let text = crate::DEFAULT_DEMO_CONFIG.replace(
+            "snat_address = \"198.18.2.1\"",
+            "snat_addresses = [\"198.18.2.1\", \"198.18.2.2\"]\nsnat_ports = \"20000-20999\"",
+        );
+        let p = plan(&text, &mut Ids::default());
+        let info = &p.frontends[0].1;
+        assert_eq!(info.snat_count, 2);
+        assert_eq!((info.snat_port_min, info.snat_port_max), (20000, 20999));
+        assert_eq!(info.snat_space(), 2000);
+        let two = addr16("198.18.2.2".parse().unwrap());
+        assert_eq!(info.snat_addrs[1], two);
+        assert_eq!(info.snat_addrs[2], Addr::default());
+        let addrs = p.addresses();
+        assert_eq!(addrs[&two], ADDR_SNAT);
+        assert_eq!(p.snat_pools()[&0][&two], 1000);
+        assert_eq!(addrs[&addr16("198.18.2.1".parse().unwrap())], ADDR_SNAT);
+    }
+
+    #[test]
+    fn snat_pools_count_overlapping_ranges_once() {
+        let second = crate::DEFAULT_DEMO_CONFIG
+            .split("[[backends]]")
+            .next()
+            .unwrap()
+            .replace("name = \"demo\"", "name = \"demo2\"")
+            .replace("198.18.100.1", "198.18.100.2");
+        let text = format!("{}\n{second}", crate::DEFAULT_DEMO_CONFIG)
+            .replacen(
+                "snat_address = \"198.18.2.1\"",
+                "snat_address = \"198.18.2.1\"\nsnat_ports = \"2000-2999\"",
+                1,
+            )
+            .replacen(
+                "snat_address = \"198.18.2.1\"\n\n",
+                "snat_address = \"198.18.2.1\"\nsnat_ports = \"2500-3499\"\n\n",
+                1,
+            );
+        let p = plan(&text, &mut Ids::default());
+        let one = addr16("198.18.2.1".parse().unwrap());
+        assert_eq!(p.snat_pools()[&0][&one], 1500, "2000-3499:\n{text}");
     }
 
     #[test]

@@ -107,6 +107,7 @@ impl Dataplane {
             frontends.remove(key)?;
         }
         self.frontends = plan.frontends.iter().map(|(k, _)| *k).collect();
+        self.snat_pools = plan.snat_pools();
         self.write_addresses(&addrs, true)?;
         Ok(written)
     }

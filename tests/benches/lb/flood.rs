@@ -150,12 +150,7 @@ impl Counted {
 fn syns_counted(client: &NetNs) -> Result<Counted> {
     let read = || -> Result<Counted> {
         let text = scrape_metrics(METRICS.into())?;
-        let xdp = |counter: &str| {
-            metric(
-                &text,
-                &format!("lb_xdp_packets_total{{counter=\"{counter}\"}}"),
-            )
-        };
+        let xdp = |counter: &str| metric(&text, &lb_common::stats::metric_sample(counter));
         let Some(new) = xdp("flow_new") else {
             bail!("no flow_new counter in the metrics yet");
         };

@@ -5,6 +5,7 @@
 //! Usage: `lb --out DIR [--quick] [--check] [--only GROUP]` (run through `cargo xtask bench`).
 
 mod flood;
+mod ha;
 mod http;
 mod maglev;
 mod micro;
@@ -72,11 +73,24 @@ servers = {{ type = "addresses", addresses = [{}] }}
 
 /// Workloads where several systems compete, and the peers lb-nat is compared with.
 const SYSTEM_WORKLOADS: &[&str] = &[
-    "packet-rate",
+    "cpu-per-packet",
+    "max-packet-rate",
+    "cpu-per-packet-1m-flows",
+    "packet-rate-1m-flows",
+    "cpu-per-connection",
     "connection-rate",
     "throughput",
     "latency-p50",
     "latency-p99",
+];
+/// The systems workloads HAProxy has no row in (it has no UDP mode).
+const UDP_WORKLOADS: &[&str] = &[
+    "cpu-per-packet",
+    "max-packet-rate",
+    "cpu-per-packet-1m-flows",
+    "packet-rate-1m-flows",
+    "balancer-share-cpu1",
+    "balancer-core-load",
 ];
 const PEERS: &[&str] = &["direct", "nftables", "haproxy-tcp"];
 
@@ -130,16 +144,33 @@ const HTTP_WORKLOADS: &[&str] = &[
 ];
 const HTTP_PEERS: &[&str] = &["haproxy-http", "nginx"];
 
-/// Every row a run must produce (HAProxy has no UDP, so no packet-rate row for it).
+/// The group (`--only`) a workload's rows come from.
+fn group_of(workload: &str) -> &'static str {
+    match workload.split('-').next() {
+        // The SNAT capacity rows come from the micro group's BPF_PROG_TEST_RUN.
+        Some("micro" | "snat") => "micro",
+        Some("maglev") => "maglev",
+        Some("syn") => "flood",
+        Some("scale") => "scale",
+        Some("http") => "http",
+        Some("ha") => "ha",
+        _ => "systems",
+    }
+}
+
+/// Every row a run must produce (HAProxy has no UDP, so no packet rows for it).
 fn expected_rows() -> Vec<(String, String)> {
     let mut expected = Vec::new();
-    for workload in SYSTEM_WORKLOADS {
-        for system in ["direct", "nftables", "haproxy-tcp", "lb-nat"] {
-            if *workload == "packet-rate" && system == "haproxy-tcp" {
+    for workload in SYSTEM_WORKLOADS
+        .iter()
+        .chain(["balancer-share-cpu1", "balancer-core-load"].iter())
+    {
+        for system in ["direct", "nftables", "haproxy-tcp", "lb-nat", "lb-dsr"] {
+            if UDP_WORKLOADS.contains(workload) && system == "haproxy-tcp" {
                 continue;
             }
             expected.push((workload.to_string(), system.to_string()));
-            if system != "lb-nat" {
+            if PEERS.contains(&system) && SYSTEM_WORKLOADS.contains(workload) {
                 expected.push((workload.to_string(), format!("ratio:lb-nat/{system}")));
             }
         }
@@ -153,6 +184,12 @@ fn expected_rows() -> Vec<(String, String)> {
         ("micro-established", "lb-dsr"),
         ("micro-nat-reply", "lb-nat"),
         ("micro-non-vip-pass", "lb-nat"),
+        ("micro-new-flow-syn-1m-flows", "lb-nat"),
+        ("micro-new-flow-syn-1m-flows", "lb-dsr"),
+        ("micro-new-flow-syn-1m-flows", "ratio:lb-nat/parse-tx"),
+        ("micro-floor", "two-inserts"),
+        ("micro-floor", "one-insert"),
+        ("micro-floor", "two-lookups"),
         ("micro-new-flow-syn", "ratio:lb-nat/xdp-drop"),
         ("micro-new-flow-syn", "ratio:lb-nat/parse-tx"),
         ("micro-new-flow-syn", "ratio:lb-dsr/parse-tx"),
@@ -162,6 +199,10 @@ fn expected_rows() -> Vec<(String, String)> {
         ("micro-non-vip-pass", "ratio:lb-nat/parse-tx"),
         ("micro-established", "lb-nat:min"),
         ("micro-established", "lb-nat:max"),
+        ("snat-concurrent-flows", "1-address"),
+        ("snat-concurrent-flows", "1-address:1%-failing"),
+        ("snat-concurrent-flows", "4-addresses"),
+        ("snat-concurrent-flows", "4-addresses:1%-failing"),
         ("maglev-build", "lb"),
         ("maglev-balance", "lb"),
         ("maglev-disruption", "lb"),
@@ -176,6 +217,12 @@ fn expected_rows() -> Vec<(String, String)> {
         ("scale-sighup-applied", "lb"),
         ("scale-api-put", "lb"),
         ("scale-sigterm-exit", "lb"),
+        ("ha-bulk-sync", "lb"),
+        ("ha-failover-new-connection", "lb+keepalived"),
+        ("ha-failover-old-flow-answers", "lb+keepalived"),
+        ("ha-sync-throughput", "lb"),
+        ("ha-sync-lag-5k-new-flows-per-s", "lb:median"),
+        ("ha-sync-lag-5k-new-flows-per-s", "lb:p99"),
     ] {
         expected.push((workload.into(), system.into()));
     }
@@ -193,7 +240,7 @@ fn expected_rows() -> Vec<(String, String)> {
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let (mut quick, mut check, mut replot, mut out) = (false, false, false, None);
-    // One group only (micro, maglev, systems, http, flood, scale): for working on one part.
+    // One group only (micro, maglev, systems, http, flood, scale, ha): for working on one part.
     let mut only: Option<String> = None;
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -206,7 +253,7 @@ fn main() -> Result<()> {
             // cargo bench passes --bench to harness=false targets.
             "--bench" => {}
             other => bail!(
-                "unknown argument {other:?}; usage: --out DIR [--quick] [--check] [--only micro|maglev|systems|http|flood|scale]"
+                "unknown argument {other:?}; usage: --out DIR [--quick] [--check] [--only micro|maglev|systems|http|flood|scale|ha]"
             ),
         }
     }
@@ -225,9 +272,6 @@ fn main() -> Result<()> {
     };
 
     let runs = |group: &str| only.as_deref().is_none_or(|o| o == group);
-    if check && only.is_some() {
-        bail!("--check needs every group; drop --only");
-    }
     let mut rows = Vec::new();
     if runs("micro") {
         rows.extend(micro::run(quick).context("microbenchmarks")?);
@@ -247,6 +291,9 @@ fn main() -> Result<()> {
     if runs("scale") {
         rows.extend(scale::run(&settings).context("a full connection table")?);
     }
+    if runs("ha") {
+        rows.extend(ha::run(quick, &settings.lb_bin).context("HA")?);
+    }
     add_ratios(&mut rows);
 
     std::fs::create_dir_all(&out)?;
@@ -263,8 +310,13 @@ fn main() -> Result<()> {
     );
 
     if check {
-        let missing: Vec<String> = expected_rows()
+        // With --only, the rows of that group.
+        let expected: Vec<(String, String)> = expected_rows()
             .into_iter()
+            .filter(|(w, _)| runs(group_of(w)))
+            .collect();
+        let missing: Vec<String> = expected
+            .iter()
             .filter(|(w, s)| {
                 !rows
                     .iter()
@@ -277,7 +329,7 @@ fn main() -> Result<()> {
         }
         println!(
             "bench check: all {} expected rows present and non-zero",
-            expected_rows().len()
+            expected.len()
         );
     }
     Ok(())

@@ -16,8 +16,9 @@ use aya::{
 };
 use lb_common::{
     maps::{
-        BENCH_MODE_NEW_FLOW, BenchTemplate, FLOW_ESTABLISHED, FlowKey, MAP_BENCH_JUMP,
-        MAP_BENCH_TEMPLATE, MAP_CONNTRACK, MAP_SNAT, NatEntry, PROG_BENCH_DROP,
+        BENCH_MODE_NEW_FLOW, BenchTemplate, CONNTRACK_ENTRIES, FLOW_ESTABLISHED, FlowKey,
+        MAP_BENCH_JUMP, MAP_BENCH_TEMPLATE, MAP_CONNTRACK, MAP_SNAT, NatEntry, PROG_BENCH_DROP,
+        PROG_BENCH_FLOOR_INSERT, PROG_BENCH_FLOOR_INSERTS, PROG_BENCH_FLOOR_LOOKUPS,
         PROG_BENCH_PARSE_TX, PROG_BENCH_RESTORE, PROG_LB,
     },
     wire::{IPPROTO_TCP, TCP_ACK, TCP_SYN},
@@ -169,7 +170,14 @@ pub fn run(quick: bool) -> Result<Vec<Row>> {
     let ns = fixture_namespace(&format!("lbbench{}", std::process::id()))?;
     let handle = ns.run(move || -> Result<Vec<Row>> {
         let mut dataplane = Dataplane::load()?;
-        for name in [PROG_BENCH_DROP, PROG_BENCH_PARSE_TX, PROG_BENCH_RESTORE] {
+        for name in [
+            PROG_BENCH_DROP,
+            PROG_BENCH_PARSE_TX,
+            PROG_BENCH_RESTORE,
+            PROG_BENCH_FLOOR_LOOKUPS,
+            PROG_BENCH_FLOOR_INSERTS,
+            PROG_BENCH_FLOOR_INSERT,
+        ] {
             dataplane.program(name)?.load()?;
         }
         let fxc = nix::net::if_::if_nametoindex("fxc")?;
@@ -232,6 +240,24 @@ pub fn run(quick: bool) -> Result<Vec<Row>> {
         let new_flow = minus(new_flows(&mut b, &syn)?, wrapper_new[0]);
         b.set_template(&dsr_syn, BENCH_MODE_NEW_FLOW)?;
         let new_flow_dsr = minus(new_flows(&mut b, &dsr_syn)?, wrapper_new[0]);
+        // What no new flow avoids: the inserts alone, into the same empty tables.
+        let floor = |b: &mut Bench, prog: &str| {
+            spread(|| {
+                clear_flows(b)?;
+                b.time(prog, &syn, new_flow_repeat)
+            })
+        };
+        let floor_inserts = floor(&mut b, PROG_BENCH_FLOOR_INSERTS)?;
+        let floor_insert = floor(&mut b, PROG_BENCH_FLOOR_INSERT)?;
+        // New flows into full tables: each insert evicts the least recently used entry.
+        clear_flows(&mut b)?;
+        b.time(PROG_BENCH_FLOOR_INSERTS, &syn, CONNTRACK_ENTRIES)?;
+        let full_flows = |b: &mut Bench, frame: &[u8]| {
+            spread(|| b.time(PROG_BENCH_RESTORE, frame, new_flow_repeat))
+        };
+        let new_flow_dsr_full = minus(full_flows(&mut b, &dsr_syn)?, wrapper_new[0]);
+        b.set_template(&syn, BENCH_MODE_NEW_FLOW)?;
+        let new_flow_full = minus(full_flows(&mut b, &syn)?, wrapper_new[0]);
         clear_flows(&mut b)?;
 
         // The plain SYN opens the flow the rest time; the server's SYN-ACK and the client's
@@ -269,6 +295,7 @@ pub fn run(quick: bool) -> Result<Vec<Row>> {
             spread(|| b.time(PROG_BENCH_RESTORE, &ack, repeat))?,
             wrapper[0],
         );
+        let floor_lookups = spread(|| b.time(PROG_BENCH_FLOOR_LOOKUPS, &ack, repeat))?;
         b.set_template(&dsr_syn, 0)?;
         b.time(PROG_BENCH_RESTORE, &dsr_syn, 1)?;
         b.set_template(&dsr_ack, 0)?;
@@ -329,6 +356,11 @@ pub fn run(quick: bool) -> Result<Vec<Row>> {
         for (workload, system, value) in [
             ("micro-new-flow-syn", "lb-nat", new_flow),
             ("micro-new-flow-syn", "lb-dsr", new_flow_dsr),
+            ("micro-new-flow-syn-1m-flows", "lb-nat", new_flow_full),
+            ("micro-new-flow-syn-1m-flows", "lb-dsr", new_flow_dsr_full),
+            ("micro-floor", "two-inserts", floor_inserts),
+            ("micro-floor", "one-insert", floor_insert),
+            ("micro-floor", "two-lookups", floor_lookups),
             ("micro-established", "lb-nat", established),
             ("micro-established", "lb-dsr", established_dsr),
             ("micro-nat-reply", "lb-nat", nat_reply),
@@ -350,9 +382,166 @@ pub fn run(quick: bool) -> Result<Vec<Row>> {
         }
         Ok(rows)
     })?;
-    let rows = handle
+    let mut rows = handle
         .join()
         .map_err(|_| anyhow::anyhow!("microbenchmark thread panicked"))??;
+    drop(ns);
+    rows.extend(snat_concurrent_flows()?);
+    Ok(rows)
+}
+
+/// Frontends of the SNAT capacity bench: each sends to one server (port 8080) through its
+/// own SNAT addresses, with the default `snat_ports` (1024-65535).
+const SNAT_CAPACITY_CONFIG: &str = r#"
+[[frontends]]
+name = "snat-1"
+mode = "tcp"
+address = "198.18.100.5"
+binds = [{ port = 53, protocol = "udp" }]
+default_backend = "snat-1"
+interfaces = ["fxc", "fxs"]
+snat_address = "198.18.2.1"
+
+[[frontends]]
+name = "snat-4"
+mode = "tcp"
+address = "198.18.100.6"
+binds = [{ port = 53, protocol = "udp" }]
+default_backend = "snat-4"
+interfaces = ["fxc", "fxs"]
+snat_addresses = ["198.18.2.11", "198.18.2.12", "198.18.2.13", "198.18.2.14"]
+
+[[backends]]
+name = "snat-1"
+mode = "tcp"
+balancing_method = "maglev"
+port = 8080
+servers = { type = "addresses", addresses = [{ address = "198.18.128.1" }] }
+
+[[backends]]
+name = "snat-4"
+mode = "tcp"
+balancing_method = "maglev"
+port = 8080
+servers = { type = "addresses", addresses = [{ address = "198.18.128.2" }] }
+"#;
+
+/// SNAT failures among the last this many new flows that count as "1 % failing".
+const FAILING_WINDOW: usize = 1000;
+
+/// Concurrent flows to one server port before SNAT exhaustion: new flows from distinct
+/// clients (one BPF_PROG_TEST_RUN each, none ever closed) to a frontend with one server,
+/// until the first is dropped as `drop_snat_exhausted`, and on until 1 % of the last 1000
+/// are. UDP, so that no port is given back meanwhile (a SYN takes over the port of a
+/// handshake idle for `SYN_RECLAIM_NS`, which a longer run would reach); a TCP flow's port
+/// search is the same. Deterministic: the flows' hash decides every try.
+fn snat_concurrent_flows() -> Result<Vec<Row>> {
+    let ns = fixture_namespace(&format!("lbsnat{}", std::process::id()))?;
+    let handle = ns.run(move || -> Result<Vec<Row>> {
+        let mut dataplane = Dataplane::load()?;
+        let fxc = nix::net::if_::if_nametoindex("fxc")?;
+        let fxs = nix::net::if_::if_nametoindex("fxs")?;
+        dataplane.add_tx_port(fxc)?;
+        dataplane.add_tx_port(fxs)?;
+        let config = Config::parse("snat-bench.toml", SNAT_CAPACITY_CONFIG)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        dataplane.apply_config(&config)?;
+        let ctx: Vec<u8> = [0u32, 0, 0, fxc, 0, 0]
+            .iter()
+            .flat_map(|w| w.to_ne_bytes())
+            .collect();
+        let mut rows = Vec::new();
+        for (system, vip, addresses) in [
+            ("1-address", Ipv4Addr::new(198, 18, 100, 5), 1u64),
+            ("4-addresses", Ipv4Addr::new(198, 18, 100, 6), 4),
+        ] {
+            let pairs = addresses
+                * u64::from(
+                    lb_common::maps::DEFAULT_SNAT_PORT_MAX
+                        - lb_common::maps::DEFAULT_SNAT_PORT_MIN
+                        + 1,
+                );
+            let (mut open, mut first, mut window) = (0u64, None, std::collections::VecDeque::new());
+            let mut failing = None;
+            let mut failed = 0u64;
+            let mut out = vec![0u8; 256];
+            for i in 0..pairs * 2 {
+                let frame = Frame {
+                    dst_mac: CLIENT_SIDE_MAC,
+                    src_mac: CLIENT_MAC,
+                    vlan: None,
+                    src: IpAddr::V4(Ipv4Addr::new(198, 19, (i >> 8) as u8, i as u8)),
+                    dst: IpAddr::V4(vip),
+                    sport: 1024 + (i >> 16) as u16,
+                    dport: 53,
+                    l4: L4::Udp,
+                }
+                .build(b"x");
+                let mut ctx = ctx.clone();
+                ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+                let xdp: &mut Xdp = dataplane.program(PROG_LB)?;
+                let verdict = xdp
+                    .test_run(TestRunOptions {
+                        data_in: Some(&frame),
+                        data_out: Some(&mut out),
+                        ctx_in: Some(&ctx),
+                        ..Default::default()
+                    })?
+                    .return_value;
+                let ok = match verdict {
+                    4 => true,  // XDP_REDIRECT: towards the server
+                    1 => false, // XDP_DROP
+                    v => anyhow::bail!("verdict {v} for new flow {i} of {system}"),
+                };
+                if ok {
+                    open += 1;
+                } else {
+                    failed += 1;
+                    first.get_or_insert(open);
+                }
+                window.push_back(ok);
+                if window.len() > FAILING_WINDOW {
+                    window.pop_front();
+                }
+                if window.len() == FAILING_WINDOW
+                    && window.iter().filter(|ok| !**ok).count() * 100 >= FAILING_WINDOW
+                {
+                    failing = Some(open);
+                    break;
+                }
+            }
+            let frontend = if addresses == 1 { 0 } else { 1 };
+            let dropped = dataplane.frontend_stats(frontend)?.drop_snat_exhausted;
+            anyhow::ensure!(
+                dropped == failed,
+                "{system}: {failed} flows failed, {dropped} counted as SNAT exhaustion"
+            );
+            let (Some(first), Some(failing)) = (first, failing) else {
+                anyhow::bail!("{system}: {open} flows open and no exhaustion");
+            };
+            eprintln!(
+                "snat-concurrent-flows {system}: first exhaustion at {first} flows open, 1 % of new flows failing at {failing}, of {pairs} (address, port) pairs"
+            );
+            rows.push(Row::new("snat-concurrent-flows", system, first as f64, "flows"));
+            rows.push(Row::new(
+                "snat-concurrent-flows",
+                &format!("{system}:1%-failing"),
+                failing as f64,
+                "flows",
+            ));
+            rows.push(Row::new(
+                "snat-concurrent-flows",
+                &format!("{system}:pairs"),
+                pairs as f64,
+                "flows",
+            ));
+            // The flows stay: the next system's server and SNAT addresses are its own.
+        }
+        Ok(rows)
+    })?;
+    let rows = handle
+        .join()
+        .map_err(|_| anyhow::anyhow!("SNAT capacity thread panicked"))??;
     drop(ns);
     Ok(rows)
 }

@@ -306,29 +306,42 @@ fn cycle_time(lb: &NetNs, flows: u64) -> Result<f64> {
     .map_err(|_| anyhow::anyhow!("metrics thread panicked"))?
 }
 
-/// utime + stime of `pid` in clock ticks.
-fn cpu_ticks(pid: u32) -> Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command's closing parenthesis; utime and stime are 14 and 15.
-    let rest = stat.rsplit_once(')').context("stat format")?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    Ok(fields[11].parse::<u64>()? + fields[12].parse::<u64>()?)
+/// CPU time of every thread `pid` has run, dead ones included, in ns. The process CPU
+/// clock counts scheduler runtime in ns; /proc/PID/stat's ticks are 10 ms, which rounds an
+/// idle daemon's few hundred µs a second to zero.
+fn cpu_ns(pid: u32) -> Result<u64> {
+    let mut clock: libc::clockid_t = 0;
+    // SAFETY: `clock` is a valid out-pointer; the call only reads `pid`.
+    let err = unsafe { libc::clock_getcpuclockid(pid as libc::pid_t, &mut clock) };
+    if err != 0 {
+        bail!(
+            "clock_getcpuclockid({pid}): {}",
+            std::io::Error::from_raw_os_error(err)
+        );
+    }
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid out-pointer and `clock` came from clock_getcpuclockid.
+    if unsafe { libc::clock_gettime(clock, &mut now) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("clock_gettime");
+    }
+    Ok(now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64)
 }
 
 /// The daemon's CPU (% of a core) over `window`, and its busiest second.
 fn cpu_percent(pid: u32, window: Duration) -> Result<(f64, f64)> {
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    let (t0, at) = (cpu_ticks(pid)?, Instant::now());
+    let (t0, at) = (cpu_ns(pid)?, Instant::now());
     let (mut last, mut peak) = (t0, 0.0f64);
     while at.elapsed() < window {
         let second = Instant::now();
         std::thread::sleep(Duration::from_secs(1));
-        let now = cpu_ticks(pid)?;
-        peak = peak.max(100.0 * (now - last) as f64 / hz / second.elapsed().as_secs_f64());
+        let now = cpu_ns(pid)?;
+        peak = peak.max(100.0 * (now - last) as f64 / 1e9 / second.elapsed().as_secs_f64());
         last = now;
     }
-    let used = (last - t0) as f64 / hz;
+    let used = (last - t0) as f64 / 1e9;
     Ok((100.0 * used / at.elapsed().as_secs_f64(), peak))
 }
 
