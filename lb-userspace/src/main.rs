@@ -145,6 +145,14 @@ enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Change one server at runtime, through the REST API; the change is saved to the
+    /// config file (its comments kept). SERVER is the server's name or address.
+    Server {
+        #[command(subcommand)]
+        action: ServerAction,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// High availability: the configs lb's partners need (README "High availability").
     Ha {
         #[command(subcommand)]
@@ -157,6 +165,74 @@ enum Command {
         /// The interfaces to attach it to.
         interfaces: Vec<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum ServerAction {
+    /// Set the configured weight (0..100; 0 takes no new flows).
+    SetWeight {
+        /// The backend's name.
+        backend: String,
+        /// The server's name or address.
+        server: String,
+        /// The new weight.
+        weight: u32,
+    },
+    /// No new flows; its flows run on, until the timeout if one is given, then the
+    /// backend's `on_drain_timeout` ("reset", the default, or "keep") applies.
+    Drain {
+        /// The backend's name.
+        backend: String,
+        /// The server's name or address.
+        server: String,
+        /// How long its flows may run on ("30s", "5m"); default: until `lb server ready`.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<std::time::Duration>,
+    },
+    /// Maintenance: no new flows, health checks paused; its flows run on.
+    Maint {
+        /// The backend's name.
+        backend: String,
+        /// The server's name or address.
+        server: String,
+    },
+    /// Back in service from drain or maint (new flows again once healthy).
+    Ready {
+        /// The backend's name.
+        backend: String,
+        /// The server's name or address.
+        server: String,
+    },
+}
+
+impl ServerAction {
+    /// The backend, the server and the API's patch.
+    fn patch(self) -> (String, String, serde_json::Value) {
+        match self {
+            ServerAction::SetWeight {
+                backend,
+                server,
+                weight,
+            } => (backend, server, serde_json::json!({ "weight": weight })),
+            ServerAction::Drain {
+                backend,
+                server,
+                timeout,
+            } => {
+                let mut patch = serde_json::json!({ "state": "drain" });
+                if let Some(t) = timeout {
+                    patch["drain_timeout"] = humantime::format_duration(t).to_string().into();
+                }
+                (backend, server, patch)
+            }
+            ServerAction::Maint { backend, server } => {
+                (backend, server, serde_json::json!({ "state": "maint" }))
+            }
+            ServerAction::Ready { backend, server } => {
+                (backend, server, serde_json::json!({ "state": "ready" }))
+            }
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -260,6 +336,16 @@ fn main() -> ExitCode {
                 None,
             )?;
             Ok((lb_userspace::cli::servers_table(&servers), servers))
+        }),
+        Command::Server { action, api } => api_command(&api, |client, lb| {
+            let (backend, server, patch) = action.patch();
+            let stored = client.call(
+                "PATCH",
+                &format!("/v1/lbs/{lb}/backends/{backend}/servers/{server}"),
+                Some(&patch.to_string()),
+            )?;
+            let list = serde_json::json!({ "servers": [stored.clone()] });
+            Ok((lb_userspace::cli::servers_table(&list), stored))
         }),
         Command::Ha { action } => {
             let (path, render): (_, fn(&Config) -> anyhow::Result<String>) = match action {

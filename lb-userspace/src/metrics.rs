@@ -49,17 +49,31 @@ fn labels(pairs: &[(&str, &str)]) -> Labels {
         .collect()
 }
 
+/// A server as the daemon runs it: configured weight, and state (`publish::server_state`).
+#[derive(Clone, Copy, Debug)]
+pub struct ServerView {
+    pub weight: u32,
+    pub state: &'static str,
+}
+
+/// What the daemon knows beyond the maps.
+pub struct DaemonView<'a> {
+    pub servers: &'a HashMap<(String, IpAddr), ServerView>,
+    pub checks: &'a HashMap<(String, IpAddr), CheckStats>,
+    pub ha: Option<&'a crate::api::types::HaStatus>,
+    pub reloads: &'a DaemonInfo,
+}
+
 /// Render every metric from the data plane's maps and the last GC pass.
 pub fn render(
     dataplane: &Dataplane,
     gc: &GcReport,
     conntrack_size: u32,
-    checks: &HashMap<(String, IpAddr), CheckStats>,
-    ha: Option<&crate::api::types::HaStatus>,
-    daemon: &DaemonInfo,
+    view: &DaemonView,
 ) -> Result<String> {
+    let (checks, ha) = (view.checks, view.ha);
     let mut r = Registry::default();
-    register_daemon(&mut r, daemon);
+    register_daemon(&mut r, view.reloads);
     let fe_in = counter(
         &mut r,
         "lb_frontend_bytes_in",
@@ -108,6 +122,17 @@ pub fn render(
         "1 when the server takes new flows",
     );
     let srv_weight = gauge(&mut r, "lb_server_weight", "Configured weight");
+    let srv_effective = gauge(
+        &mut r,
+        "lb_server_effective_weight",
+        "The weight new flows see: 0 while DOWN, DRAIN or MAINT",
+    );
+    let srv_state = gauge(
+        &mut r,
+        "lb_server_state",
+        "1 for the server's state: up, down (failing its check), drain (no new flows, set or \
+         weight 0) or maint (maintenance: no new flows, not checked)",
+    );
     let srv_current = gauge(&mut r, "lb_server_current_sessions", "Open flows");
     let srv_sessions = counter(&mut r, "lb_server_sessions", "Flows opened");
     let srv_in = counter(&mut r, "lb_server_bytes_in", "Bytes sent to the server");
@@ -229,7 +254,24 @@ pub fn render(
         srv_status
             .get_or_create(&l)
             .set(i64::from(server.present && server.weight > 0));
-        srv_weight.get_or_create(&l).set(i64::from(server.weight));
+        let shown = view.servers.get(&(server.backend.clone(), server.address));
+        srv_weight
+            .get_or_create(&l)
+            .set(i64::from(shown.map_or(server.weight, |s| s.weight)));
+        srv_effective
+            .get_or_create(&l)
+            .set(i64::from(server.weight));
+        if let Some(shown) = shown {
+            for state in ["up", "down", "drain", "maint"] {
+                srv_state
+                    .get_or_create(&labels(&[
+                        ("backend", &server.backend),
+                        ("server", &address),
+                        ("state", state),
+                    ]))
+                    .set(i64::from(shown.state == state));
+            }
+        }
         srv_current
             .get_or_create(&l)
             .set(gc.active.get(&server.id).copied().unwrap_or(0) as i64);

@@ -1177,7 +1177,9 @@ fn flows_of_a_down_server_are_reset_when_its_backend_says_so() {
         );
         let config = Config::parse("fixture.toml", &config).unwrap();
         fx.dataplane
-            .apply_config_with_health(&config, &|backend, _| backend != "v4-servers")
+            .apply_config_with_health(&config, &|backend, _| backend != "v4-servers", &|_, _| {
+                false
+            })
             .unwrap();
 
         let active = fx.dataplane.server_active(tracked.server_id).unwrap();
@@ -1224,7 +1226,9 @@ fn flows_of_a_down_server_are_reset_when_its_backend_says_so() {
             XDP_REDIRECT
         );
         fx.dataplane
-            .apply_config_with_health(&config, &|backend, _| backend != "v4-servers")
+            .apply_config_with_health(&config, &|backend, _| backend != "v4-servers", &|_, _| {
+                false
+            })
             .unwrap();
         let (verdict, out) = fx.run(&tcp(TCP_SYN, 42002), fx.client_ifindex);
         assert_eq!(verdict, XDP_TX);

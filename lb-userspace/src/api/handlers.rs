@@ -20,7 +20,9 @@ use super::{
     state::Api,
     types::*,
 };
-use crate::config::{Backend, Config, DEFAULT_LB, Frontend, LoadBalancer, PublicPort};
+use crate::config::{
+    AdminState, Backend, Config, DEFAULT_LB, Frontend, LoadBalancer, PublicPort, Servers,
+};
 
 type Shared = State<Arc<Api>>;
 
@@ -420,6 +422,114 @@ async fn backend_servers(
     Ok(Json(ServerList { servers }))
 }
 
+/// The backend and server index `server` (a name or an address) names, for a change.
+fn find_server(
+    config: &Config,
+    lb: &str,
+    backend: &str,
+    server: &str,
+) -> ApiResult<(usize, usize)> {
+    require_lb(config, lb)?;
+    let i = find::<Backend>(config, lb, backend).ok_or_else(|| {
+        ApiError::not_found(&format!("backend {backend:?} in load balancer {lb:?}"))
+            .field("backend_name")
+    })?;
+    match &config.backends[i].servers {
+        Servers::Addresses { addresses } => addresses
+            .iter()
+            .position(|s| s.is(server))
+            .map(|j| (i, j))
+            .ok_or_else(|| {
+                ApiError::not_found(&format!(
+                    "server {server:?} (a name or an address) in backend {backend:?}"
+                ))
+                .field("server")
+            }),
+        Servers::Computer { .. } => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "computer_servers",
+            format!(
+                "backend {backend:?} lists its servers by computer_ids, which have no settings of their own; list them as addresses to set one"
+            ),
+        )
+        .field("servers")),
+    }
+}
+
+/// One server's live status, found by name or address.
+fn live_server(api: &Api, backend: &str, server: &str) -> Option<ServerStatus> {
+    let address = server.parse::<std::net::IpAddr>().ok();
+    api.live
+        .read()
+        .expect("live lock")
+        .servers
+        .get(backend)?
+        .iter()
+        .find(|s| {
+            s.name.as_deref() == Some(server) || address.is_some_and(|a| s.address.parse() == Ok(a))
+        })
+        .cloned()
+}
+
+/// One server of a backend: its live state, weight and open flows.
+#[utoipa::path(get, path = "/v1/lbs/{lb_id}/backends/{backend_name}/servers/{server}", params(("lb_id" = String, Path), ("backend_name" = String, Path), ("server" = String, Path, description = "Its name or address")), responses((status = 200, body = ServerStatus), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+async fn get_server(
+    State(api): Shared,
+    Path((lb_id, backend, server)): Path<(String, String, String)>,
+) -> ApiResult<Json<ServerStatus>> {
+    let config = api.config();
+    find_server(&config, &lb_id, &backend, &server)?;
+    live_server(&api, &backend, &server)
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(&format!("server {server:?}")).field("server"))
+}
+
+/// Change one server at runtime: its weight, or its state (ready, drain with an optional
+/// timeout, maint). Saved to the config file with its comments; answers the server's new
+/// live status.
+#[utoipa::path(patch, path = "/v1/lbs/{lb_id}/backends/{backend_name}/servers/{server}", params(("lb_id" = String, Path), ("backend_name" = String, Path), ("server" = String, Path, description = "Its name or address")), request_body = ServerPatch, responses((status = 200, body = ServerStatus), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)), security(("bearer" = [])))]
+async fn patch_server(
+    State(api): Shared,
+    Path((lb_id, backend, server)): Path<(String, String, String)>,
+    body: Bytes,
+) -> ApiResult<Json<ServerStatus>> {
+    let patch: ServerPatch = parse_body(&body)?;
+    if patch.weight.is_none() && patch.state.is_none() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "empty_patch",
+            "nothing to change: give weight, state or both",
+        ));
+    }
+    if patch.drain_timeout.is_some() && patch.state != Some(AdminState::Drain) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            "drain_timeout goes with state \"drain\"",
+        )
+        .field("drain_timeout"));
+    }
+    api.change(|config| {
+        let (i, j) = find_server(config, &lb_id, &backend, &server)?;
+        let Servers::Addresses { addresses } = &mut config.backends[i].servers else {
+            unreachable!("find_server answers only for addresses");
+        };
+        let s = &mut addresses[j];
+        if let Some(weight) = patch.weight {
+            s.weight = weight;
+        }
+        if let Some(state) = patch.state {
+            s.state = (state != AdminState::Ready).then_some(state);
+            s.drain_timeout = patch.drain_timeout;
+        }
+        Ok(((), format!("backends[{i}].servers.addresses[{j}]")))
+    })
+    .await?;
+    live_server(&api, &backend, &server)
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(&format!("server {server:?}")).field("server"))
+}
+
 /// The status of a load balancer: its frontends with open flows, totals and rates, its
 /// backends' servers with configured and effective weight, health and open flows.
 #[utoipa::path(get, path = "/v1/lbs/{lb_id}/status", params(("lb_id" = String, Path)), responses((status = 200, body = Status), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
@@ -605,7 +715,7 @@ async fn delete_public_port(
     info(title = "lb API", description = "The load balancer's REST API (the OpenScaler object model)."),
     paths(
         list_lbs, create_lb, get_lb, delete_lb,
-        list_backends, create_backend, get_backend, put_backend, delete_backend, backend_servers, lb_status,
+        list_backends, create_backend, get_backend, put_backend, delete_backend, backend_servers, get_server, patch_server, lb_status,
         list_frontends, create_frontend, get_frontend, put_frontend, delete_frontend,
         create_public_port, delete_public_port,
     ),
@@ -629,6 +739,10 @@ pub fn router(api: Arc<Api>, tokens: Arc<Tokens>) -> Router {
         .route(
             "/v1/lbs/{lb_id}/backends/{backend_name}/servers",
             get(backend_servers),
+        )
+        .route(
+            "/v1/lbs/{lb_id}/backends/{backend_name}/servers/{server}",
+            get(get_server).patch(patch_server),
         )
         .route(
             "/v1/lbs/{lb_id}/frontends",

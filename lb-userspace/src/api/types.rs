@@ -13,11 +13,17 @@ use crate::config::{Backend, Frontend, PublicPort};
 #[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
 pub struct ServerStatus {
     pub backend: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     pub address: String,
     pub port: u16,
+    /// "up", "down" (failing its health check), "drain" (set to drain, or weight 0: no new
+    /// flows, its flows run on) or "maint" (maintenance: no new flows, not checked).
+    #[serde(default)]
+    pub state: String,
     /// The configured weight.
     pub weight: u32,
-    /// The weight new flows see now: 0 while the server is DOWN.
+    /// The weight new flows see now: 0 while the server is DOWN, DRAIN or MAINT.
     pub effective_weight: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_conn: Option<u32>,
@@ -171,4 +177,26 @@ pub struct PublicPortCreated {
 pub struct PublicPortRef {
     #[schema(minimum = 1, maximum = 65535)]
     pub port: u16,
+}
+
+/// `PATCH /v1/lbs/{id}/backends/{name}/servers/{server}`: the runtime settings of one
+/// server (`lb server set-weight|drain|maint|ready`), saved to the config file.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServerPatch {
+    /// The configured weight, 0..100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
+    /// "ready", "drain" or "maint".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub state: Option<crate::config::AdminState>,
+    /// With state "drain": how long its flows may run on ("5m"); absent: until "ready".
+    #[serde(
+        default,
+        with = "crate::config::values::duration::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<String>)]
+    pub drain_timeout: Option<std::time::Duration>,
 }

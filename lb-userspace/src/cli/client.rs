@@ -95,6 +95,12 @@ impl Client {
                 .header("Authorization", &auth)
                 .header("Content-Type", "application/json")
                 .send(b),
+            ("PATCH", Some(b)) => self
+                .agent
+                .patch(&url)
+                .header("Authorization", &auth)
+                .header("Content-Type", "application/json")
+                .send(b),
             ("POST", Some(b)) => self
                 .agent
                 .post(&url)

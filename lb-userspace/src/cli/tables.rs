@@ -101,8 +101,10 @@ pub fn servers_table(list: &Value) -> String {
         .flatten()
         .map(|s| {
             vec![
+                cell(&s["name"]),
                 cell(&s["address"]),
                 cell(&s["port"]),
+                cell(&s["state"]).to_uppercase(),
                 cell(&s["weight"]),
                 cell(&s["effective_weight"]),
                 cell(&s["max_conn"]),
@@ -113,8 +115,10 @@ pub fn servers_table(list: &Value) -> String {
         .collect();
     table(
         &[
+            "NAME",
             "ADDRESS",
             "PORT",
+            "STATE",
             "WEIGHT",
             "EFFECTIVE",
             "MAX_CONN",
@@ -157,8 +161,10 @@ pub fn status_table(s: &Status) -> String {
             .filter(|v| v.backend == b.backend)
             .map(|v| {
                 vec![
+                    v.name.clone().unwrap_or_else(|| "-".into()),
                     v.address.clone(),
                     v.port.to_string(),
+                    v.state.to_uppercase(),
                     v.weight.to_string(),
                     v.effective_weight.to_string(),
                     v.health.to_uppercase(),
@@ -170,8 +176,10 @@ pub fn status_table(s: &Status) -> String {
             .collect();
         let servers = table(
             &[
+                "NAME",
                 "ADDRESS",
                 "PORT",
+                "STATE",
                 "WEIGHT",
                 "EFFECTIVE",
                 "HEALTH",

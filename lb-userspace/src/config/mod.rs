@@ -21,8 +21,9 @@ pub use host::Ephemeral;
 pub use model::*;
 pub use persist::persist;
 pub use values::{
-    AclCriterion, CheckKind, Cidr, ExpectedCodes, Forwarding, HaRole, InitState, Method, Mode,
-    OnDown, Port, PortRange, Protocol, ProxyVersion, RouteCond, StickyKind, UnderscoreHeaders,
+    AclCriterion, AdminState, CheckKind, Cidr, ExpectedCodes, Forwarding, HaRole, InitState,
+    Method, Mode, OnDown, Port, PortRange, Protocol, ProxyVersion, RouteCond, StickyKind,
+    UnderscoreHeaders,
 };
 
 #[cfg(test)]

@@ -12,8 +12,9 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use super::values::{
-    AclCriterion, CheckKind, Cidr, ExpectedCodes, Forwarding, InitState, Method, Mode, OnDown,
-    Port, PortRange, Protocol, ProxyVersion, RouteCond, StickyKind, UnderscoreHeaders, duration,
+    AclCriterion, AdminState, CheckKind, Cidr, ExpectedCodes, Forwarding, InitState, Method, Mode,
+    OnDown, Port, PortRange, Protocol, ProxyVersion, RouteCond, StickyKind, UnderscoreHeaders,
+    duration,
 };
 
 /// Largest server weight (0 drains).
@@ -373,6 +374,11 @@ pub struct BackendOptions {
     /// Maglev table size M (a prime, at least 100 x servers); default 65537.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub table_size: Option<u32>,
+    /// What happens to a draining server's flows left at its `drain_timeout`: "reset"
+    /// (default: TCP flows get a RST at their next packet, UDP flows are balanced afresh) or
+    /// "keep".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_drain_timeout: Option<OnDown>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
@@ -526,6 +532,9 @@ impl TryFrom<ServersDocument> for Servers {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServerAddress {
+    /// What `lb server` commands, status and metrics call it besides its address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     #[schema(value_type = String)]
     pub address: IpAddr,
     #[serde(default = "default_weight")]
@@ -533,6 +542,25 @@ pub struct ServerAddress {
     /// Most open flows for `first` and `leastconn`; absent = no limit.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_conn: Option<u32>,
+    /// "ready" (default), "drain" or "maint".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<AdminState>,
+    /// With `state = "drain"`: how long its flows may run on; then the backend's
+    /// `on_drain_timeout` says what happens to those left.
+    #[serde(
+        default,
+        with = "duration::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<String>)]
+    pub drain_timeout: Option<Duration>,
+}
+
+impl ServerAddress {
+    /// Whether `given` names this server: its name, or its address as written.
+    pub fn is(&self, given: &str) -> bool {
+        self.name.as_deref() == Some(given) || given.parse::<IpAddr>() == Ok(self.address)
+    }
 }
 
 fn default_weight() -> u32 {
@@ -542,9 +570,37 @@ fn default_weight() -> u32 {
 /// One resolved server of a backend.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ResolvedServer {
+    pub name: Option<String>,
     pub address: IpAddr,
+    /// As configured.
     pub weight: u32,
     pub max_conn: u32,
+    pub state: AdminState,
+    pub drain_timeout: Option<Duration>,
+}
+
+impl From<&ResolvedServer> for ServerAddress {
+    fn from(s: &ResolvedServer) -> ServerAddress {
+        ServerAddress {
+            name: s.name.clone(),
+            address: s.address,
+            weight: s.weight,
+            max_conn: (s.max_conn > 0).then_some(s.max_conn),
+            state: (s.state != AdminState::Ready).then_some(s.state),
+            drain_timeout: s.drain_timeout,
+        }
+    }
+}
+
+impl ResolvedServer {
+    /// The weight new flows see by the server's admin state (health aside): 0 unless ready.
+    pub fn serving_weight(&self) -> u32 {
+        if self.state == AdminState::Ready {
+            self.weight
+        } else {
+            0
+        }
+    }
 }
 
 impl Backend {
@@ -554,9 +610,12 @@ impl Backend {
             Servers::Addresses { addresses } => addresses
                 .iter()
                 .map(|s| ResolvedServer {
+                    name: s.name.clone(),
                     address: s.address,
                     weight: s.weight,
                     max_conn: s.max_conn.unwrap_or(0),
+                    state: s.state.unwrap_or_default(),
+                    drain_timeout: s.drain_timeout,
                 })
                 .collect(),
             // Validation refuses ids missing from the inventory.
@@ -564,9 +623,12 @@ impl Backend {
                 .iter()
                 .filter_map(|id| computers.get(id))
                 .map(|&address| ResolvedServer {
+                    name: None,
                     address,
                     weight: 1,
                     max_conn: 0,
+                    state: AdminState::Ready,
+                    drain_timeout: None,
                 })
                 .collect(),
         }

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use super::{
     error::Problem,
     model::{Backend, Config, Frontend, MAX_REQUEST_HEADERS, MAX_TABLE_SIZE, MAX_WEIGHT, Servers},
-    values::{CheckKind, Forwarding, Method, Mode, Protocol, StickyKind, one_of},
+    values::{AdminState, CheckKind, Forwarding, Method, Mode, Protocol, StickyKind, one_of},
 };
 
 /// Names (and load balancer ids) are path segments of the API and keys of the data
@@ -63,6 +63,7 @@ impl Config {
                         );
                     }
                     let mut seen = HashSet::new();
+                    let mut seen_names = HashSet::new();
                     for (j, s) in addresses.iter().enumerate() {
                         let sat = format!("{at}.servers.addresses[{j}]");
                         if s.max_conn.is_some() && !method.enforces_max_conn() {
@@ -79,6 +80,34 @@ impl Config {
                                 format!("{sat}.weight"),
                                 format!("weight {} is outside 0..100", s.weight),
                                 "use a weight from 0 (drain) to 100",
+                            );
+                        }
+                        if let Some(name) = &s.name {
+                            let well_formed = !name.is_empty()
+                                && name.len() <= 64
+                                && name
+                                    .chars()
+                                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                                && name.parse::<std::net::IpAddr>().is_err();
+                            if !well_formed {
+                                problem(
+                                    format!("{sat}.name"),
+                                    format!("server name {name:?} is not a plain name"),
+                                    "use 1 to 64 letters, digits, '-', '_' or '.', not an address",
+                                );
+                            } else if !seen_names.insert(name.as_str()) {
+                                problem(
+                                    format!("{sat}.name"),
+                                    format!("server name {name:?} is used twice in this backend"),
+                                    "give each server of a backend its own name",
+                                );
+                            }
+                        }
+                        if s.drain_timeout.is_some() && s.state != Some(AdminState::Drain) {
+                            problem(
+                                format!("{sat}.drain_timeout"),
+                                "drain_timeout applies only to a draining server".to_string(),
+                                "set state = \"drain\", or remove drain_timeout",
                             );
                         }
                         let a = s.address;

@@ -187,6 +187,21 @@ spelled! {
     }
 }
 
+spelled! {
+    /// What an operator set a server to (HAProxy's `set server state`), apart from its
+    /// health: `lb server drain|maint|ready`, or the file.
+    #[derive(Default)]
+    pub enum AdminState {
+        /// Takes new flows when healthy.
+        #[default]
+        Ready = "ready",
+        /// No new flows; its flows run on, until `drain_timeout` if one is set.
+        Drain = "drain",
+        /// No new flows and no health checks; its flows run on.
+        Maint = "maint",
+    }
+}
+
 /// Separates what is wrong from how to fix it in the errors of these types, so that a
 /// config error can show both on their lines.
 pub const FIX: &str = "\nfix: ";

@@ -49,7 +49,7 @@ pub fn leaving(
         };
         let now = backend.resolved_servers(&new.computers);
         let any_up = now.iter().any(|s| {
-            s.weight > 0
+            s.serving_weight() > 0
                 && health
                     .get(&(backend.name.clone(), s.address))
                     .is_none_or(|h| h.up)
@@ -60,7 +60,7 @@ pub fn leaving(
         let gone: Vec<ResolvedServer> = before
             .resolved_servers(&old.computers)
             .into_iter()
-            .filter(|s| s.weight > 0 && !now.iter().any(|n| n.address == s.address))
+            .filter(|s| s.serving_weight() > 0 && !now.iter().any(|n| n.address == s.address))
             .filter(|s| {
                 previous
                     .get(&(backend.name.clone(), s.address))
@@ -90,17 +90,9 @@ pub fn with_lingering(config: &Config, lingering: &HashMap<String, Lingering>) -
         let mut addresses: Vec<ServerAddress> = backend
             .resolved_servers(&config.computers)
             .into_iter()
-            .map(|s| ServerAddress {
-                address: s.address,
-                weight: s.weight,
-                max_conn: (s.max_conn > 0).then_some(s.max_conn),
-            })
+            .map(|s| ServerAddress::from(&s))
             .collect();
-        addresses.extend(linger.servers.iter().map(|s| ServerAddress {
-            address: s.address,
-            weight: s.weight,
-            max_conn: (s.max_conn > 0).then_some(s.max_conn),
-        }));
+        addresses.extend(linger.servers.iter().map(ServerAddress::from));
         backend.servers = Servers::Addresses { addresses };
     }
     effective
@@ -119,7 +111,8 @@ impl Daemon {
                 .find(|b| &b.name == name)
                 .is_some_and(|b| {
                     b.resolved_servers(&config.computers).iter().any(|s| {
-                        s.weight > 0 && health.get(&(name.clone(), s.address)).is_none_or(|h| h.up)
+                        s.serving_weight() > 0
+                            && health.get(&(name.clone(), s.address)).is_none_or(|h| h.up)
                     })
                 });
             let keep = !up && Instant::now() < linger.until;

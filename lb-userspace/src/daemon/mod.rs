@@ -7,6 +7,7 @@
 //! does an HA pair's flow sync (`ha`).
 
 mod collect;
+mod drain;
 mod ha;
 mod linger;
 mod publish;
@@ -87,6 +88,8 @@ pub struct Daemon {
     publisher: publish::Publisher,
     /// Reloads and their last success, for the metrics.
     reloads: metrics::DaemonInfo,
+    /// Drains with a timeout.
+    drains: drain::Drains,
     /// The rendered metrics, when `[metrics] listen` is set.
     metrics: Option<metrics::Shared>,
     collect: watch::Sender<collect::Settings>,
@@ -163,6 +166,7 @@ impl Daemon {
             api: None,
             live: live.clone(),
             publisher: publish::Publisher::default(),
+            drains: drain::Drains::default(),
             reloads: metrics::DaemonInfo {
                 last_reload_success: unix_now(),
                 ..metrics::DaemonInfo::default()
@@ -300,10 +304,15 @@ impl Daemon {
                 .get(&(backend.to_string(), address))
                 .is_none_or(|h| h.up)
         };
+        self.drains.follow(config);
+        let ended = self.drains.ended();
         let (written, servers, retired, names) = {
             let (config, up) = (config.clone(), up.clone());
             self.with_dataplane(move |dp| {
-                let written = dp.apply_config_with_health(&config, &up)?;
+                let drain_ended = |backend: &str, address: IpAddr| {
+                    ended.contains(&(backend.to_string(), address))
+                };
+                let written = dp.apply_config_with_health(&config, &up, &drain_ended)?;
                 Ok((written, dp.server_ids(), dp.retired(), dp.names()))
             })
             .await?
@@ -451,6 +460,7 @@ impl Daemon {
                     if reload::stamp(&self.path) != self.file_stamp {
                         self.reload("config file changed").await;
                     }
+                    self.end_due_drains().await;
                     if self.settle_lingering() {
                         let config = self.config.clone();
                         if let Err(e) = self.apply(&config).await {

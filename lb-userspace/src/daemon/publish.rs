@@ -37,6 +37,19 @@ struct Counters {
     metrics: Option<anyhow::Result<String>>,
 }
 
+/// A server's state as status and metrics show it: what the operator set first, then health.
+/// A weight of 0 is a drain (as in HAProxy).
+pub fn server_state(s: &crate::config::ResolvedServer, up: bool) -> &'static str {
+    use crate::config::AdminState;
+    match s.state {
+        AdminState::Maint => "maint",
+        AdminState::Drain => "drain",
+        AdminState::Ready if !up => "down",
+        AdminState::Ready if s.weight == 0 => "drain",
+        AdminState::Ready => "up",
+    }
+}
+
 fn per_s(now: u64, before: u64, seconds: f64) -> f64 {
     now.saturating_sub(before) as f64 / seconds
 }
@@ -50,7 +63,22 @@ impl Daemon {
             self.publisher.report = report;
         }
         let render = (pass && self.metrics.is_some()).then(|| {
+            let mut servers = HashMap::new();
+            for backend in &self.config.backends {
+                for s in backend.resolved_servers(&self.config.computers) {
+                    let key = (backend.name.clone(), s.address);
+                    let up = self.health.get(&key).is_none_or(|h| h.up);
+                    servers.insert(
+                        key,
+                        metrics::ServerView {
+                            weight: s.weight,
+                            state: server_state(&s, up),
+                        },
+                    );
+                }
+            }
             (
+                servers,
                 self.publisher.report.clone(),
                 self.checks.clone(),
                 self.config.dataplane.conntrack_size,
@@ -73,8 +101,14 @@ impl Daemon {
                 for (id, name) in &inventory.frontends {
                     frontends.insert(name.clone(), (*id, dp.frontend_stats(*id)?));
                 }
-                let metrics = render.map(|(report, checks, size, ha, reloads)| {
-                    metrics::render(dp, &report, size, &checks, ha.as_ref(), &reloads)
+                let metrics = render.map(|(servers, report, checks, size, ha, reloads)| {
+                    let daemon = metrics::DaemonView {
+                        servers: &servers,
+                        checks: &checks,
+                        ha: ha.as_ref(),
+                        reloads: &reloads,
+                    };
+                    metrics::render(dp, &report, size, &daemon)
                 });
                 Ok(Counters {
                     servers,
@@ -140,10 +174,12 @@ impl Daemon {
                     };
                     ServerStatus {
                         backend: backend.name.clone(),
+                        name: s.name.clone(),
                         address: s.address.to_string(),
                         port: backend.port.number,
+                        state: server_state(&s, up).into(),
                         weight: s.weight,
-                        effective_weight: if up { s.weight } else { 0 },
+                        effective_weight: if up { s.serving_weight() } else { 0 },
                         max_conn: (s.max_conn > 0).then_some(s.max_conn),
                         health: health.into(),
                         up,

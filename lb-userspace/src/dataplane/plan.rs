@@ -252,11 +252,14 @@ pub fn method_id(method: Method) -> u32 {
 impl Plan {
     /// `up(backend, address)` says whether a server passes its health check; a server that
     /// does not is planned with weight 0 (no new flows). Its tracked flows continue, unless
-    /// the backend's check says `on_down = "reset"`.
+    /// the backend's check says `on_down = "reset"`. A server drained or in maintenance is
+    /// planned with weight 0 too; `drain_ended(backend, address)` says its drain timed out
+    /// with `on_drain_timeout = "reset"`, and its flows are reset.
     pub fn from_config(
         config: &Config,
         ids: &mut Ids,
         up: &dyn Fn(&str, IpAddr) -> bool,
+        drain_ended: &dyn Fn(&str, IpAddr) -> bool,
     ) -> anyhow::Result<Plan> {
         let mut plan = Plan::default();
         ids.frontends.live.clear();
@@ -274,6 +277,10 @@ impl Plan {
                 .is_some_and(|c| c.on_down() == OnDown::Reset);
             for mut s in backend.resolved_servers(&config.computers) {
                 let mut flags = SERVER_PRESENT;
+                s.weight = s.serving_weight();
+                if drain_ended(&backend.name, s.address) {
+                    flags |= SERVER_RESET_FLOWS;
+                }
                 if !up(&backend.name, s.address) {
                     s.weight = 0;
                     flags |= SERVER_CHECK_DOWN;
@@ -378,7 +385,13 @@ mod tests {
     use super::*;
 
     fn plan(text: &str, ids: &mut Ids) -> Plan {
-        Plan::from_config(&Config::parse("t.toml", text).unwrap(), ids, &|_, _| true).unwrap()
+        Plan::from_config(
+            &Config::parse("t.toml", text).unwrap(),
+            ids,
+            &|_, _| true,
+            &|_, _| false,
+        )
+        .unwrap()
     }
 
     #[test]
@@ -507,7 +520,10 @@ mod tests {
     fn unhealthy_servers_get_no_new_flows() {
         let config = Config::parse("t.toml", crate::DEFAULT_DEMO_CONFIG).unwrap();
         let down: IpAddr = "198.18.13.2".parse().unwrap();
-        let p = Plan::from_config(&config, &mut Ids::default(), &|_, a| a != down).unwrap();
+        let p = Plan::from_config(&config, &mut Ids::default(), &|_, a| a != down, &|_, _| {
+            false
+        })
+        .unwrap();
         assert!(!p.backends[0].table.contains(&2));
         assert_eq!(p.servers[2].1.weight, 0);
     }

@@ -30,17 +30,19 @@ pub(super) struct BackendState {
 impl Dataplane {
     /// Plan a validated config with this data plane's stable ids and apply it.
     pub fn apply_config(&mut self, config: &Config) -> Result<usize> {
-        self.apply_config_with_health(config, &|_, _| true)
+        self.apply_config_with_health(config, &|_, _| true, &|_, _| false)
     }
 
     /// As [`Dataplane::apply_config`], with servers that fail their health check planned
-    /// with weight 0.
+    /// with weight 0, and the flows of servers whose drain ended reset
+    /// ([`Plan::from_config`]).
     pub fn apply_config_with_health(
         &mut self,
         config: &Config,
         up: &dyn Fn(&str, std::net::IpAddr) -> bool,
+        drain_ended: &dyn Fn(&str, std::net::IpAddr) -> bool,
     ) -> Result<usize> {
-        let plan = Plan::from_config(config, &mut self.ids, up)?;
+        let plan = Plan::from_config(config, &mut self.ids, up, drain_ended)?;
         let written = self.apply(&plan)?;
         // XDP's FIB lookups need every server's next hop resolved, and kept resolved; once
         // managed, the kernel keeps it so, so only new servers need it.

@@ -44,7 +44,13 @@ impl Prober {
             let Some(check) = backend.options.health_check.clone() else {
                 continue;
             };
-            for server in backend.resolved_servers(&config.computers) {
+            // A server in maintenance is not checked (HAProxy's MAINT): its health stays
+            // as it was until `lb server ready`.
+            for server in backend
+                .resolved_servers(&config.computers)
+                .into_iter()
+                .filter(|s| s.state != crate::config::AdminState::Maint)
+            {
                 let target =
                     SocketAddr::new(server.address, check.port.unwrap_or(backend.port.number));
                 let interval = check.interval();

@@ -262,7 +262,7 @@ impl Routes {
                     Arc::new(ServerState::new(
                         &backend.name,
                         address,
-                        s.weight,
+                        s.serving_weight(),
                         s.max_conn,
                         up(&backend.name, s.address),
                         active,
