@@ -108,6 +108,14 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Preflight: check the host for lb (kernel, BTF, memlock) and, with --config, the BPF
+    /// filesystem at pin_path, native XDP on each interface, DSR and the servers' next hops.
+    /// Exits non-zero when a check fails; each problem comes with its fix.
+    Doctor {
+        /// The config file (TOML) to check the host against.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// Validate a config file and exit (non-zero when it is invalid).
     Check {
         /// The config file (TOML).
@@ -326,6 +334,26 @@ fn main() -> ExitCode {
             }
         },
         Command::Peer { interfaces } => peer(&interfaces),
+        Command::Doctor { config } => {
+            let loaded = match config.as_deref().map(Config::load) {
+                Some(Err(e)) => {
+                    eprint!("{e}");
+                    return ExitCode::from(2);
+                }
+                Some(Ok(c)) => Some(c),
+                None => None,
+            };
+            let checks = lb_userspace::cli::doctor::run(loaded.as_ref());
+            print!("{}", lb_userspace::cli::doctor::render(&checks));
+            let failed = checks
+                .iter()
+                .any(|c| c.verdict == lb_userspace::cli::doctor::Verdict::Fail);
+            return if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
         Command::Status { config, api } => status(config.as_deref(), &api),
         Command::Backends { action, api } => entity_command(&api, "backends", action),
         Command::Frontends { action, api } => entity_command(&api, "frontends", action),
@@ -501,7 +529,7 @@ fn admin_runtime() -> Result<tokio::runtime::Runtime> {
 fn peer(interfaces: &[String]) -> Result<()> {
     let mut dataplane = Dataplane::load()?;
     for iface in interfaces {
-        dataplane.attach(PROG_PASS, iface)?;
+        dataplane.attach(PROG_PASS, iface, lb_userspace::config::XdpAttach::Auto)?;
     }
     info!(?interfaces, "ready");
     run_until_signal(std::time::Duration::from_secs(3600), || {})

@@ -332,6 +332,16 @@ pub fn render(
             .get_or_create(&labels(&[(kind.metric().1, name)]))
             .inc_by(value);
     }
+    let attached = gauge(
+        &mut r,
+        "lb_xdp_attached",
+        "1 for each interface and the XDP mode the kernel reports for it (native, generic)",
+    );
+    for (iface, mode) in dataplane.xdp_modes() {
+        attached
+            .get_or_create(&labels(&[("interface", iface), ("mode", mode)]))
+            .set(1);
+    }
     fill.set(gc.flows as i64);
     capacity.set(i64::from(conntrack_size));
     half_open.set(gc.half_open as i64);

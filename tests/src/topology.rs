@@ -186,8 +186,19 @@ pub type Log = Arc<Mutex<Vec<String>>>;
 
 /// As [`start_and_wait_ready`], also keeping every log line for the caller.
 pub fn start_logged(ns: &NetNs, lb_bin: &Path, args: &[&str]) -> Result<(u32, Log)> {
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", &ns.name])
+    start_logged_via(ns, &["ip", "netns", "exec", &ns.name], lb_bin, args)
+}
+
+/// As [`start_logged`], entering `ns` with `launcher` (such as `nsenter --net=...`, which
+/// keeps the caller's mount namespace, where `ip netns exec` makes one of its own).
+pub fn start_logged_via(
+    ns: &NetNs,
+    launcher: &[&str],
+    lb_bin: &Path,
+    args: &[&str],
+) -> Result<(u32, Log)> {
+    let mut child = Command::new(launcher[0])
+        .args(&launcher[1..])
         .arg(lb_bin)
         .args(args)
         .env("NO_COLOR", "1")

@@ -122,7 +122,9 @@ fn bed(name: &str, server_count: usize, config_text: &str) -> Option<Bed> {
     let config = Config::parse("test.toml", config_text).unwrap_or_else(|e| panic!("{e}"));
     let mut dataplane = Dataplane::load_with(config.dataplane.conntrack_size).unwrap();
     for iface in config.interfaces() {
-        dataplane.attach(PROG_LB, &iface).unwrap();
+        dataplane
+            .attach(PROG_LB, &iface, lb_userspace::config::XdpAttach::Auto)
+            .unwrap();
         dataplane
             .add_tx_port(nix::net::if_::if_nametoindex(iface.as_str()).unwrap())
             .unwrap();

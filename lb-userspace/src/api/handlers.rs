@@ -542,6 +542,7 @@ async fn lb_status(State(api): Shared, Path(lb_id): Path<String>) -> ApiResult<J
         conntrack_entries: live.conntrack_entries,
         conntrack_capacity: live.conntrack_capacity,
         ha: live.ha.clone(),
+        xdp: live.xdp.clone(),
         ..Status::default()
     };
     for f in config

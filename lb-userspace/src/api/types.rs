@@ -71,6 +71,9 @@ pub struct Status {
     /// The HA pair, when `[ha]` is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ha: Option<HaStatus>,
+    /// Interface -> the XDP mode the kernel reports for it ("native", "generic").
+    #[serde(default)]
+    pub xdp: BTreeMap<String, String>,
 }
 
 /// This node of an HA pair in `lb status`.
@@ -113,6 +116,8 @@ pub struct Live {
     pub conntrack_entries: u64,
     pub conntrack_capacity: u64,
     pub ha: Option<HaStatus>,
+    /// Interface -> the XDP mode the kernel reports ("native", "generic").
+    pub xdp: BTreeMap<String, String>,
 }
 
 /// A load balancer as the API shows it.

@@ -3,6 +3,7 @@
 //! for scripts; API errors are printed as the API gave them (`client`).
 
 mod client;
+pub mod doctor;
 mod tables;
 
 pub use client::{ApiFailure, Client, read_document};

@@ -197,6 +197,10 @@ pub fn status_table(s: &Status) -> String {
         "\nconnection table: {} of {} flows\n",
         s.conntrack_entries, s.conntrack_capacity
     );
+    if !s.xdp.is_empty() {
+        let modes: Vec<String> = s.xdp.iter().map(|(i, m)| format!("{i} {m}")).collect();
+        out += &format!("xdp: {}\n", modes.join(", "));
+    }
     if let Some(ha) = &s.ha {
         out += &format!(
             "ha: {} (peer {} {}{}), {}; sync lag {} entries, {:.1} s; flows sent {}, received {}; sticky sent {}, received {}; errors {}, failovers {}, split brains {}{}\n",

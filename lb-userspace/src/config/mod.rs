@@ -23,7 +23,7 @@ pub use persist::persist;
 pub use values::{
     AclCriterion, AdminState, CheckKind, Cidr, ExpectedCodes, Forwarding, HaRole, InitState,
     Method, Mode, OnDown, Port, PortRange, Protocol, ProxyVersion, RouteCond, StickyKind,
-    UnderscoreHeaders,
+    UnderscoreHeaders, XdpAttach,
 };
 
 #[cfg(test)]

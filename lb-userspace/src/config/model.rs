@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::values::{
     AclCriterion, AdminState, CheckKind, Cidr, ExpectedCodes, Forwarding, InitState, Method, Mode,
     OnDown, Port, PortRange, Protocol, ProxyVersion, RouteCond, StickyKind, UnderscoreHeaders,
-    duration,
+    XdpAttach, duration,
 };
 
 /// Largest server weight (0 drains).
@@ -180,6 +180,20 @@ pub struct DataplaneConfig {
     /// Where maps and XDP links are pinned (a BPF filesystem), so a restarted daemon takes
     /// over the running data plane and every tracked flow.
     pub pin_path: std::path::PathBuf,
+    /// How XDP attaches: "auto" (native, else generic with a warning), "native" (or fail)
+    /// or "generic".
+    #[serde(default)]
+    pub xdp_mode: XdpAttach,
+    /// Per interface, overriding `xdp_mode`: `xdp_modes = { eth0 = "native" }`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub xdp_modes: BTreeMap<String, XdpAttach>,
+}
+
+impl DataplaneConfig {
+    /// How XDP attaches to `iface`.
+    pub fn xdp_mode_of(&self, iface: &str) -> XdpAttach {
+        self.xdp_modes.get(iface).copied().unwrap_or(self.xdp_mode)
+    }
 }
 
 impl Default for DataplaneConfig {
@@ -192,6 +206,8 @@ impl Default for DataplaneConfig {
             udp_timeout: Duration::from_secs(30),
             gc_interval: Duration::from_secs(1),
             pin_path: "/sys/fs/bpf/lb".into(),
+            xdp_mode: XdpAttach::Auto,
+            xdp_modes: BTreeMap::new(),
         }
     }
 }

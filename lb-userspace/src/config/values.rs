@@ -202,6 +202,20 @@ spelled! {
     }
 }
 
+spelled! {
+    /// How XDP attaches to an interface.
+    #[derive(Default)]
+    pub enum XdpAttach {
+        /// Native (driver) mode, else generic with a warning.
+        #[default]
+        Auto = "auto",
+        /// Native (driver) mode or fail: no silent fallback to the slower generic mode.
+        Native = "native",
+        /// Generic (skb) mode: any interface, slower.
+        Generic = "generic",
+    }
+}
+
 /// Separates what is wrong from how to fix it in the errors of these types, so that a
 /// config error can show both on their lines.
 pub const FIX: &str = "\nfix: ";

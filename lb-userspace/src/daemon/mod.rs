@@ -105,6 +105,16 @@ impl Daemon {
     pub async fn start(path: &Path, config: Config, options: RunOptions) -> Result<Daemon> {
         let size = config.dataplane.conntrack_size;
         let base = &config.dataplane.pin_path;
+        if !on_bpffs(base) {
+            // Without one, the default pin_path would give no restart safety at all.
+            match crate::dataplane::mount_bpffs_for(base) {
+                Ok(point) => info!(
+                    at = %point.display(),
+                    "mounted a BPF filesystem for the pinned data plane (none was mounted there)"
+                ),
+                Err(e) => warn!(error = %format!("{e:#}"), "could not mount a BPF filesystem"),
+            }
+        }
         let pins = if on_bpffs(base) {
             let dir = pin_dir(base);
             if options.fresh {
@@ -226,6 +236,7 @@ impl Daemon {
             warn!(field = %w.field, fix = %w.fix, "{}", w.message);
         }
         let wanted = config.interfaces();
+        let settings = config.dataplane.clone();
         let attached = self
             .with_dataplane(move |dp| {
                 let attached = dp.attached(PROG_LB);
@@ -234,9 +245,9 @@ impl Daemon {
                         nix::net::if_::if_nametoindex(iface.as_str()).with_context(|| {
                             format!("interface {iface:?} (frontends[].interfaces) does not exist")
                         })?;
-                    let mode = dp.attach(PROG_LB, iface)?;
+                    let mode = dp.attach(PROG_LB, iface, settings.xdp_mode_of(iface))?;
                     dp.add_tx_port(ifindex)?;
-                    info!(%iface, ifindex, ?mode, "XDP attached");
+                    info!(%iface, ifindex, mode, "XDP attached");
                 }
                 Ok(attached)
             })

@@ -34,6 +34,8 @@ struct Counters {
     servers: HashMap<(String, IpAddr), (u64, TrafficStats)>,
     /// Frontend name -> (id, traffic).
     frontends: HashMap<String, (u32, TrafficStats)>,
+    /// Interface -> attached XDP mode.
+    xdp: std::collections::BTreeMap<String, String>,
     metrics: Option<anyhow::Result<String>>,
 }
 
@@ -110,9 +112,15 @@ impl Daemon {
                     };
                     metrics::render(dp, &report, size, &daemon)
                 });
+                let xdp = dp
+                    .xdp_modes()
+                    .iter()
+                    .map(|(i, m)| (i.clone(), m.to_string()))
+                    .collect();
                 Ok(Counters {
                     servers,
                     frontends,
+                    xdp,
                     metrics,
                 })
             })
@@ -140,6 +148,7 @@ impl Daemon {
             conntrack_entries: self.publisher.report.flows as u64,
             conntrack_capacity: u64::from(self.config.dataplane.conntrack_size),
             ha: self.ha.as_ref().map(|h| h.status()),
+            xdp: counters.xdp.clone(),
             ..Live::default()
         };
         for backend in &self.config.backends {

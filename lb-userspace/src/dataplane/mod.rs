@@ -13,6 +13,7 @@ pub mod plan;
 mod routing;
 mod sys;
 mod write;
+pub mod xdp_mode;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -36,7 +37,7 @@ use plan::Ids;
 pub use plan::Retired;
 pub use routing::{EgressGeneration, follow_routing_changes};
 use sys::map_mut;
-pub use sys::{monotonic_now_ns, on_bpffs, pin_dir, remove_pins};
+pub use sys::{monotonic_now_ns, mount_bpffs_for, on_bpffs, pin_dir, remove_pins};
 use write::BackendState;
 
 /// The XDP object built by build.rs from lb-ebpf.
@@ -72,6 +73,8 @@ pub struct Dataplane {
     snat_pools: HashMap<u32, HashMap<lb_common::maps::Addr, u32>>,
     managed_neighbours: HashSet<std::net::IpAddr>,
     links: HashMap<(String, String), aya::programs::xdp::XdpLinkId>,
+    /// The mode the kernel reports for each interface attached.
+    xdp_modes: std::collections::BTreeMap<String, &'static str>,
     /// Where maps and links are pinned, if anywhere.
     pins: Option<std::path::PathBuf>,
     /// Whether the maps were pinned by an earlier daemon and taken over with their contents.
@@ -145,6 +148,7 @@ impl Dataplane {
             snat_pools: HashMap::new(),
             managed_neighbours: HashSet::new(),
             links: HashMap::new(),
+            xdp_modes: Default::default(),
             pins: pins.map(Path::to_path_buf),
             took_over,
         })
@@ -161,7 +165,14 @@ impl Dataplane {
     /// Attach `prog` to `iface` in native mode, falling back to generic mode with a warning.
     /// With pinning, a link an earlier daemon pinned for `iface` is taken over (its program
     /// replaced atomically, so no packet misses XDP), and a new link is pinned.
-    pub fn attach(&mut self, prog: &str, iface: &str) -> Result<XdpMode> {
+    /// Attach `prog` to `iface` in the mode `wanted` allows (or take over its pinned link);
+    /// returns the mode the kernel reports afterwards.
+    pub fn attach(
+        &mut self,
+        prog: &str,
+        iface: &str,
+        wanted: crate::config::XdpAttach,
+    ) -> Result<&'static str> {
         let link_pin = self.pins.as_ref().map(|d| d.join("links").join(iface));
         if let Some(pin) = link_pin.as_ref().filter(|p| p.exists()) {
             let pinned = aya::programs::links::PinnedLink::from_pin(pin)
@@ -170,19 +181,35 @@ impl Dataplane {
                 aya::programs::xdp::XdpLink::try_from(aya::programs::links::FdLink::from(pinned))?;
             let id = self.program(prog)?.attach_to_link(link)?;
             self.links.insert((prog.to_string(), iface.to_string()), id);
-            info!(%iface, "took over the pinned XDP link");
-            return Ok(XdpMode::Driver);
+            let mode = self.record_mode(iface);
+            info!(%iface, mode, "took over the pinned XDP link");
+            if wanted == crate::config::XdpAttach::Native && mode != "native" {
+                warn!(%iface, mode, "the pinned link is not native but xdp_mode = \"native\": `lb stop` and `lb run` attach afresh");
+            }
+            return Ok(mode);
         }
         let xdp = self.program(prog)?;
-        let (link, mode) = match xdp.attach(iface, XdpMode::Driver) {
-            Ok(link) => (link, XdpMode::Driver),
-            Err(native) => {
-                warn!(%iface, error = %native, "native XDP failed; falling back to generic (slower) mode");
-                let link = xdp.attach(iface, XdpMode::Skb).with_context(|| {
-                    format!("attaching XDP to {iface}: is the interface name right?")
-                })?;
-                (link, XdpMode::Skb)
+        let mut failures = Vec::new();
+        let mut link = None;
+        for &mode in xdp_mode::attempts(wanted) {
+            match xdp.attach(iface, mode) {
+                Ok(l) => {
+                    link = Some(l);
+                    break;
+                }
+                Err(e) => {
+                    if mode == XdpMode::Driver && wanted == crate::config::XdpAttach::Auto {
+                        warn!(%iface, error = %e, "native XDP failed; falling back to generic (slower) mode (xdp_mode = \"native\" fails instead)");
+                    }
+                    failures.push(format!("{mode:?}: {e}"));
+                }
             }
+        }
+        let Some(link) = link else {
+            anyhow::bail!(
+                "attaching XDP to {iface} (xdp_mode = \"{wanted}\") failed: {}; is the interface name right, and does its driver support native XDP (`lb doctor`)?",
+                failures.join("; ")
+            );
         };
         let link = match link_pin {
             // Pinned, the link (and XDP) outlives this process.
@@ -199,7 +226,23 @@ impl Dataplane {
         };
         self.links
             .insert((prog.to_string(), iface.to_string()), link);
-        Ok(mode)
+        Ok(self.record_mode(iface))
+    }
+
+    /// Ask the kernel which mode `iface`'s XDP runs in, and remember it for status and
+    /// metrics.
+    fn record_mode(&mut self, iface: &str) -> &'static str {
+        let mode = xdp_mode::attached(iface).unwrap_or_else(|e| {
+            warn!(%iface, error = %format!("{e:#}"), "cannot read the attached XDP mode");
+            "unknown"
+        });
+        self.xdp_modes.insert(iface.to_string(), mode);
+        mode
+    }
+
+    /// The XDP mode of each interface attached, as the kernel reported it.
+    pub fn xdp_modes(&self) -> &std::collections::BTreeMap<String, &'static str> {
+        &self.xdp_modes
     }
 
     /// Remove every pin: links (detaching XDP once this process lets go) and maps.
@@ -214,6 +257,7 @@ impl Dataplane {
     pub fn detach(&mut self, prog: &str, iface: &str) -> Result<()> {
         if let Some(link) = self.links.remove(&(prog.to_string(), iface.to_string())) {
             self.program(prog)?.detach(link)?;
+            self.xdp_modes.remove(iface);
         }
         Ok(())
     }

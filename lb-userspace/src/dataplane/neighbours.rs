@@ -108,3 +108,80 @@ async fn manage_async(addresses: &[IpAddr]) -> Result<usize> {
         Ok(done)
     }
 }
+
+/// How the next hop towards a server stands, for `lb doctor`.
+#[derive(Debug)]
+pub struct NextHop {
+    pub server: IpAddr,
+    pub next_hop: IpAddr,
+    pub oif: u32,
+    /// The neighbour entry's state ("reachable", "stale", "failed", ...), None without one.
+    pub state: Option<String>,
+}
+
+/// The route and neighbour entry towards each address (None: no route).
+pub fn next_hops(addresses: &[IpAddr]) -> Result<Vec<(IpAddr, Option<NextHop>)>> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(async {
+            let (connection, handle, _) =
+                rtnetlink::new_connection().context("opening rtnetlink")?;
+            tokio::spawn(connection);
+            let mut states = std::collections::HashMap::new();
+            let mut dump = handle.neighbours().get().execute();
+            while let Some(n) = dump.try_next().await.context("listing neighbours")? {
+                for attr in &n.attributes {
+                    let addr = match attr {
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => {
+                            IpAddr::V4(*a)
+                        }
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => {
+                            IpAddr::V6(*a)
+                        }
+                        _ => continue,
+                    };
+                    states.insert(
+                        (n.header.ifindex, addr),
+                        format!("{:?}", n.header.state).to_lowercase(),
+                    );
+                }
+            }
+            let mut out = Vec::new();
+            for &addr in addresses {
+                let prefix = if addr.is_ipv4() { 32 } else { 128 };
+                let query = RouteMessageBuilder::<IpAddr>::new()
+                    .destination_prefix(addr, prefix)
+                    .context("route query")?
+                    .build();
+                let Ok(Some(route)) = handle.route().get(query).execute().try_next().await else {
+                    out.push((addr, None));
+                    continue;
+                };
+                let (mut oif, mut next_hop) = (0, addr);
+                for attr in &route.attributes {
+                    match attr {
+                        RouteAttribute::Oif(index) => oif = *index,
+                        RouteAttribute::Gateway(RouteAddress::Inet(gw)) => {
+                            next_hop = IpAddr::V4(*gw)
+                        }
+                        RouteAttribute::Gateway(RouteAddress::Inet6(gw)) => {
+                            next_hop = IpAddr::V6(*gw)
+                        }
+                        _ => {}
+                    }
+                }
+                let state = states.get(&(oif, next_hop)).cloned();
+                out.push((
+                    addr,
+                    Some(NextHop {
+                        server: addr,
+                        next_hop,
+                        oif,
+                        state,
+                    }),
+                ));
+            }
+            Ok(out)
+        })
+}

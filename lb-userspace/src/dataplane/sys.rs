@@ -1,9 +1,9 @@
 //! Raw kernel interfaces aya does not wrap: batch map updates, the BPF filesystem, pins
 //! and the data plane's clock.
 
-use std::path::Path;
+use std::{os::unix::fs::MetadataExt as _, path::Path};
 
-use anyhow::{Context as _, Result, anyhow};
+use anyhow::{Context as _, Result, anyhow, bail};
 use aya::Ebpf;
 
 /// The pin directory for a base path: one subdirectory per map layout version, so a daemon
@@ -19,6 +19,41 @@ pub fn on_bpffs(path: &Path) -> bool {
     existing
         .and_then(|p| nix::sys::statfs::statfs(p).ok())
         .is_some_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
+}
+
+/// The conventional place of the BPF filesystem, where systemd and Cilium mount it.
+const BPFFS_HOME: &str = "/sys/fs/bpf";
+
+/// Mount a BPF filesystem for pins under `base` when none is there (as Cilium does): at
+/// /sys/fs/bpf for a path beneath it (sysfs cannot hold a directory of ours), else at
+/// `base` itself, created if need be. Returns where it mounted.
+pub fn mount_bpffs_for(base: &Path) -> Result<std::path::PathBuf> {
+    // A mount in a namespace of lb's own (`ip netns exec`, `unshare -m`) ends with lb:
+    // no restart safety, so none is made.
+    let ns = |pid: &str| std::fs::metadata(format!("/proc/{pid}/ns/mnt")).map(|m| m.ino());
+    if let (Ok(own), Ok(init)) = (ns("self"), ns("1"))
+        && own != init
+    {
+        bail!(
+            "lb runs in a mount namespace of its own, where a BPF filesystem would vanish when lb exits; mount one on the host (mount -t bpf bpffs /sys/fs/bpf) and bind it in, or set [dataplane] pin_path to one"
+        );
+    }
+    let point = if base.starts_with(BPFFS_HOME) {
+        std::path::PathBuf::from(BPFFS_HOME)
+    } else {
+        std::fs::create_dir_all(base)
+            .map_err(|e| anyhow!("creating {} for a BPF filesystem: {e}", base.display()))?;
+        base.to_path_buf()
+    };
+    nix::mount::mount(
+        Some("bpffs"),
+        &point,
+        Some("bpf"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|e| anyhow!("mount -t bpf bpffs {}: {e}", point.display()))?;
+    Ok(point)
 }
 
 pub(super) fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {
