@@ -116,6 +116,13 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) to stdout: `lb man | man -l -`.
+    Man,
     /// Validate a config file and exit (non-zero when it is invalid).
     Check {
         /// The config file (TOML).
@@ -334,6 +341,13 @@ fn main() -> ExitCode {
             }
         },
         Command::Peer { interfaces } => peer(&interfaces),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "lb", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man => clap_mangen::Man::new(Cli::command().long_version(long))
+            .render(&mut std::io::stdout())
+            .map_err(anyhow::Error::from),
         Command::Doctor { config } => {
             let loaded = match config.as_deref().map(Config::load) {
                 Some(Err(e)) => {

@@ -2,6 +2,7 @@
 
 mod demo;
 mod fuzz;
+mod package;
 mod setup;
 
 use std::{path::PathBuf, process::Command};
@@ -32,6 +33,8 @@ enum Task {
         #[arg(last = true)]
         lb_args: Vec<String>,
     },
+    /// Build the Debian package (cargo-deb): target/package/lb.deb.
+    Package,
     /// Style, lint, unit tests, the fuzz corpus replayed, BPF_PROG_TEST_RUN fixtures,
     /// network-namespace tests, and a quick benchmark run that checks the harness (never a
     /// speed).
@@ -70,7 +73,7 @@ fn main() -> Result<()> {
     std::env::set_current_dir(&root)?;
     let needs = match &task {
         Task::Run { .. } | Task::Fuzz { .. } => setup::Needs::Run,
-        Task::Setup | Task::Test | Task::Bench { .. } => setup::Needs::Test,
+        Task::Setup | Task::Test | Task::Bench { .. } | Task::Package => setup::Needs::Test,
     };
     let tools = setup::setup(&root, needs)?;
     // Every nested cargo finds bpf-linker through PATH.
@@ -80,7 +83,10 @@ fn main() -> Result<()> {
     // SAFETY: single-threaded at this point.
     unsafe { std::env::set_var("PATH", path) };
     match task {
-        Task::Setup => setup::cargo_fuzz(&root.join(".tools")),
+        Task::Setup => {
+            setup::cargo_fuzz(&root.join(".tools"))?;
+            setup::cargo_deb(&root.join(".tools"))
+        }
         Task::Run { duration, lb_args } if lb_args.is_empty() => demo::run(duration),
         Task::Run { lb_args, .. } => {
             cargo(&["build", "-p", "lb-userspace"])?;
@@ -88,7 +94,8 @@ fn main() -> Result<()> {
             let status = Command::new(lb).args(lb_args).status()?;
             std::process::exit(status.code().unwrap_or(1));
         }
-        Task::Test => test(),
+        Task::Test => test(&root),
+        Task::Package => package::build(&root).map(|_| ()),
         Task::Fuzz { replay: true, .. } => {
             fuzz::fmt_check()?;
             let (passed, failed) = fuzz::replay()?;
@@ -124,7 +131,7 @@ pub fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-fn test() -> Result<()> {
+fn test(root: &std::path::Path) -> Result<()> {
     // Style and lint, host crates and the eBPF crate.
     cargo(&["fmt", "--all", "--", "--check"])?;
     fuzz::fmt_check()?;
@@ -159,6 +166,10 @@ fn test() -> Result<()> {
     // Unit tests, BPF_PROG_TEST_RUN fixtures and netns tests; the netns tests run the lb
     // binary, so build it first. The replay ran above: skipped here.
     cargo(&["build", "-p", "lb-userspace"])?;
+    // tests/tests/deb_package.rs installs this into a scratch root.
+    let deb = package::build(root)?;
+    // SAFETY: single-threaded at this point.
+    unsafe { std::env::set_var("LB_DEB", &deb) };
     let (passed, failed) = cargo_test_counted(&[
         "test",
         "--workspace",

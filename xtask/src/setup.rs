@@ -54,6 +54,9 @@ pub enum Needs {
 /// Schemathesis, pinned: its checks are part of the test suite.
 const SCHEMATHESIS: &str = "schemathesis==4.32.5";
 
+/// cargo-deb, pinned: `cargo xtask package` builds the .deb with it.
+const CARGO_DEB_VERSION: &str = "3.8.0";
+
 /// cargo-fuzz, pinned: `cargo xtask fuzz` runs the targets in fuzz/ with it.
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
@@ -281,4 +284,27 @@ fn disable_services(units: &[String]) {
             .stderr(Stdio::null())
             .status();
     }
+}
+
+/// cargo-deb into .tools (`cargo xtask package`, and the package test).
+pub fn cargo_deb(tools_dir: &Path) -> Result<()> {
+    let bin = tools_dir.join("bin/cargo-deb");
+    if bin.is_file()
+        && output(Command::new(&bin).arg("--version"))
+            .map(|v| v.contains(CARGO_DEB_VERSION))
+            .unwrap_or(false)
+    {
+        return Ok(());
+    }
+    eprintln!(
+        "setup: building cargo-deb {CARGO_DEB_VERSION} into {}",
+        tools_dir.display()
+    );
+    crate::run(
+        Command::new(env!("CARGO"))
+            .args(["install", "cargo-deb", "--force", "--locked", "--version"])
+            .arg(CARGO_DEB_VERSION)
+            .arg("--root")
+            .arg(tools_dir),
+    )
 }

@@ -215,6 +215,8 @@ impl Daemon {
             backends = daemon.config.backends.len(),
             "ready"
         );
+        // Under systemd (Type=notify) the unit is started from here on; elsewhere a no-op.
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
         Ok(daemon)
     }
 
@@ -492,6 +494,7 @@ impl Daemon {
     }
 
     async fn stop(self) -> Result<()> {
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
         warn!("signal received; detaching");
         if let Some(ha) = &self.ha {
             ha.stop();
