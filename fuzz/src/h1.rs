@@ -53,6 +53,8 @@ fn world() -> &'static World {
             trusted: site.trusted.clone(),
             max_connections: site.max_connections,
             open: site.open.clone(),
+            stats: site.stats.clone(),
+            log: site.log,
         };
         let shared = Shared::default();
         *shared.routes.write().unwrap() = Arc::new(routes);

@@ -5,7 +5,10 @@
 use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
-    sync::{Arc, RwLock, atomic::AtomicU64},
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
 };
 
 use anyhow::{Context as _, Result};
@@ -59,6 +62,8 @@ pub struct ServerView {
 /// What the daemon knows beyond the maps.
 pub struct DaemonView<'a> {
     pub servers: &'a HashMap<(String, IpAddr), ServerView>,
+    /// The proxy's counts (empty without userspace frontends).
+    pub proxy: &'a crate::proxy::Served,
     pub checks: &'a HashMap<(String, IpAddr), CheckStats>,
     pub ha: Option<&'a crate::api::types::HaStatus>,
     pub reloads: &'a DaemonInfo,
@@ -154,9 +159,20 @@ pub fn render(
     );
     let check_failures = counter(&mut r, "lb_server_check_failures", "Failed health probes");
     let check_up_down = counter(&mut r, "lb_server_check_up_down", "UP/DOWN transitions");
+    let check_changed = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+    r.register(
+        "lb_server_check_last_change_seconds",
+        "Seconds since the server's check state last changed (or checks began)",
+        check_changed.clone(),
+    );
     for ((backend, address), stats) in checks {
         let address = address.to_string();
         let l = labels(&[("backend", backend), ("server", &address)]);
+        if let Some(at) = stats.last_change {
+            check_changed
+                .get_or_create(&l)
+                .set(at.elapsed().as_secs_f64());
+        }
         check_status.get_or_create(&l).set(i64::from(stats.last_ok));
         check_duration
             .get_or_create(&l)
@@ -315,6 +331,40 @@ pub fn render(
             }
         }
     }
+    // The proxy's share: its sessions, open connections and bytes, in the same series.
+    for (frontend, stats, open) in &view.proxy.frontends {
+        let l = labels(&[("frontend", frontend)]);
+        fe_sessions
+            .get_or_create(&l)
+            .inc_by(stats.sessions.load(Relaxed));
+        fe_current.get_or_create(&l).inc_by(*open as i64);
+        fe_in
+            .get_or_create(&l)
+            .inc_by(stats.traffic.read.load(Relaxed));
+        fe_out
+            .get_or_create(&l)
+            .inc_by(stats.traffic.written.load(Relaxed));
+    }
+    for (backend, address, stats, open) in &view.proxy.servers {
+        let address = address.to_string();
+        let l = labels(&[("backend", backend), ("server", &address)]);
+        let (sessions, sent, received) = (
+            stats.sessions.load(Relaxed),
+            stats.traffic.written.load(Relaxed),
+            stats.traffic.read.load(Relaxed),
+        );
+        srv_sessions.get_or_create(&l).inc_by(sessions);
+        srv_current.get_or_create(&l).inc_by(*open as i64);
+        srv_in.get_or_create(&l).inc_by(sent);
+        srv_out.get_or_create(&l).inc_by(received);
+        if let Some(b) = backends.get_mut(backend.as_str()) {
+            b[2] += open;
+            b[3] += sessions;
+            b[4] += sent;
+            b[5] += received;
+        }
+    }
+    register_http(&mut r, view.proxy);
     for (backend, [active, weight, open, sessions, bytes_in, bytes_out]) in backends {
         let l = labels(&[("backend", backend)]);
         be_status.get_or_create(&l).set(i64::from(active > 0));
@@ -530,6 +580,122 @@ impl ProcessStats {
             max_fds,
             start_time: boot + field(22)? / hz,
         })
+    }
+}
+
+/// The proxy's requests by status class, its server errors, retries and response times.
+fn register_http(r: &mut Registry, served: &crate::proxy::Served) {
+    use crate::proxy::observe::CLASSES;
+    let requests = counter(
+        r,
+        "lb_http_requests",
+        "HTTP requests answered by a proxied frontend, by status class (lb's own answers too)",
+    );
+    for (frontend, stats, _) in &served.frontends {
+        for (code, n) in CLASSES.iter().zip(&stats.requests) {
+            requests
+                .get_or_create(&labels(&[("frontend", frontend), ("code", code)]))
+                .inc_by(n.load(Relaxed));
+        }
+    }
+    let responses = counter(
+        r,
+        "lb_http_server_responses",
+        "HTTP responses from each server, by status class",
+    );
+    let connect_errors = counter(
+        r,
+        "lb_http_server_connect_errors",
+        "Connections to the server that failed (refused, timed out, TLS)",
+    );
+    let retries = counter(
+        r,
+        "lb_http_server_retries",
+        "Requests that failed on the server and were sent again",
+    );
+    let redispatches = counter(
+        r,
+        "lb_http_server_redispatches",
+        "Requests that failed on the server and went to another (every retry does)",
+    );
+    let server_times = Family::<Labels, ConstHistogram>::default();
+    r.register(
+        "lb_http_server_response_time_seconds",
+        "From request sent to response head received (HAProxy's Tr), per server",
+        server_times.clone(),
+    );
+    let backend_times = Family::<Labels, ConstHistogram>::default();
+    r.register(
+        "lb_http_backend_response_time_seconds",
+        "From request sent to response head received (HAProxy's Tr), per backend",
+        backend_times.clone(),
+    );
+    let mut per_backend: std::collections::BTreeMap<&str, HistogramSnapshot> = Default::default();
+    for (backend, address, stats, _) in &served.servers {
+        let address = address.to_string();
+        let l = labels(&[("backend", backend), ("server", &address)]);
+        for (code, n) in CLASSES.iter().zip(&stats.requests) {
+            responses
+                .get_or_create(&labels(&[
+                    ("backend", backend),
+                    ("server", &address),
+                    ("code", code),
+                ]))
+                .inc_by(n.load(Relaxed));
+        }
+        connect_errors
+            .get_or_create(&l)
+            .inc_by(stats.connect_errors.load(Relaxed));
+        let retried = stats.retries.load(Relaxed);
+        retries.get_or_create(&l).inc_by(retried);
+        redispatches.get_or_create(&l).inc_by(retried);
+        let (sum, count, buckets) = stats.response_time.snapshot();
+        let total = per_backend
+            .entry(backend)
+            .or_insert_with(|| (0.0, 0, buckets.iter().map(|(b, _)| (*b, 0)).collect()));
+        total.0 += sum;
+        total.1 += count;
+        for (t, (_, n)) in total.2.iter_mut().zip(&buckets) {
+            t.1 += n;
+        }
+        server_times.get_or_create(&l).set(sum, count, buckets);
+    }
+    for (backend, (sum, count, buckets)) in per_backend {
+        backend_times
+            .get_or_create(&labels(&[("backend", backend)]))
+            .set(sum, count, buckets);
+    }
+}
+
+use crate::proxy::observe::HistogramSnapshot;
+
+/// A histogram whose buckets were counted elsewhere (the proxy's atomics): encoded as is.
+#[derive(Clone, Debug, Default)]
+struct ConstHistogram(Arc<std::sync::Mutex<HistogramSnapshot>>);
+
+impl ConstHistogram {
+    fn set(&self, sum: f64, count: u64, buckets: Vec<(f64, u64)>) {
+        *self.0.lock().expect("histogram lock") = (sum, count, buckets);
+    }
+}
+
+impl prometheus_client::metrics::TypedMetric for ConstHistogram {
+    const TYPE: prometheus_client::metrics::MetricType =
+        prometheus_client::metrics::MetricType::Histogram;
+}
+
+impl prometheus_client::encoding::EncodeMetric for ConstHistogram {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::MetricEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        let (sum, count, buckets) = self.0.lock().expect("histogram lock").clone();
+        encoder
+            .encode_histogram::<prometheus_client::encoding::NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        <Self as prometheus_client::metrics::TypedMetric>::TYPE
     }
 }
 

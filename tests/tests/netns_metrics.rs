@@ -1,15 +1,11 @@
 //! The daemon's Prometheus endpoint, scraped after known traffic.
 
-use std::{
-    io::Write as _,
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{process::Command, time::Duration};
 
 use lb_tests::{
     require_root,
     topology::{SERVER_PORT, Topology, VIP, VIP_TCP_PORT, lb_binary},
-    traffic::{drive_tcp, metric, scrape_metrics_when},
+    traffic::{drive_tcp, metric, promtool_accepts, scrape_metrics_when},
 };
 
 /// The value of the sample whose line starts with `prefix`.
@@ -23,34 +19,6 @@ fn series(body: &str) -> Vec<&str> {
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| l.rsplit_once(' ').map(|(series, _)| series))
         .collect()
-}
-
-/// Debian's promtool lints the scrape: any complaint fails.
-fn promtool_accepts(body: &str) {
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian's prometheus package; cargo xtask setup installs it)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(body.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && said.trim().is_empty(),
-        "promtool check metrics: {}\n{said}",
-        out.status
-    );
 }
 
 /// Every `lb_*` or `process_*` metric the alert rules and the dashboard under deploy/ name

@@ -496,7 +496,7 @@ async fn patch_server(
     let patch: ServerPatch = parse_body(&body)?;
     if patch.weight.is_none() && patch.state.is_none() {
         return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
+            StatusCode::UNPROCESSABLE_ENTITY,
             "empty_patch",
             "nothing to change: give weight, state or both",
         ));

@@ -191,10 +191,10 @@ pub struct PublicPortRef {
 pub struct ServerPatch {
     /// The configured weight, 0..100.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(maximum = 100)]
     pub weight: Option<u32>,
     /// "ready", "drain" or "maint".
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<String>)]
     pub state: Option<crate::config::AdminState>,
     /// With state "drain": how long its flows may run on ("5m"); absent: until "ready".
     #[serde(

@@ -21,9 +21,9 @@ pub use host::Ephemeral;
 pub use model::*;
 pub use persist::persist;
 pub use values::{
-    AclCriterion, AdminState, CheckKind, Cidr, ExpectedCodes, Forwarding, HaRole, InitState,
-    Method, Mode, OnDown, Port, PortRange, Protocol, ProxyVersion, RouteCond, StickyKind,
-    UnderscoreHeaders, XdpAttach,
+    AccessLog, AclCriterion, AdminState, CheckKind, Cidr, ExpectedCodes, Forwarding, HaRole,
+    InitState, Method, Mode, OnDown, Port, PortRange, Protocol, ProxyVersion, RouteCond,
+    StickyKind, UnderscoreHeaders, XdpAttach,
 };
 
 #[cfg(test)]

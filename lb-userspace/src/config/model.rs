@@ -12,9 +12,9 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use super::values::{
-    AclCriterion, AdminState, CheckKind, Cidr, ExpectedCodes, Forwarding, InitState, Method, Mode,
-    OnDown, Port, PortRange, Protocol, ProxyVersion, RouteCond, StickyKind, UnderscoreHeaders,
-    XdpAttach, duration,
+    AccessLog, AclCriterion, AdminState, CheckKind, Cidr, ExpectedCodes, Forwarding, InitState,
+    Method, Mode, OnDown, Port, PortRange, Protocol, ProxyVersion, RouteCond, StickyKind,
+    UnderscoreHeaders, XdpAttach, duration,
 };
 
 /// Largest server weight (0 drains).
@@ -330,6 +330,11 @@ pub struct FrontendOptions {
     /// frontends only. Absent: only `[http] max_connections` applies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<u32>,
+    /// An access log line per request of a proxied frontend: "text" (HAProxy's order:
+    /// client, frontend, backend/server, Tq/Tw/Tc/Tr/Tt, status, bytes, retries, request) or
+    /// "json"; absent or "off": none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<AccessLog>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]

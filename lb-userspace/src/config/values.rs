@@ -203,6 +203,17 @@ spelled! {
 }
 
 spelled! {
+    /// A proxied frontend's access log.
+    #[derive(Default)]
+    pub enum AccessLog {
+        #[default]
+        Off = "off",
+        Text = "text",
+        Json = "json",
+    }
+}
+
+spelled! {
     /// How XDP attaches to an interface.
     #[derive(Default)]
     pub enum XdpAttach {

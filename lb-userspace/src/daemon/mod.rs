@@ -388,6 +388,7 @@ impl Daemon {
             return;
         };
         let stats = self.checks.entry(key.clone()).or_default();
+        stats.last_change.get_or_insert_with(Instant::now);
         stats.last_ok = report.result.is_ok();
         stats.last_duration = report.took;
         stats.failures += u64::from(report.result.is_err());
@@ -405,6 +406,7 @@ impl Daemon {
             return;
         };
         stats.transitions += 1;
+        stats.last_change = Some(Instant::now());
         self.settle_lingering();
         match &report.result {
             Ok(()) => info!(backend = %key.0, server = %key.1, check = %check.kind, "server UP"),

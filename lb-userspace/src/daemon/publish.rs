@@ -79,8 +79,9 @@ impl Daemon {
                     );
                 }
             }
+            let served = self.proxy.as_ref().map(|p| p.served()).unwrap_or_default();
             (
-                servers,
+                (servers, served),
                 self.publisher.report.clone(),
                 self.checks.clone(),
                 self.config.dataplane.conntrack_size,
@@ -103,15 +104,17 @@ impl Daemon {
                 for (id, name) in &inventory.frontends {
                     frontends.insert(name.clone(), (*id, dp.frontend_stats(*id)?));
                 }
-                let metrics = render.map(|(servers, report, checks, size, ha, reloads)| {
-                    let daemon = metrics::DaemonView {
-                        servers: &servers,
-                        checks: &checks,
-                        ha: ha.as_ref(),
-                        reloads: &reloads,
-                    };
-                    metrics::render(dp, &report, size, &daemon)
-                });
+                let metrics =
+                    render.map(|((servers, served), report, checks, size, ha, reloads)| {
+                        let daemon = metrics::DaemonView {
+                            servers: &servers,
+                            proxy: &served,
+                            checks: &checks,
+                            ha: ha.as_ref(),
+                            reloads: &reloads,
+                        };
+                        metrics::render(dp, &report, size, &daemon)
+                    });
                 let xdp = dp
                     .xdp_modes()
                     .iter()

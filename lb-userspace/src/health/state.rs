@@ -50,6 +50,8 @@ pub struct CheckStats {
     pub failures: u64,
     /// UP/DOWN transitions.
     pub transitions: u64,
+    /// When the state last changed (or checks began).
+    pub last_change: Option<std::time::Instant>,
 }
 
 /// What a probe found: healthy, or why not.

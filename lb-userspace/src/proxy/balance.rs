@@ -25,6 +25,8 @@ pub struct ServerState {
     pub max_conn: u32,
     pub up: bool,
     pub active: Arc<AtomicU32>,
+    /// What it served through the proxy (kept across reloads, as `active`).
+    pub stats: Arc<super::observe::ServerStats>,
 }
 
 impl ServerState {
@@ -46,6 +48,7 @@ impl ServerState {
             max_conn,
             up,
             active,
+            stats: Arc::default(),
         }
     }
 
@@ -286,6 +289,7 @@ mod tests {
             up: false,
             cookie: s.cookie.clone(),
             active: s.active.clone(),
+            stats: s.stats.clone(),
             ..**s
         });
         for _ in 0..10 {

@@ -22,10 +22,11 @@ use tokio::{
 };
 use tracing::{debug, warn};
 
-use crate::config::{HttpConfig, MAX_REQUEST_HEADERS, UnderscoreHeaders};
+use crate::config::{AccessLog, HttpConfig, MAX_REQUEST_HEADERS, UnderscoreHeaders};
 
 use super::{
     limits::Readable,
+    observe::{Exchange, Trace},
     policy::ConnInfo,
     routes::{BackendRoute, FrontendRoute, Shared},
     upstream::{Pool, Upstream},
@@ -84,6 +85,27 @@ enum Parsed {
     Ready(Prepared),
     /// Answer the client without a server, then close, or go on after the head's length.
     Answer(Vec<u8>, Close),
+}
+
+/// The method and target of a request head, for the access log ("-" where unreadable).
+fn request_line(head: &[u8]) -> (&str, &str) {
+    let line = head
+        .split(|&b| b == b'\r' || b == b'\n')
+        .next()
+        .unwrap_or(&[]);
+    let line = std::str::from_utf8(line).unwrap_or("");
+    let mut parts = line.split(' ');
+    let method = parts.next().filter(|m| !m.is_empty()).unwrap_or("-");
+    (method, parts.next().unwrap_or("-"))
+}
+
+/// The status of a response lb wrote itself ("HTTP/1.1 503 ...").
+fn answer_status(response: &[u8]) -> u16 {
+    response
+        .get(9..12)
+        .and_then(|s| std::str::from_utf8(s).ok())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
 }
 
 /// A short plain-text response: the same bodies as the HTTP/2 path's.
@@ -435,12 +457,13 @@ async fn relay<R, W>(
     out: &mut Vec<u8>,
     framing: Framing,
     wait: Wait,
-) -> Result<(), RelayError>
+) -> Result<u64, RelayError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let mut remaining = Remaining::new(framing);
+    let mut written = 0u64;
     loop {
         let n = remaining
             .take(buf)
@@ -451,13 +474,14 @@ where
             dst.write_all(out)
                 .await
                 .map_err(|e| RelayError::Sink(e.to_string()))?;
+            written += out.len() as u64;
             out.clear();
         }
         if remaining.done() {
-            return Ok(());
+            return Ok(written);
         }
         match read_more(src, buf, wait).await {
-            Ok(0) if matches!(remaining, Remaining::UntilClose) => return Ok(()),
+            Ok(0) if matches!(remaining, Remaining::UntilClose) => return Ok(written),
             Ok(0) => return Err(RelayError::Source("closed before the body ended".into())),
             Ok(_) => {}
             Err(e) => return Err(RelayError::Source(e)),
@@ -847,11 +871,36 @@ pub async fn serve<S>(
         let http = shared.http();
         let head_wait = Wait::Until(Instant::now() + http.request_timeout);
         let mut released = false;
+        // When the request's first byte was seen (Tq runs from here).
+        let mut started = (!buf.is_empty()).then(Instant::now);
         let prepared = loop {
             if !buf.is_empty() {
                 match prepare(&buf, &shared, &http, &route, conn, &mut out) {
                     Parsed::Ready(p) => break p,
                     Parsed::Answer(bytes, close) => {
+                        // Answered without a server (a bad request, a redirect): counted
+                        // and logged all the same.
+                        let head = match close {
+                            Close::No { head_len } => &buf[..head_len],
+                            Close::Yes => &buf[..],
+                        };
+                        let (method, path) = request_line(head);
+                        let now = Instant::now();
+                        Exchange {
+                            log: route.log,
+                            frontend: &route.name,
+                            stats: &route.stats,
+                            client: conn.client,
+                            method,
+                            path,
+                            started: started.unwrap_or(now),
+                            head_done: now,
+                            trace: Trace::default(),
+                            status: answer_status(&bytes),
+                            bytes_out: Some(bytes.len() as u64),
+                        }
+                        .finish();
+                        started = None;
                         let written = client.write_all(&bytes).await.is_ok();
                         match close {
                             Close::No { head_len } if written => {
@@ -875,7 +924,9 @@ pub async fn serve<S>(
             let wait = if quiet { Wait::Until(hot) } else { head_wait };
             match read_more(&mut client, &mut buf, wait).await {
                 Ok(0) => return,
-                Ok(_) => {}
+                Ok(_) => {
+                    started.get_or_insert_with(Instant::now);
+                }
                 Err(e) if quiet && e == "timed out" => {
                     released = true;
                     super::routes::FREED.set(super::routes::FREED.get() + 1);
@@ -895,14 +946,23 @@ pub async fn serve<S>(
                 Err(_) => return,
             }
         };
+        let head_done = Instant::now();
+        // The request line is copied for the access log only.
+        let (method, path) = if route.log == AccessLog::Off {
+            (String::new(), String::new())
+        } else {
+            let (m, p) = request_line(&buf[..prepared.head_len]);
+            (m.to_string(), p.to_string())
+        };
         buf.advance(prepared.head_len);
+        let mut trace = Trace::default();
         let request = Request {
             head: &out,
             prepared,
         };
         // Boxed: a connection waiting for its next request then holds a small task, not
         // one the size of an exchange's state.
-        match Box::pin(exchange(
+        let outcome = Box::pin(exchange(
             &http,
             conn,
             &mut client,
@@ -910,9 +970,25 @@ pub async fn serve<S>(
             request,
             &mut response_head,
             &private,
+            &mut trace,
         ))
-        .await
-        {
+        .await;
+        let (status, bytes) = trace.answer.unwrap_or((0, 0));
+        Exchange {
+            log: route.log,
+            frontend: &route.name,
+            stats: &route.stats,
+            client: conn.client,
+            method: &method,
+            path: &path,
+            started: started.unwrap_or(head_done),
+            head_done,
+            trace,
+            status,
+            bytes_out: Some(bytes),
+        }
+        .finish();
+        match outcome {
             Outcome::KeepAlive => {}
             Outcome::Close => {
                 let _ = client.shutdown().await;
@@ -923,6 +999,10 @@ pub async fn serve<S>(
 }
 
 /// Send one request to a server (trying others on failure) and relay its response.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the connection's buffers and pools, lent for one exchange"
+)]
 async fn exchange<S>(
     http: &HttpConfig,
     conn: ConnInfo,
@@ -931,6 +1011,7 @@ async fn exchange<S>(
     request: Request<'_>,
     out: &mut Vec<u8>,
     private: &Pool<Upstream>,
+    trace: &mut Trace,
 ) -> Outcome
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -940,6 +1021,7 @@ where
         prepared: req,
     } = request;
     let backend = &req.backend;
+    trace.backend = backend.name.clone();
     let answer = |status, detail: &str| error_response(status, detail, !req.keep_alive);
     let mut tried = [usize::MAX; 3];
     let mut last_error = String::from("no server is available");
@@ -957,24 +1039,29 @@ where
         attempts += 1;
         let server = backend.balancer.servers[index].clone();
         let _guard = server.open();
+        trace.attempt(server.address, &server.stats);
         let pool = if backend.dialer.proxy_protocol.is_some() {
             private
         } else {
             &*backend.h1_pool
         };
+        let dial_at = Instant::now();
         let pooled = (!req.upgrade).then(|| pool.take(server.address)).flatten();
         let reused = pooled.is_some();
         let mut up = match pooled {
             Some(up) => up,
             None => match backend
                 .dialer
-                .connect(server.address, conn.client, conn.local)
+                .connect(server.address, conn.client, conn.local, &server.stats)
                 .await
             {
-                Ok(io) => Upstream {
-                    io,
-                    buf: BytesMut::new(),
-                },
+                Ok(io) => {
+                    trace.connect = Some(dial_at.elapsed());
+                    Upstream {
+                        io,
+                        buf: BytesMut::new(),
+                    }
+                }
                 Err(e) => {
                     if matches!(e, super::upstream::ConnectError::Tls(_)) {
                         warn!(backend = %backend.name, server = %server.address, error = %e, "TLS to server failed");
@@ -998,9 +1085,10 @@ where
         }
         out.clear();
         out.extend_from_slice(head);
+        let sent_at = Instant::now();
         let body_wait = Wait::Until(Instant::now() + http.body_timeout);
         match relay(client, buf, &mut up.io, out, req.body, body_wait).await {
-            Ok(()) => {}
+            Ok(_) => {}
             Err(RelayError::Source(e)) => {
                 debug!(client = %conn.client, error = %e, "request body failed");
                 return Outcome::Close;
@@ -1039,12 +1127,12 @@ where
                 Ok(_) => {}
                 Err(e) if e == "timed out" => {
                     warn!(backend = %backend.name, server = %server.address, "server timeout");
-                    let _ = client
-                        .write_all(&answer(
-                            StatusCode::GATEWAY_TIMEOUT,
-                            &format!("server did not answer within {:?}", http.server_timeout),
-                        ))
-                        .await;
+                    let timeout = answer(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        &format!("server did not answer within {:?}", http.server_timeout),
+                    );
+                    trace.answer = Some((504, timeout.len() as u64));
+                    let _ = client.write_all(&timeout).await;
                     return if req.keep_alive {
                         Outcome::KeepAlive
                     } else {
@@ -1065,8 +1153,11 @@ where
                 break;
             }
         };
+        trace.response = Some(sent_at.elapsed());
         backend.remember_source(conn.client.ip(), index);
         up.buf.advance(response.head_len);
+        // relay writes the head in `out` with the body: its count is the answer's bytes.
+        trace.answer = Some((response.status, 0));
         if response.status == 101 {
             if !req.upgrade {
                 last_error = format!(
@@ -1086,8 +1177,11 @@ where
             Wait::EachRead(http.server_timeout),
         )
         .await;
+        if let (Ok(body), Some((_, head))) = (&relayed, &mut trace.answer) {
+            *head += body;
+        }
         return match relayed {
-            Ok(()) => {
+            Ok(_) => {
                 if response.reusable && up.buf.is_empty() {
                     pool.put(server.address, up);
                 }
@@ -1111,6 +1205,8 @@ where
     } else {
         answer(StatusCode::BAD_GATEWAY, &last_error)
     };
+    let status = if attempts == 0 { 503 } else { 502 };
+    trace.answer = Some((status, response.len() as u64));
     if client.write_all(&response).await.is_err() || !req.keep_alive || !in_step {
         return Outcome::Close;
     }

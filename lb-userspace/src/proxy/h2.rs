@@ -19,8 +19,9 @@ use tracing::{debug, warn};
 use crate::config::UnderscoreHeaders;
 
 use super::{
-    balance::ActiveGuard,
+    balance::{ActiveGuard, ServerState},
     body::{BoxError, DeadlineBody, ProxyBody, empty, error},
+    observe::{Exchange, Trace},
     policy::{ConnInfo, cookie_in, is_forwarded_header, is_idempotent_method, without_port},
     routes::{BackendRoute, FrontendRoute, Shared},
     upstream::{Pool, Sender},
@@ -87,6 +88,36 @@ pub async fn handle(
     private: Arc<Pool<Sender>>,
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
+    // hyper hands over a request once its head is in.
+    let started = tokio::time::Instant::now();
+    let (method, path) = (req.method().to_string(), req.uri().path().to_string());
+    let mut trace = Trace::default();
+    let response = answer(&shared, &frontend, conn, &private, req, &mut trace).await;
+    let exchange = Exchange {
+        log: frontend.log,
+        frontend: &frontend.name,
+        stats: &frontend.stats,
+        client: conn.client,
+        method: &method,
+        path: &path,
+        started,
+        head_done: started,
+        trace,
+        status: response.status().as_u16(),
+        bytes_out: response.body().size_hint().exact(),
+    };
+    exchange.finish();
+    response
+}
+
+async fn answer(
+    shared: &Arc<Shared>,
+    frontend: &Arc<FrontendRoute>,
+    conn: ConnInfo,
+    private: &Arc<Pool<Sender>>,
+    req: Request<Incoming>,
+    trace: &mut Trace,
+) -> Response<ProxyBody> {
     let h = req.headers();
     // RFC 9112 6.1: both framing headers is a smuggling attempt; reject and close. (hyper's
     // HTTP/1 parser already drops Content-Length when chunked and closes after the response;
@@ -122,7 +153,8 @@ pub async fn handle(
     let Some(backend) = shared.backend(backend_name) else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "no such backend", false);
     };
-    forward(&shared, &frontend, &backend, conn, &private, req).await
+    trace.backend = backend.name.clone();
+    forward(shared, frontend, &backend, conn, private, req, trace).await
 }
 
 /// The HTTP/1 path's header rules (`h1::check_request_headers`) where hyper and h2 do not
@@ -278,6 +310,7 @@ async fn forward(
     conn: ConnInfo,
     private: &Arc<Pool<Sender>>,
     mut req: Request<Incoming>,
+    trace: &mut Trace,
 ) -> Response<ProxyBody> {
     let http = shared.http();
     let upgrade = is_upgrade(&req);
@@ -350,6 +383,7 @@ async fn forward(
         tried.push(index);
         let server = backend.balancer.servers[index].clone();
         let guard = server.open();
+        trace.attempt(server.address, &server.stats);
         let pool = if backend.dialer.proxy_protocol.is_some() {
             private.clone()
         } else {
@@ -361,8 +395,11 @@ async fn forward(
         };
         let sender = match pooled {
             Some(s) => s,
-            None => match connect(backend, server.address, conn, upgrade).await {
-                Ok(s) => s,
+            None => match connect(backend, &server, conn, upgrade).await {
+                Ok((s, took)) => {
+                    trace.connect = Some(took);
+                    s
+                }
                 Err(e) => {
                     warn!(backend = %backend.name, server = %server.address, error = %e, "server unreachable; trying another");
                     last_error = e;
@@ -384,6 +421,7 @@ async fn forward(
         };
         let upstream_req = Request::from_parts(request_head, request_body);
         let mut sender = sender;
+        let sent_at = std::time::Instant::now();
         let sent = tokio::time::timeout(http.server_timeout, sender.send_request(upstream_req));
         let mut response = match sent.await {
             Err(_) => {
@@ -404,6 +442,7 @@ async fn forward(
             }
             Ok(Ok(r)) => r,
         };
+        trace.response = Some(sent_at.elapsed());
         backend.remember_source(conn.client.ip(), index);
         let keep = !upgrade
             && !response
@@ -466,13 +505,14 @@ async fn forward(
 /// A new HTTP/1.1 connection to `server` (PROXY header and TLS per the backend).
 async fn connect(
     backend: &BackendRoute,
-    server: SocketAddr,
+    target: &ServerState,
     conn: ConnInfo,
     upgrades: bool,
-) -> Result<Sender, String> {
+) -> Result<(Sender, std::time::Duration), String> {
+    let (server, started) = (target.address, std::time::Instant::now());
     let stream = backend
         .dialer
-        .connect(server, conn.client, conn.local)
+        .connect(server, conn.client, conn.local, &target.stats)
         .await
         .map_err(|e| {
             if matches!(e, super::upstream::ConnectError::Tls(_)) {
@@ -494,5 +534,5 @@ async fn connect(
             debug!(%server, error = %e, "server connection ended");
         }
     });
-    Ok(sender)
+    Ok((sender, started.elapsed()))
 }

@@ -23,7 +23,10 @@ use tokio::{
     time::{Instant, Sleep},
 };
 
-use super::body::{BoxError, ProxyBody};
+use super::{
+    body::{BoxError, ProxyBody},
+    observe::Traffic,
+};
 
 /// A stream whose writes must make progress within `timeout`: a write, flush or shutdown
 /// that stays pending that long fails with `TimedOut`, so a peer that never reads (its
@@ -35,6 +38,8 @@ pub struct Deadlined<S> {
     /// Armed while a write is pending; allocated on the first stall only.
     stall: Option<Pin<Box<Sleep>>>,
     armed: bool,
+    /// Where the bytes read and written are counted, if anywhere.
+    traffic: Option<Arc<Traffic>>,
 }
 
 impl<S> Deadlined<S> {
@@ -44,6 +49,19 @@ impl<S> Deadlined<S> {
             timeout,
             stall: None,
             armed: false,
+            traffic: None,
+        }
+    }
+
+    /// Count the bytes read and written in `traffic`.
+    pub fn counted(mut self, traffic: Arc<Traffic>) -> Self {
+        self.traffic = Some(traffic);
+        self
+    }
+
+    fn count_written(&self, poll: &Poll<io::Result<usize>>) {
+        if let (Some(t), Poll::Ready(Ok(n))) = (&self.traffic, poll) {
+            t.written.fetch_add(*n as u64, Relaxed);
         }
     }
 
@@ -82,7 +100,13 @@ impl<S: AsyncRead + Unpin> AsyncRead for Deadlined<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let (Some(t), Poll::Ready(Ok(()))) = (&self.traffic, &poll) {
+            let n = buf.filled().len() - before;
+            t.read.fetch_add(n as u64, Relaxed);
+        }
+        poll
     }
 }
 
@@ -93,6 +117,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Deadlined<S> {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let poll = Pin::new(&mut self.inner).poll_write(cx, data);
+        self.count_written(&poll);
         self.check(cx, poll)
     }
 
@@ -102,6 +127,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Deadlined<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.count_written(&poll);
         self.check(cx, poll)
     }
 

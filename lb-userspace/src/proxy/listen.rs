@@ -62,11 +62,18 @@ pub async fn accept_loop(
             tls: tls.is_some(),
         };
         let (shared, frontend, tls) = (shared.clone(), frontend.clone(), tls.clone());
+        let stats = shared.frontend(&frontend).map(|f| f.stats.clone());
         tokio::spawn(async move {
             let _slot = slot;
             let limits = shared.http();
             // Every write to the client must make progress within server_timeout.
-            let stream = Deadlined::new(stream, limits.server_timeout);
+            let mut stream = Deadlined::new(stream, limits.server_timeout);
+            if let Some(stats) = stats {
+                stats
+                    .sessions
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                stream = stream.counted(stats.traffic.clone());
+            }
             if http {
                 serve_http(shared, frontend, conn, stream, tls, &limits).await;
             } else {
@@ -319,10 +326,14 @@ async fn serve_stream(
         let _guard = server.open();
         match backend
             .dialer
-            .connect(server.address, conn.client, conn.local)
+            .connect(server.address, conn.client, conn.local, &server.stats)
             .await
         {
             Ok(mut upstream) => {
+                server
+                    .stats
+                    .sessions
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 backend.remember_source(client_ip, index);
                 let _ = tokio::io::copy_bidirectional(&mut stream, &mut upstream).await;
                 return;

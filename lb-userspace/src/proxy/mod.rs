@@ -14,6 +14,7 @@ pub mod h1;
 pub mod h2;
 mod limits;
 mod listen;
+pub mod observe;
 pub mod policy;
 pub mod routes;
 pub mod upstream;
@@ -40,6 +41,15 @@ struct Worker {
     handle: tokio::runtime::Handle,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// A snapshot of the proxy's counters (`Proxy::served`).
+#[derive(Clone, Default)]
+pub struct Served {
+    /// (frontend, counts, open client connections).
+    pub frontends: Vec<(String, Arc<observe::FrontendStats>, u64)>,
+    /// (backend, server address, counts, open server connections or requests).
+    pub servers: Vec<(String, IpAddr, Arc<observe::ServerStats>, u64)>,
 }
 
 pub struct Proxy {
@@ -155,6 +165,33 @@ impl Proxy {
             .active
             .load(std::sync::atomic::Ordering::Relaxed);
         Some(u64::from(server))
+    }
+
+    /// What the proxy served, for the metrics: each userspace frontend (its counts and
+    /// open connections), and each server of their backends (counts, open connections).
+    pub fn served(&self) -> Served {
+        let routes = self.shared.routes.read().unwrap().clone();
+        Served {
+            frontends: routes
+                .frontends
+                .values()
+                .map(|f| (f.name.clone(), f.stats.clone(), f.open.load(Relaxed) as u64))
+                .collect(),
+            servers: routes
+                .backends
+                .values()
+                .flat_map(|b| {
+                    b.balancer.servers.iter().map(|s| {
+                        (
+                            b.name.clone(),
+                            s.address.ip(),
+                            s.stats.clone(),
+                            u64::from(s.active.load(Relaxed)),
+                        )
+                    })
+                })
+                .collect(),
+        }
     }
 
     fn listen(&self, addr: SocketAddr, spec: &ListenerSpec) -> Result<Vec<JoinHandle<()>>> {

@@ -89,6 +89,9 @@ pub struct FrontendRoute {
     /// `options.max_connections`, and its open client connections (kept across reloads).
     pub max_connections: Option<u32>,
     pub open: Arc<AtomicUsize>,
+    /// What it served (kept across reloads), and its access log.
+    pub stats: Arc<super::observe::FrontendStats>,
+    pub log: crate::config::AccessLog,
 }
 
 impl FrontendRoute {
@@ -254,19 +257,24 @@ impl Routes {
                 .into_iter()
                 .map(|s| {
                     let address = SocketAddr::new(s.address, port);
-                    let active = old
+                    let kept = old
                         .backends
                         .get(&backend.name)
-                        .and_then(|b| b.balancer.servers.iter().find(|o| o.address == address))
-                        .map_or_else(|| Arc::new(AtomicU32::new(0)), |o| o.active.clone());
-                    Arc::new(ServerState::new(
+                        .and_then(|b| b.balancer.servers.iter().find(|o| o.address == address));
+                    let active =
+                        kept.map_or_else(|| Arc::new(AtomicU32::new(0)), |o| o.active.clone());
+                    let mut state = ServerState::new(
                         &backend.name,
                         address,
                         s.serving_weight(),
                         s.max_conn,
                         up(&backend.name, s.address),
                         active,
-                    ))
+                    );
+                    if let Some(o) = kept {
+                        state.stats = o.stats.clone();
+                    }
+                    Arc::new(state)
                 })
                 .collect();
             let o = &backend.options;
@@ -364,6 +372,11 @@ impl Routes {
                         .frontends
                         .get(&f.name)
                         .map_or_else(Arc::default, |o| o.open.clone()),
+                    stats: old
+                        .frontends
+                        .get(&f.name)
+                        .map_or_else(Arc::default, |o| o.stats.clone()),
+                    log: f.options.log.unwrap_or_default(),
                 }),
             );
         }

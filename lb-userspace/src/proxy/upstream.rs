@@ -80,14 +80,26 @@ pub enum ServerStream {
 }
 
 impl Dialer {
+    /// A connection to `server`'s `stats.traffic` counts; a failure counts as a connection
+    /// error.
     pub async fn connect(
         &self,
         server: SocketAddr,
         client: SocketAddr,
         local: SocketAddr,
+        stats: &super::observe::ServerStats,
     ) -> Result<ServerIo, ConnectError> {
-        let stream = self.connect_stream(server, client, local).await?;
-        Ok(Deadlined::new(stream, self.write_timeout))
+        match self.connect_stream(server, client, local).await {
+            Ok(stream) => {
+                Ok(Deadlined::new(stream, self.write_timeout).counted(stats.traffic.clone()))
+            }
+            Err(e) => {
+                stats
+                    .connect_errors
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Err(e)
+            }
+        }
     }
 
     async fn connect_stream(
