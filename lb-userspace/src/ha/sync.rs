@@ -60,6 +60,8 @@ pub struct Shared {
     mastered_apart: AtomicBool,
     /// The listener's address, for `stop` to wake it.
     listen: std::sync::OnceLock<SocketAddr>,
+    /// Set when the listener's thread has ended and its socket is closed.
+    listener_closed: (Mutex<bool>, std::sync::Condvar),
 }
 
 #[derive(Default)]
@@ -113,6 +115,7 @@ impl Shared {
             stopped: AtomicBool::new(false),
             mastered_apart: AtomicBool::new(false),
             listen: std::sync::OnceLock::new(),
+            listener_closed: Default::default(),
         })
     }
 
@@ -194,6 +197,18 @@ impl Shared {
         }
     }
 
+    /// Wait, at most `timeout`, until the listener has closed its socket after [`Self::stop`]:
+    /// it ends once the session it is receiving ends, which the peer's `stop` ends. Whether
+    /// it closed; the address can then be bound again (the bench's successive pairs).
+    pub fn wait_listener_closed(&self, timeout: Duration) -> bool {
+        let (closed, changed) = &self.listener_closed;
+        let guard = closed.lock().expect("listener lock");
+        let (guard, _) = changed
+            .wait_timeout_while(guard, timeout, |closed| !*closed)
+            .expect("listener lock");
+        *guard
+    }
+
     pub fn split_brain(&self) -> bool {
         self.split_brain.load(Relaxed)
     }
@@ -260,7 +275,12 @@ pub fn start(
         let (settings, tables, shared) = (settings.clone(), tables.clone(), shared.clone());
         std::thread::Builder::new()
             .name("ha-listen".into())
-            .spawn(move || accept(listener, &settings, &*tables, &shared))?;
+            .spawn(move || {
+                accept(listener, &settings, &*tables, &shared);
+                let (closed, changed) = &shared.listener_closed;
+                *closed.lock().expect("listener lock") = true;
+                changed.notify_all();
+            })?;
     }
     std::thread::Builder::new()
         .name("ha-send".into())

@@ -122,6 +122,13 @@ fn measure(quick: bool) -> Result<Vec<Row>> {
     rows.push(Row::new(LAG, "lb:p99", p99, "ms"));
     a.shared.stop();
     b.shared.stop();
+    // The next pair binds the same addresses.
+    for node in [&a, &b] {
+        anyhow::ensure!(
+            node.shared.wait_listener_closed(Duration::from_secs(10)),
+            "the first pair's sync listener did not close within 10 s"
+        );
+    }
     drop((a, b));
 
     // The bulk: A holds `n` flows when B starts; B is synced when A's bulk-done arrives.
