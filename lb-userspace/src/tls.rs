@@ -7,6 +7,21 @@ use anyhow::{Context as _, Result};
 
 /// TLS termination from a PEM file holding the certificate chain and its private key.
 pub fn acceptor(path: &Path) -> Result<tokio_rustls::TlsAcceptor> {
+    let mut config = server_config(path)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// QUIC's TLS for an HTTP/3 bind: the same certificate, TLS 1.3 only, ALPN "h3".
+pub fn quic_server_config(path: &Path) -> Result<quinn::crypto::rustls::QuicServerConfig> {
+    let mut config = server_config(path)?;
+    config.alpn_protocols = vec![b"h3".to_vec()];
+    config.max_early_data_size = 0;
+    quinn::crypto::rustls::QuicServerConfig::try_from(config)
+        .with_context(|| format!("ssl_certificate {path:?}: not usable for QUIC"))
+}
+
+fn server_config(path: &Path) -> Result<rustls::ServerConfig> {
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
     let certs = CertificateDer::pem_file_iter(path)
         .with_context(|| format!("ssl_certificate {path:?}"))?
@@ -19,13 +34,12 @@ pub fn acceptor(path: &Path) -> Result<tokio_rustls::TlsAcceptor> {
     let key = PrivateKeyDer::from_pem_file(path)
         .with_context(|| format!("ssl_certificate {path:?}: no private key in the file"))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+    let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .with_context(|| format!("ssl_certificate {path:?}"))?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+    Ok(config)
 }
 
 /// Root certificates for `tls_verify`: the file's CAs, or the system's.

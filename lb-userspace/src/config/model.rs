@@ -132,6 +132,15 @@ pub struct HttpConfig {
     /// "allow".
     #[serde(default)]
     pub underscore_headers: UnderscoreHeaders,
+    /// An HTTP/3 (QUIC) connection with no packet for this long is closed (1s..=10m).
+    #[serde(with = "duration")]
+    pub http3_idle_timeout: Duration,
+    /// Requests (bidirectional streams) an HTTP/3 client may have open at once on a
+    /// connection (1..=10000).
+    pub http3_max_streams: u32,
+    /// Largest UDP payload lb accepts and probes up to, in bytes (1200..=65527; 1472 fits
+    /// an Ethernet MTU of 1500 over IPv4).
+    pub http3_max_udp_payload: u16,
 }
 
 impl Default for HttpConfig {
@@ -147,6 +156,9 @@ impl Default for HttpConfig {
             workers: 2,
             max_connections: None,
             underscore_headers: UnderscoreHeaders::Drop,
+            http3_idle_timeout: Duration::from_secs(30),
+            http3_max_streams: 100,
+            http3_max_udp_payload: 1472,
         }
     }
 }
@@ -350,7 +362,8 @@ pub struct Bind {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>)]
     pub ssl_certificate: Option<PathBuf>,
-    /// Not supported; refused when true.
+    /// With `ssl = true`: also serve HTTP/3 (QUIC) on this UDP port, advertised to TCP
+    /// clients with Alt-Svc. `[http] http3_*` set QUIC's limits.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub use_http3: Option<bool>,
 }

@@ -1,7 +1,7 @@
 //! The config's rules, checked once when a file or an API change is loaded. Every problem
 //! is reported at once, each with its field path, what is wrong and how to fix it.
 
-use std::collections::HashSet;
+use std::{collections::HashSet, time::Duration};
 
 use super::{
     error::Problem,
@@ -332,6 +332,18 @@ impl Config {
                         "each address, port and protocol may be bound by one frontend only",
                     );
                 }
+                if b.use_http3 == Some(true)
+                    && !listeners.insert((f.address, b.port, Protocol::Udp))
+                {
+                    problem(
+                        format!("{at}.binds[{j}].use_http3"),
+                        format!(
+                            "{}:{} (udp) is bound twice: HTTP/3 serves the bind's port over UDP",
+                            f.address, b.port
+                        ),
+                        "each address, port and protocol may be bound by one frontend only",
+                    );
+                }
             }
             let in_xdp = !self.in_userspace(f);
             if in_xdp && f.interfaces.is_empty() {
@@ -349,6 +361,7 @@ impl Config {
             ("server_timeout", &h.server_timeout),
             ("request_timeout", &h.request_timeout),
             ("body_timeout", &h.body_timeout),
+            ("http3_idle_timeout", &h.http3_idle_timeout),
         ] {
             if value.is_zero() {
                 problem(
@@ -381,6 +394,36 @@ impl Config {
                 "http.max_connections".into(),
                 "max_connections 0 would refuse every connection".into(),
                 "remove it (the open file limit decides), or use a count such as 100000",
+            );
+        }
+        if h.http3_idle_timeout > Duration::from_secs(600) {
+            problem(
+                "http.http3_idle_timeout".into(),
+                format!(
+                    "http3_idle_timeout {} is more than 10m",
+                    humantime::format_duration(h.http3_idle_timeout)
+                ),
+                "use a duration such as \"30s\" (the default)",
+            );
+        }
+        if !(1..=10_000).contains(&h.http3_max_streams) {
+            problem(
+                "http.http3_max_streams".into(),
+                format!(
+                    "http3_max_streams {} is outside 1..=10000",
+                    h.http3_max_streams
+                ),
+                "use a count such as 100 (the default)",
+            );
+        }
+        if !(1200..=65527).contains(&h.http3_max_udp_payload) {
+            problem(
+                "http.http3_max_udp_payload".into(),
+                format!(
+                    "http3_max_udp_payload {} is outside 1200..=65527 (QUIC's bounds)",
+                    h.http3_max_udp_payload
+                ),
+                "use a size in bytes such as 1472 (the default, for an MTU of 1500)",
             );
         }
         if !(1..=256).contains(&h.workers) {
@@ -561,11 +604,12 @@ impl Config {
         let http = f.mode == Mode::Http;
         for (j, bind) in f.binds.iter().enumerate() {
             let at = format!("{at}.binds[{j}]");
-            if bind.use_http3 == Some(true) {
+            if bind.use_http3 == Some(true) && (!http || bind.ssl != Some(true)) {
                 problem(
                     format!("{at}.use_http3"),
-                    "HTTP/3 is not supported".into(),
-                    "remove use_http3 (HTTP/1.1 and HTTP/2 are served)",
+                    "HTTP/3 needs mode \"http\" and TLS on the bind (QUIC is always encrypted)"
+                        .into(),
+                    "set ssl = true and ssl_certificate on this bind, or remove use_http3",
                 );
             }
             if bind.ssl == Some(true) || bind.ssl_certificate.is_some() {

@@ -373,6 +373,14 @@ impl Plan {
                     snat_count: addresses.len().min(MAX_SNAT_ADDRS) as u32,
                     _pad: 0,
                 };
+                if bind.use_http3 == Some(true) {
+                    // HTTP/3 on the same port: XDP passes it to the proxy's QUIC socket.
+                    let quic = FrontendKey {
+                        proto: IPPROTO_UDP,
+                        ..key
+                    };
+                    plan.frontends.push((quic, info));
+                }
                 plan.frontends.push((key, info));
             }
         }

@@ -71,6 +71,8 @@ struct Prepared {
     head_method: bool,
     upgrade: bool,
     expect_continue: bool,
+    /// Alt-Svc to add to the response (TLS connections of a frontend serving HTTP/3).
+    alt_svc: Option<http::HeaderValue>,
 }
 
 /// After an answer without a server: close, or skip this many bytes of head and go on.
@@ -728,6 +730,7 @@ fn prepare(
         head_method: method == "HEAD",
         upgrade,
         expect_continue,
+        alt_svc: frontend.alt_svc.clone().filter(|_| conn.tls),
         backend,
     })
 }
@@ -785,8 +788,13 @@ fn rewrite_response(
     out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
     let cookie = request.backend.cookie.as_ref();
+    let mut alt_svc = request.alt_svc.as_ref();
     for h in headers {
         let name = h.name;
+        if header_is(name, "alt-svc") {
+            // The server's own advertisement wins.
+            alt_svc = None;
+        }
         let kept_upgrade = switching && header_is(name, "upgrade");
         if !kept_upgrade && (hop_by_hop(name) || named_in_connection(name, &connection)) {
             continue;
@@ -807,6 +815,11 @@ fn rewrite_response(
     {
         out.extend_from_slice(b"set-cookie: ");
         out.extend_from_slice(set.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if let Some(v) = alt_svc {
+        out.extend_from_slice(b"alt-svc: ");
+        out.extend_from_slice(v.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
     if switching {

@@ -81,18 +81,28 @@ impl Body for CountedBody {
 
 /// Serve one request of a client connection of frontend `frontend`. `private` holds the
 /// connection's own upstream connections (PROXY protocol makes them per client).
-pub async fn handle(
+pub async fn handle<B>(
     shared: Arc<Shared>,
     frontend: Arc<FrontendRoute>,
     conn: ConnInfo,
     private: Arc<Pool<Sender>>,
-    req: Request<Incoming>,
-) -> Response<ProxyBody> {
+    req: Request<B>,
+) -> Response<ProxyBody>
+where
+    B: Body<Data = Bytes> + Send + Sync + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
     // hyper hands over a request once its head is in.
     let started = tokio::time::Instant::now();
     let (method, path) = (req.method().to_string(), req.uri().path().to_string());
     let mut trace = Trace::default();
-    let response = answer(&shared, &frontend, conn, &private, req, &mut trace).await;
+    let mut response = answer(&shared, &frontend, conn, &private, req, &mut trace).await;
+    if conn.tls
+        && let Some(v) = &frontend.alt_svc
+        && !response.headers().contains_key(header::ALT_SVC)
+    {
+        response.headers_mut().insert(header::ALT_SVC, v.clone());
+    }
     let exchange = Exchange {
         log: frontend.log,
         frontend: &frontend.name,
@@ -110,14 +120,18 @@ pub async fn handle(
     response
 }
 
-async fn answer(
+async fn answer<B>(
     shared: &Arc<Shared>,
     frontend: &Arc<FrontendRoute>,
     conn: ConnInfo,
     private: &Arc<Pool<Sender>>,
-    req: Request<Incoming>,
+    req: Request<B>,
     trace: &mut Trace,
-) -> Response<ProxyBody> {
+) -> Response<ProxyBody>
+where
+    B: Body<Data = Bytes> + Send + Sync + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
     let h = req.headers();
     // RFC 9112 6.1: both framing headers is a smuggling attempt; reject and close. (hyper's
     // HTTP/1 parser already drops Content-Length when chunked and closes after the response;
@@ -164,8 +178,8 @@ async fn answer(
 ///   (RFC 9113 8.3.1: malformed);
 /// - Content-Length twice, even with equal values (RFC 9110 8.6);
 /// - an underscore in a field name under `underscore_headers = "reject"`.
-fn check_request_headers(
-    req: &Request<Incoming>,
+fn check_request_headers<B>(
+    req: &Request<B>,
     underscores: UnderscoreHeaders,
 ) -> Result<(), &'static str> {
     let h = req.headers();
@@ -192,7 +206,7 @@ fn check_request_headers(
     Ok(())
 }
 
-fn request_host(req: &Request<Incoming>) -> Option<String> {
+fn request_host<B>(req: &Request<B>) -> Option<String> {
     let host = req
         .headers()
         .get(header::HOST)
@@ -201,7 +215,7 @@ fn request_host(req: &Request<Incoming>) -> Option<String> {
     Some(without_port(host).to_string())
 }
 
-fn redirect_to_https(req: &Request<Incoming>, port: u16) -> Response<ProxyBody> {
+fn redirect_to_https<B>(req: &Request<B>, port: u16) -> Response<ProxyBody> {
     let host = request_host(req).unwrap_or_default();
     let authority = if port == 443 {
         host
@@ -231,7 +245,7 @@ fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 /// A WebSocket-style upgrade to pass on; never h2c (RFC 9113 3.1), which is for one hop.
-fn is_upgrade(req: &Request<Incoming>) -> bool {
+fn is_upgrade<B>(req: &Request<B>) -> bool {
     req.headers()
         .get(header::UPGRADE)
         .and_then(|v| v.to_str().ok())
@@ -303,15 +317,19 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-async fn forward(
+async fn forward<B>(
     shared: &Arc<Shared>,
     frontend: &FrontendRoute,
     backend: &Arc<BackendRoute>,
     conn: ConnInfo,
     private: &Arc<Pool<Sender>>,
-    mut req: Request<Incoming>,
+    mut req: Request<B>,
     trace: &mut Trace,
-) -> Response<ProxyBody> {
+) -> Response<ProxyBody>
+where
+    B: Body<Data = Bytes> + Send + Sync + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
     let http = shared.http();
     let upgrade = is_upgrade(&req);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));

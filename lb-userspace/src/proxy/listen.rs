@@ -28,6 +28,8 @@ pub struct ListenerSpec {
     pub frontend: String,
     pub http: bool,
     pub certificate: Option<PathBuf>,
+    /// HTTP/3 on the same port over UDP (a TLS bind with `use_http3`).
+    pub http3: bool,
 }
 
 pub async fn accept_loop(

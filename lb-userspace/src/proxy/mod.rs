@@ -1,10 +1,10 @@
-//! The userspace proxy: http frontends (HTTP/1.1 and HTTP/2, TLS termination, ACL routing,
+//! The userspace proxy: http frontends (HTTP/1.1, HTTP/2 and HTTP/3, TLS termination, ACL routing,
 //! sticky cookies, X-Forwarded-*), and tcp frontends whose backend sends a PROXY header
 //! (bytes XDP cannot insert into a stream). XDP passes these frontends' packets to the
 //! kernel; the VIP must be an address of this host.
 //!
 //! `[http] workers` threads each run a runtime of their own. HTTP/1.x is relayed by `h1`,
-//! HTTP/2 by hyper (`h2`); `limits` bounds every connection (write deadlines, HTTP/2 idle
+//! HTTP/2 by hyper (`h2`), HTTP/3 by quinn and h3 (`h3`, into `h2`'s request path); `limits` bounds every connection (write deadlines, HTTP/2 idle
 //! and stalls). `update` swaps in new routes (servers and frontends keep their open
 //! connection counts) and opens or closes listeners to match the config.
 
@@ -12,6 +12,7 @@ pub mod balance;
 mod body;
 pub mod h1;
 pub mod h2;
+mod h3;
 mod limits;
 mod listen;
 pub mod observe;
@@ -129,6 +130,7 @@ impl Proxy {
                         frontend: f.name.clone(),
                         http: f.mode == Mode::Http,
                         certificate: bind.ssl.filter(|s| *s).and(bind.ssl_certificate.clone()),
+                        http3: bind.use_http3 == Some(true),
                     },
                 );
             }
@@ -146,7 +148,7 @@ impl Proxy {
                 continue;
             }
             let tasks = self.listen(addr, &spec)?;
-            info!(%addr, frontend = %spec.frontend, http = spec.http, tls = spec.certificate.is_some(), workers = tasks.len(), "proxy listening");
+            info!(%addr, frontend = %spec.frontend, http = spec.http, tls = spec.certificate.is_some(), http3 = spec.http3, workers = self.workers.len(), "proxy listening");
             self.listeners.insert(addr, (spec, tasks));
         }
         Ok(())
@@ -213,6 +215,26 @@ impl Proxy {
                 spec.http,
                 tls.clone(),
             )));
+        }
+        if let (true, Some(certificate)) = (spec.http3, &spec.certificate) {
+            let http = self.shared.http();
+            let server = h3::server_config(certificate, &http)?;
+            let endpoint = h3::endpoint_config(&http)?;
+            for worker in &self.workers {
+                let socket = h3::bind_udp(addr)?;
+                let _guard = worker.handle.enter();
+                let endpoint = quinn::Endpoint::new(
+                    endpoint.clone(),
+                    Some(server.clone()),
+                    socket,
+                    Arc::new(quinn::TokioRuntime),
+                )?;
+                tasks.push(worker.handle.spawn(h3::accept_loop(
+                    endpoint,
+                    self.shared.clone(),
+                    spec.frontend.clone(),
+                )));
+            }
         }
         Ok(tasks)
     }

@@ -92,6 +92,8 @@ pub struct FrontendRoute {
     /// What it served (kept across reloads), and its access log.
     pub stats: Arc<super::observe::FrontendStats>,
     pub log: crate::config::AccessLog,
+    /// `h3=":PORT"` for TLS responses when a bind serves HTTP/3 (RFC 7838).
+    pub alt_svc: Option<http::HeaderValue>,
 }
 
 impl FrontendRoute {
@@ -349,9 +351,17 @@ impl Routes {
                 .iter()
                 .find(|b| b.ssl == Some(true))
                 .map_or(443, |b| b.port);
+            let alt_svc = f
+                .binds
+                .iter()
+                .find(|b| b.use_http3 == Some(true))
+                .and_then(|b| {
+                    http::HeaderValue::from_str(&format!("h3=\":{}\"; ma=86400", b.port)).ok()
+                });
             routes.frontends.insert(
                 f.name.clone(),
                 Arc::new(FrontendRoute {
+                    alt_svc,
                     name: f.name.clone(),
                     default_backend: f.default_backend.clone(),
                     rules: f

@@ -1,0 +1,129 @@
+//! A small HTTP/3 client (quinn + h3) for the proxy's HTTP/3 binds: requests in turn on one
+//! QUIC connection. It does not verify the server's certificate (the tests' are
+//! self-signed); what it tests is the proxying.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use anyhow::{Context as _, Result};
+use bytes::{Buf as _, Bytes};
+
+pub struct Answer {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Send each request in turn over one connection to `target`; call from the client's
+/// namespace.
+pub fn exchange(target: SocketAddr, requests: Vec<http::Request<Bytes>>) -> Result<Vec<Answer>> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(target, requests))
+}
+
+async fn run(target: SocketAddr, requests: Vec<http::Request<Bytes>>) -> Result<Vec<Answer>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut crypto = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCertificate))
+        .with_no_client_auth();
+    crypto.alpn_protocols = vec![b"h3".to_vec()];
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(crypto)?;
+    let local: SocketAddr = if target.is_ipv4() {
+        "0.0.0.0:0".parse()?
+    } else {
+        "[::]:0".parse()?
+    };
+    let mut endpoint = quinn::Endpoint::client(local)?;
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
+    let connection = endpoint
+        .connect(target, "lb.test")?
+        .await
+        .context("QUIC handshake")?;
+    let (mut driver, mut sender) = h3::client::new(h3_quinn::Connection::new(connection))
+        .await
+        .context("HTTP/3 setup")?;
+    let drive = tokio::spawn(async move { driver.wait_idle().await });
+    let mut answers = Vec::new();
+    for request in requests {
+        let (parts, body) = request.into_parts();
+        let mut stream = sender
+            .send_request(http::Request::from_parts(parts, ()))
+            .await
+            .context("sending a request")?;
+        if !body.is_empty() {
+            // In pieces, as a client streams a large body.
+            for piece in body.chunks(64 * 1024) {
+                stream.send_data(Bytes::copy_from_slice(piece)).await?;
+            }
+        }
+        stream.finish().await?;
+        let response = stream.recv_response().await.context("the response")?;
+        let mut body = Vec::new();
+        while let Some(mut chunk) = stream.recv_data().await? {
+            while chunk.has_remaining() {
+                let piece = chunk.chunk();
+                body.extend_from_slice(piece);
+                let n = piece.len();
+                chunk.advance(n);
+            }
+        }
+        answers.push(Answer {
+            status: response.status().as_u16(),
+            headers: response.headers().clone(),
+            body,
+        });
+    }
+    drop(sender);
+    endpoint.close(0u32.into(), b"done");
+    drive.abort();
+    Ok(answers)
+}
+
+#[derive(Debug)]
+struct AnyCertificate;
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
