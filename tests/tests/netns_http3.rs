@@ -76,7 +76,12 @@ fn http3_get_post_stickiness_and_a_server_down() {
         let name = format!("server{}", i + 1);
         servers.push(
             ns.spawn(
-                &["python3", script.to_str().unwrap(), &addr.to_string(), &name],
+                &[
+                    "python3",
+                    script.to_str().unwrap(),
+                    &addr.to_string(),
+                    &name,
+                ],
                 Stdio::null(),
                 Stdio::inherit(),
             )
@@ -118,8 +123,7 @@ options = {{ sticky_session = {{ type = "cookie", cookie = "SERVERID", ttl = "5m
     std::fs::write(&path, config).unwrap();
     let (_pid, log) =
         start_logged(&topo.lb, &lb, &["run", "--config", path.to_str().unwrap()]).unwrap();
-    lb_tests::topology::wait_for_log(&log, "proxy listening", 1, Duration::from_secs(20))
-        .unwrap();
+    lb_tests::topology::wait_for_log(&log, "proxy listening", 1, Duration::from_secs(20)).unwrap();
     let metrics_at: SocketAddr = ([198, 18, 0, 1], 9100).into();
     scrape_metrics_when(
         &topo.client,
@@ -140,7 +144,17 @@ options = {{ sticky_session = {{ type = "cookie", cookie = "SERVERID", ttl = "5m
     };
 
     // The TCP TLS bind advertises HTTP/3 on the same port.
-    let head = curl(&topo.client, &["-sk", "-D", "-", "-o", "/dev/null", &format!("https://{VIP}/")]);
+    let head = curl(
+        &topo.client,
+        &[
+            "-sk",
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+            &format!("https://{VIP}/"),
+        ],
+    );
     assert!(
         head.to_ascii_lowercase().contains("alt-svc: h3=\":443\""),
         "no Alt-Svc in:\n{head}"

@@ -38,7 +38,10 @@ const CONNECTION_SPECIFIC: &[header::HeaderName] = &[
 ];
 
 /// QUIC's server side of an HTTP/3 bind: the certificate's TLS, and `[http]`'s limits.
-pub fn server_config(certificate: &std::path::Path, http: &HttpConfig) -> Result<quinn::ServerConfig> {
+pub fn server_config(
+    certificate: &std::path::Path,
+    http: &HttpConfig,
+) -> Result<quinn::ServerConfig> {
     let crypto = crate::tls::quic_server_config(certificate)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
@@ -121,7 +124,12 @@ pub async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>, fronten
 }
 
 /// The requests of one HTTP/3 connection, each in a task of its own.
-async fn serve(shared: Arc<Shared>, frontend: String, conn: ConnInfo, connection: quinn::Connection) {
+async fn serve(
+    shared: Arc<Shared>,
+    frontend: String,
+    conn: ConnInfo,
+    connection: quinn::Connection,
+) {
     let http = shared.http();
     let mut h3 = match h3::server::builder()
         .max_field_section_size(http.max_header_bytes as u64)
@@ -139,11 +147,16 @@ async fn serve(shared: Arc<Shared>, frontend: String, conn: ConnInfo, connection
     loop {
         match h3.accept().await {
             Ok(Some(resolver)) => {
-                let (shared, frontend, private) = (shared.clone(), frontend.clone(), private.clone());
+                let (shared, frontend, private) =
+                    (shared.clone(), frontend.clone(), private.clone());
                 tokio::spawn(async move {
                     match resolver.resolve_request().await {
-                        Ok((req, stream)) => request(shared, &frontend, conn, private, req, stream).await,
-                        Err(e) => debug!(client = %conn.client, error = %e, "HTTP/3 request refused"),
+                        Ok((req, stream)) => {
+                            request(shared, &frontend, conn, private, req, stream).await
+                        }
+                        Err(e) => {
+                            debug!(client = %conn.client, error = %e, "HTTP/3 request refused")
+                        }
                     }
                 });
             }
@@ -168,8 +181,16 @@ async fn request(
 ) {
     let (mut send, mut recv) = stream.split();
     let http = shared.http();
-    let response = if req.headers().keys().any(|k| CONNECTION_SPECIFIC.contains(k)) {
-        body::error(StatusCode::BAD_REQUEST, "connection-specific header in HTTP/3", false)
+    let response = if req
+        .headers()
+        .keys()
+        .any(|k| CONNECTION_SPECIFIC.contains(k))
+    {
+        body::error(
+            StatusCode::BAD_REQUEST,
+            "connection-specific header in HTTP/3",
+            false,
+        )
     } else {
         // A request without a length is read until its first data or its end, so that one
         // with no body goes on as HTTP/2's do (retried on another server if one fails).
@@ -191,7 +212,9 @@ async fn request(
                 debug!(client = %conn.client, error = %e, "HTTP/3 request body failed");
                 return;
             }
-            (Ok(_), None) => body::error(StatusCode::SERVICE_UNAVAILABLE, "frontend removed", false),
+            (Ok(_), None) => {
+                body::error(StatusCode::SERVICE_UNAVAILABLE, "frontend removed", false)
+            }
             (Ok(first), Some(route)) => {
                 let done = first.is_none();
                 let body = RequestBody {
@@ -215,7 +238,10 @@ async fn respond(
     response: Response<ProxyBody>,
 ) -> Result<(), BoxError> {
     let (mut parts, mut body) = response.into_parts();
-    for name in CONNECTION_SPECIFIC.iter().chain([&header::HeaderName::from_static("keep-alive")]) {
+    for name in CONNECTION_SPECIFIC
+        .iter()
+        .chain([&header::HeaderName::from_static("keep-alive")])
+    {
         parts.headers.remove(name);
     }
     parts.version = http::Version::HTTP_3;
@@ -263,9 +289,9 @@ impl Body for RequestBody {
         }
         let stream = self.stream.get_mut().unwrap_or_else(|e| e.into_inner());
         match stream.poll_recv_data(cx) {
-            Poll::Ready(Ok(Some(mut chunk))) => {
-                Poll::Ready(Some(Ok(Frame::data(chunk.copy_to_bytes(chunk.remaining())))))
-            }
+            Poll::Ready(Ok(Some(mut chunk))) => Poll::Ready(Some(Ok(Frame::data(
+                chunk.copy_to_bytes(chunk.remaining()),
+            )))),
             Poll::Ready(Ok(None)) => {
                 self.done = true;
                 Poll::Ready(None)
