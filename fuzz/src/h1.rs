@@ -55,6 +55,7 @@ fn world() -> &'static World {
             open: site.open.clone(),
             stats: site.stats.clone(),
             log: site.log,
+            alt_svc: None,
         };
         let shared = Shared::default();
         *shared.routes.write().unwrap() = Arc::new(routes);

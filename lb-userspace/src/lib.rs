@@ -2,7 +2,7 @@
 //! `api`, `metrics`, `health`, `proxy` and `dataplane`, which all consume the typed
 //! `config`; `ha` syncs flows with the peer of a pair and renders keepalived's and
 //! BIRD's configs; `cli` talks to a running daemon through the API; `tls` is shared by the
-//! health checks and the proxy.
+//! health checks and the proxy; `logging` rate-limits what clients can make it write.
 pub mod api;
 pub mod cli;
 pub mod config;
@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod dataplane;
 pub mod ha;
 pub mod health;
+pub mod logging;
 pub mod metrics;
 pub mod proxy;
 pub mod tls;

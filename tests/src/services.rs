@@ -335,7 +335,7 @@ pub fn self_signed(dir: &Path, name: &str, ip: IpAddr) -> Result<(PathBuf, PathB
 /// nginx in `ns` as an HTTP server named `name` on `addr`: port 8080 echoes what it was told
 /// (X-Forwarded-*, Host, URI) and `/setcookie` sets a SERVERID cookie of its own; 8081
 /// expects a PROXY header and echoes the address in it; 8443 is TLS with a self-signed
-/// certificate.
+/// certificate; `/payload/1m` on 8080 is a 1 MiB file.
 pub fn start_nginx(ns: &NetNs, name: &str, addr: IpAddr, dir: &Path) -> Result<u32> {
     let (cert, key, _) = self_signed(dir, name, addr)?;
     let a = match addr {
@@ -343,6 +343,12 @@ pub fn start_nginx(ns: &NetNs, name: &str, addr: IpAddr, dir: &Path) -> Result<u
         v4 => v4.to_string(),
     };
     let conf = dir.join(format!("{name}.conf"));
+    // /payload/1m: a 1 MiB file for the bench's large responses.
+    let payload = dir.join("payload");
+    if !payload.join("1m").exists() {
+        std::fs::create_dir_all(&payload)?;
+        std::fs::write(payload.join("1m"), vec![b'x'; 1 << 20])?;
+    }
     std::fs::write(
         &conf,
         format!(
@@ -363,6 +369,7 @@ http {{
       add_header Set-Cookie "other=1";
       return 200 "{name}\n";
     }}
+    location /payload/ {{ root {dir}; }}
     location / {{
       return 200 "{name} xff=$http_x_forwarded_for port=$http_x_forwarded_port proto=$http_x_forwarded_proto host=$host uri=$request_uri\n";
     }}

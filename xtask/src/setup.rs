@@ -17,8 +17,8 @@ const BPF_LINKER_VERSION: &str = "0.13";
 /// off veth checksum offload.
 const RUN_PACKAGES: &[&str] = &["iproute2", "ethtool"];
 
-/// Debian packages the tests and benchmarks add: nft, haproxy, nginx, iperf3 and wrk as
-/// systems to compare with and load generators, and real PostgreSQL, MariaDB, Redis and
+/// Debian packages the tests and benchmarks add: nft, haproxy, nginx, iperf3, wrk and h2load
+/// (nghttp2-client) as systems to compare with and load generators, and real PostgreSQL, MariaDB, Redis and
 /// openssl servers for health-check tests; curl as a real HTTP client; python3 for a test
 /// server that digests request bodies, and python3-venv for schemathesis (from PyPI), which
 /// tests the REST API against its OpenAPI document; keepalived (VRRP) and bird2 (BGP), the
@@ -30,6 +30,7 @@ const TEST_PACKAGES: &[&str] = &[
     "nginx",
     "iperf3",
     "wrk",
+    "nghttp2-client",
     "curl",
     "openssl",
     "postgresql",

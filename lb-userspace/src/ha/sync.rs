@@ -340,7 +340,7 @@ fn accept(
         let Ok(stream) = stream else { continue };
         let from = stream.peer_addr().map(|a| a.ip()).ok();
         if from != Some(settings.peer.ip()) {
-            warn!(from = ?from, "ha sync connection from an address other than the peer's: refused");
+            crate::warn_limited!(from = ?from, "ha sync connection from an address other than the peer's: refused");
             shared.stats.errors.fetch_add(1, Relaxed);
             continue;
         }

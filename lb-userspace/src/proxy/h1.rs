@@ -20,7 +20,7 @@ use tokio::{
     io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf},
     time::Instant,
 };
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::config::{AccessLog, HttpConfig, MAX_REQUEST_HEADERS, UnderscoreHeaders};
 
@@ -1077,9 +1077,9 @@ where
                 }
                 Err(e) => {
                     if matches!(e, super::upstream::ConnectError::Tls(_)) {
-                        warn!(backend = %backend.name, server = %server.address, error = %e, "TLS to server failed");
+                        crate::warn_limited!(backend = %backend.name, server = %server.address, error = %e, "TLS to server failed");
                     } else {
-                        warn!(backend = %backend.name, server = %server.address, error = %e, "server unreachable; trying another");
+                        crate::warn_limited!(backend = %backend.name, server = %server.address, error = %e, "server unreachable; trying another");
                     }
                     last_error = format!("server {}: {e}", server.address);
                     continue;
@@ -1139,7 +1139,7 @@ where
                 Ok(0) => break Err("closed without a response".into()),
                 Ok(_) => {}
                 Err(e) if e == "timed out" => {
-                    warn!(backend = %backend.name, server = %server.address, "server timeout");
+                    crate::warn_limited!(backend = %backend.name, server = %server.address, "server timeout");
                     let timeout = answer(
                         StatusCode::GATEWAY_TIMEOUT,
                         &format!("server did not answer within {:?}", http.server_timeout),

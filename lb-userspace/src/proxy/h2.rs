@@ -14,7 +14,7 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::BodyExt as _;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::rt::TokioIo;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::config::UnderscoreHeaders;
 
@@ -419,7 +419,7 @@ where
                     s
                 }
                 Err(e) => {
-                    warn!(backend = %backend.name, server = %server.address, error = %e, "server unreachable; trying another");
+                    crate::warn_limited!(backend = %backend.name, server = %server.address, error = %e, "server unreachable; trying another");
                     last_error = e;
                     continue;
                 }
@@ -443,7 +443,7 @@ where
         let sent = tokio::time::timeout(http.server_timeout, sender.send_request(upstream_req));
         let mut response = match sent.await {
             Err(_) => {
-                warn!(backend = %backend.name, server = %server.address, "server timeout");
+                crate::warn_limited!(backend = %backend.name, server = %server.address, "server timeout");
                 return error(
                     StatusCode::GATEWAY_TIMEOUT,
                     &format!("server did not answer within {:?}", http.server_timeout),
@@ -534,7 +534,7 @@ async fn connect(
         .await
         .map_err(|e| {
             if matches!(e, super::upstream::ConnectError::Tls(_)) {
-                warn!(backend = %backend.name, server = %server, error = %e, "TLS to server failed");
+                crate::warn_limited!(backend = %backend.name, server = %server, error = %e, "TLS to server failed");
             }
             format!("server {server}: {e}")
         })?;

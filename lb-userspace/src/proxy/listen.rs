@@ -44,7 +44,7 @@ pub async fn accept_loop(
         let (stream, client) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
-                warn!(%addr, error = %e, "accept failed");
+                crate::warn_limited!(%addr, error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             }
@@ -341,7 +341,7 @@ async fn serve_stream(
                 return;
             }
             Err(e) => {
-                warn!(backend = %backend.name, server = %server.address, error = %e, "server unreachable; trying another");
+                crate::warn_limited!(backend = %backend.name, server = %server.address, error = %e, "server unreachable; trying another");
             }
         }
     }

@@ -115,10 +115,10 @@ fn add_ratios(rows: &mut Vec<Row>) {
             }
         }
     }
-    for workload in HTTP_WORKLOADS {
+    for workload in http_workloads() {
         let value = |system: &str| {
             rows.iter()
-                .find(|r| r.workload == *workload && r.system == system)
+                .find(|r| r.workload == workload && r.system == system)
                 .map(|r| r.value)
         };
         let Some(lb) = value("lb-http") else { continue };
@@ -133,15 +133,28 @@ fn add_ratios(rows: &mut Vec<Row>) {
             }
         }
     }
+    for (workload, _) in http::H3_ROWS {
+        let value = |system: &str| {
+            rows.iter()
+                .find(|r| r.workload == *workload && r.system == system)
+                .map(|r| r.value)
+        };
+        let [h2, h3] = http::H3_SYSTEMS;
+        if let (Some(a), Some(b)) = (value(h3), value(h2).filter(|v| *v > 0.0)) {
+            ratios.push(Row::new(workload, &format!("ratio:{h3}/{h2}"), a / b, "x"));
+        }
+    }
     rows.extend(ratios);
 }
 
-const HTTP_WORKLOADS: &[&str] = &[
-    "http-requests",
-    "http-latency-p50",
-    "http-latency-p99",
-    "http-cpu-per-request",
-];
+/// The HTTP workloads every proxy runs.
+fn http_workloads() -> impl Iterator<Item = &'static str> {
+    http::THROUGHPUT
+        .iter()
+        .chain(http::CPU)
+        .chain(http::LATENCY)
+        .copied()
+}
 const HTTP_PEERS: &[&str] = &["haproxy-http", "nginx"];
 
 /// The group (`--only`) a workload's rows come from.
@@ -226,13 +239,22 @@ fn expected_rows() -> Vec<(String, String)> {
     ] {
         expected.push((workload.into(), system.into()));
     }
-    for workload in HTTP_WORKLOADS {
+    for workload in http_workloads() {
         for system in http::SYSTEMS {
             expected.push((workload.to_string(), system.to_string()));
+            expected.push((workload.to_string(), format!("{system}:min")));
+            expected.push((workload.to_string(), format!("{system}:max")));
         }
         for peer in HTTP_PEERS {
             expected.push((workload.to_string(), format!("ratio:lb-http/{peer}")));
         }
+    }
+    let [h2, h3] = http::H3_SYSTEMS;
+    for (workload, _) in http::H3_ROWS {
+        for system in http::H3_SYSTEMS {
+            expected.push((workload.to_string(), system.to_string()));
+        }
+        expected.push((workload.to_string(), format!("ratio:{h3}/{h2}")));
     }
     expected
 }

@@ -22,12 +22,42 @@ pub fn table(rows: &[Row]) -> String {
     s
 }
 
-/// One panel per workload, one labelled bar per system; the microbenchmarks share one
-/// panel with their baselines. Ratios are left to the table.
+/// `SYSTEM:min` / `SYSTEM:max` rows: the spread of repeated runs around SYSTEM's median.
+fn spread_of(system: &str) -> Option<(&str, bool)> {
+    system
+        .strip_suffix(":min")
+        .map(|s| (s, false))
+        .or_else(|| system.strip_suffix(":max").map(|s| (s, true)))
+}
+
+/// One panel per workload, one labelled bar per system, with a whisker from the lowest to
+/// the highest run where the workload was repeated; the microbenchmarks share one panel with
+/// their baselines. Ratios are left to the table.
 pub fn chart(rows: &[Row], path: &Path) -> Result<()> {
-    // (title, unit) -> bars of (label, value)
-    let mut panels: BTreeMap<(String, String), Vec<(String, f64)>> = BTreeMap::new();
-    for r in rows.iter().filter(|r| !r.system.starts_with("ratio:")) {
+    // (workload, system) -> (lowest, highest)
+    let mut spreads: BTreeMap<(&str, &str), (f64, f64)> = BTreeMap::new();
+    for r in rows {
+        if let Some((system, high)) = spread_of(&r.system) {
+            let entry = spreads
+                .entry((r.workload.as_str(), system))
+                .or_insert((r.value, r.value));
+            if high {
+                entry.1 = r.value;
+            } else {
+                entry.0 = r.value;
+            }
+        }
+    }
+    // (title, unit) -> bars of (label, value, spread)
+    type Bar = (String, f64, Option<(f64, f64)>);
+    let mut panels: BTreeMap<(String, String), Vec<Bar>> = BTreeMap::new();
+    for r in rows
+        .iter()
+        .filter(|r| !r.system.starts_with("ratio:") && spread_of(&r.system).is_none())
+    {
+        let spread = spreads
+            .get(&(r.workload.as_str(), r.system.as_str()))
+            .copied();
         let (title, label) = match r.workload.strip_prefix("micro-") {
             Some("baseline") => (
                 "xdp-cost-per-packet".to_string(),
@@ -39,7 +69,7 @@ pub fn chart(rows: &[Row], path: &Path) -> Result<()> {
         panels
             .entry((title, r.unit.clone()))
             .or_default()
-            .push((label, r.value));
+            .push((label, r.value, spread));
     }
     let columns = 2;
     let panel_rows = panels.len().div_ceil(columns);
@@ -62,7 +92,11 @@ pub fn chart(rows: &[Row], path: &Path) -> Result<()> {
         } else {
             "higher is better"
         };
-        let max = bars.iter().map(|b| b.1).fold(0.0, f64::max).max(1e-9);
+        let max = bars
+            .iter()
+            .map(|b| b.2.map_or(b.1, |s| s.1.max(b.1)))
+            .fold(0.0, f64::max)
+            .max(1e-9);
         let n = bars.len();
         let mut chart = ChartBuilder::on(area)
             .caption(format!("{workload} ({unit}; {better})"), ("sans-serif", 18))
@@ -78,7 +112,7 @@ pub fn chart(rows: &[Row], path: &Path) -> Result<()> {
             .x_labels(5)
             .draw()
             .map_err(|e| anyhow!("{e}"))?;
-        for (i, (label, value)) in bars.iter().enumerate() {
+        for (i, (label, value, spread)) in bars.iter().enumerate() {
             let is_lb = label.starts_with("lb");
             let color = if is_lb {
                 RGBColor(220, 80, 40)
@@ -93,10 +127,23 @@ pub fn chart(rows: &[Row], path: &Path) -> Result<()> {
                     color.filled(),
                 )))
                 .map_err(|e| anyhow!("{e}"))?;
+            let mut text = format!("{label}: {}", human(*value));
+            if let Some((low, high)) = spread {
+                chart
+                    .draw_series(std::iter::once(PathElement::new(
+                        vec![(*low, y + 0.5), (*high, y + 0.5)],
+                        BLACK.stroke_width(2),
+                    )))
+                    .map_err(|e| anyhow!("{e}"))?;
+                text += &format!(" ({}..{})", human(*low), human(*high));
+            }
             chart
                 .draw_series(std::iter::once(Text::new(
-                    format!("{label}: {}", human(*value)),
-                    (value + max * 0.02, y + 0.62),
+                    text,
+                    (
+                        spread.map_or(*value, |s| s.1.max(*value)) + max * 0.02,
+                        y + 0.62,
+                    ),
                     ("sans-serif", 15),
                 )))
                 .map_err(|e| anyhow!("{e}"))?;

@@ -28,15 +28,26 @@ pub fn exchange(target: SocketAddr, requests: Vec<http::Request<Bytes>>) -> Resu
         .block_on(run(target, requests))
 }
 
-async fn run(target: SocketAddr, requests: Vec<http::Request<Bytes>>) -> Result<Vec<Answer>> {
+/// A TLS 1.3 client config that offers `alpn` and accepts any certificate.
+pub fn tls_config(alpn: &[u8]) -> Result<rustls::ClientConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut crypto = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AnyCertificate))
         .with_no_client_auth();
-    crypto.alpn_protocols = vec![b"h3".to_vec()];
-    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(crypto)?;
+    crypto.alpn_protocols = vec![alpn.to_vec()];
+    Ok(crypto)
+}
+
+pub type Sender = h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>;
+
+/// An HTTP/3 connection to `target`: its endpoint (close it when done), a request sender
+/// (clone it for concurrent streams), and the task driving the connection.
+pub async fn connect(
+    target: SocketAddr,
+) -> Result<(quinn::Endpoint, Sender, tokio::task::JoinHandle<()>)> {
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls_config(b"h3")?)?;
     let local: SocketAddr = if target.is_ipv4() {
         "0.0.0.0:0".parse()?
     } else {
@@ -48,10 +59,17 @@ async fn run(target: SocketAddr, requests: Vec<http::Request<Bytes>>) -> Result<
         .connect(target, "lb.test")?
         .await
         .context("QUIC handshake")?;
-    let (mut driver, mut sender) = h3::client::new(h3_quinn::Connection::new(connection))
+    let (mut driver, sender) = h3::client::new(h3_quinn::Connection::new(connection))
         .await
         .context("HTTP/3 setup")?;
-    let drive = tokio::spawn(async move { driver.wait_idle().await });
+    let drive = tokio::spawn(async move {
+        let _ = driver.wait_idle().await;
+    });
+    Ok((endpoint, sender, drive))
+}
+
+async fn run(target: SocketAddr, requests: Vec<http::Request<Bytes>>) -> Result<Vec<Answer>> {
+    let (endpoint, mut sender, drive) = connect(target).await?;
     let mut answers = Vec::new();
     for request in requests {
         let (parts, body) = request.into_parts();
