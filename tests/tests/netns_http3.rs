@@ -1,7 +1,9 @@
 //! HTTP/3 through the proxy with a real HTTP/3 client (quinn + h3, `common/h3_client.rs`),
 //! against two Python servers that name themselves and digest request bodies: a GET with
 //! X-Forwarded-*, Alt-Svc on the TCP TLS bind, a 3 MiB POST, cookie stickiness, a server
-//! down, and XDP passing the bind's UDP port to the proxy.
+//! down, and XDP passing the bind's UDP port to the proxy. HTTP/2 (curl) beside it: both
+//! reach the servers through lb's own HTTP/1.1 client, so an unsized upload goes chunked, a
+//! chunked response is decoded, and HEAD has no body.
 
 #[path = "common/h3_client.rs"]
 mod h3_client;
@@ -30,10 +32,36 @@ class H(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+    def read_body(self):
+        if self.headers.get("Transfer-Encoding", "").lower() != "chunked":
+            return self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        data = b""
+        while True:
+            size = int(self.rfile.readline().split(b";")[0], 16)
+            if size == 0:
+                while self.rfile.readline() not in (b"\r\n", b""):
+                    pass
+                return data
+            data += self.rfile.read(size)
+            self.rfile.readline()
     def do_POST(self):
-        data = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-        self.reply(f"{sys.argv[2]} {len(data)} {hashlib.sha256(data).hexdigest()}")
+        data = self.read_body()
+        te = self.headers.get("Transfer-Encoding")
+        self.reply(f"{sys.argv[2]} te={te} {len(data)} {hashlib.sha256(data).hexdigest()}")
+    do_PUT = do_POST
+    def do_HEAD(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "5")
+        self.end_headers()
     def do_GET(self):
+        if self.path == "/chunked":
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for part in (b"hello ", b"chunked ", b"world"):
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+            self.wfile.write(b"0\r\n\r\n")
+            return
         h = self.headers
         self.reply(f"{sys.argv[2]} path={self.path} xff={h.get('X-Forwarded-For')} proto={h.get('X-Forwarded-Proto')}")
 
@@ -190,9 +218,50 @@ options = {{ sticky_session = {{ type = "cookie", cookie = "SERVERID", ttl = "5m
     let answer = &exchange(vec![post])[0];
     assert_eq!(answer.status, 200, "{}", answer.text());
     assert!(
-        answer.text().ends_with(&format!(" 3145728 {digest}")),
+        answer
+            .text()
+            .ends_with(&format!(" te=None 3145728 {digest}")),
         "{}",
         answer.text()
+    );
+
+    // HTTP/2 over the TCP bind goes through the same HTTP/1.1 client to the servers: a body
+    // of unknown length arrives chunked and whole, a chunked response is decoded, a HEAD
+    // answer has no body.
+    let upload = topo
+        .client
+        .exec(&[
+            "sh",
+            "-c",
+            &format!(
+                "curl -sS --max-time 10 -k --http2 -T - https://{VIP}/put < {}",
+                body_file.display()
+            ),
+        ])
+        .unwrap();
+    assert!(
+        upload.ends_with(&format!(" te=chunked 3145728 {digest}")),
+        "{upload}"
+    );
+    let chunked = curl(
+        &topo.client,
+        &[
+            "-k",
+            "--http2",
+            "-w",
+            " %{http_version}",
+            &format!("https://{VIP}/chunked"),
+        ],
+    );
+    assert_eq!(chunked, "hello chunked world 2");
+    let head = curl(
+        &topo.client,
+        &["-k", "--http2", "-I", &format!("https://{VIP}/")],
+    );
+    let lower = head.to_ascii_lowercase();
+    assert!(
+        lower.starts_with("http/2 200") && lower.contains("content-length: 5"),
+        "{head}"
     );
 
     // Cookie stickiness: the cookie lb sets keeps every later request on its server.
@@ -240,8 +309,8 @@ options = {{ sticky_session = {{ type = "cookie", cookie = "SERVERID", ttl = "5m
         Duration::from_secs(10),
         |text| {
             metric(text, r#"lb_http_requests_total{frontend="quic",code="2xx"}"#)
-                // curl's one, and the 24 over HTTP/3.
-                == Some(25.0)
+                // curl's four (HTTP/1.1 and HTTP/2), and the 24 over HTTP/3.
+                == Some(28.0)
         },
     )
     .unwrap();

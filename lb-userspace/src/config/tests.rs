@@ -523,3 +523,82 @@ fn the_stateless_fallback_needs_dsr_and_maglev() {
     assert_eq!(e.problems[0].1.field, "frontends[0].dsr_stateless_fallback");
     assert!(e.problems[0].1.message.contains("forwarding = \"dsr\""));
 }
+
+#[test]
+fn http3_binds_and_quic_limits_are_validated() {
+    // Certificates are only checked to exist here.
+    let pem = std::env::temp_dir().join(format!("lb-config-test-{}.pem", std::process::id()));
+    std::fs::write(&pem, "").unwrap();
+    let pem = pem.display().to_string();
+    let frontend = |binds: &str, http: &str| {
+        let binds = binds.replace("/etc/lb/site.pem", &pem);
+        format!(
+            r#"
+{http}
+[[frontends]]
+name = "site"
+mode = "http"
+address = "198.18.100.3"
+binds = [{binds}]
+default_backend = "site"
+
+[[backends]]
+name = "site"
+mode = "http"
+balancing_method = "roundrobin"
+port = 80
+servers = {{ type = "addresses", addresses = [{{ address = "198.18.11.2" }}] }}
+"#
+        )
+    };
+    let good = frontend(
+        r#"{ port = 443, ssl = true, ssl_certificate = "/etc/lb/site.pem", use_http3 = true }"#,
+        "[http]\nhttp3_idle_timeout = \"1m\"\nhttp3_max_streams = 200\nhttp3_max_udp_payload = 1350",
+    );
+    let config = Config::parse("lb.toml", &good).expect("an HTTP/3 bind with limits");
+    assert_eq!(config.http.http3_max_streams, 200);
+    assert_eq!(config.http.http3_max_udp_payload, 1350);
+
+    let bad = frontend(
+        r#"{ port = 443, ssl = true, ssl_certificate = "/etc/lb/site.pem", use_http3 = true }"#,
+        "[http]\nhttp3_idle_timeout = \"11m\"\nhttp3_max_streams = 0\nhttp3_max_udp_payload = 1199",
+    );
+    let e = errors(&bad);
+    let fields: Vec<&str> = e.problems.iter().map(|(_, p)| p.field.as_str()).collect();
+    for field in [
+        "http.http3_idle_timeout",
+        "http.http3_max_streams",
+        "http.http3_max_udp_payload",
+    ] {
+        assert!(fields.contains(&field), "{field} not in {fields:?}");
+    }
+    let zero = frontend(
+        r#"{ port = 443, ssl = true, ssl_certificate = "/etc/lb/site.pem", use_http3 = true }"#,
+        "[http]\nhttp3_idle_timeout = \"0s\"",
+    );
+    assert!(
+        errors(&zero)
+            .to_string()
+            .contains("http.http3_idle_timeout")
+    );
+
+    // HTTP/3 takes the bind's port over UDP too: a udp bind of the same port collides.
+    let twice = format!(
+        "{}\n[[frontends]]\nname = \"dns\"\nmode = \"tcp\"\naddress = \"198.18.100.3\"\n\
+         binds = [{{ port = 443, protocol = \"udp\" }}]\ndefault_backend = \"dns\"\n\
+         interfaces = [\"eth0\"]\nsnat_address = \"198.18.2.1\"\n\n\
+         [[backends]]\nname = \"dns\"\nmode = \"tcp\"\nbalancing_method = \"maglev\"\nport = 53\n\
+         servers = {{ type = \"addresses\", addresses = [{{ address = \"198.18.11.3\" }}] }}\n",
+        frontend(
+            r#"{ port = 443, ssl = true, ssl_certificate = "/etc/lb/site.pem", use_http3 = true }"#,
+            ""
+        )
+    );
+    let e = errors(&twice);
+    assert!(
+        e.problems
+            .iter()
+            .any(|(_, p)| p.message.contains("bound twice")),
+        "{e}"
+    );
+}

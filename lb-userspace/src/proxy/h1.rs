@@ -32,6 +32,8 @@ use super::{
     upstream::{Pool, Upstream},
 };
 
+/// HTTP/1.1 to servers for HTTP/2 and HTTP/3 requests, on this path's pooled connections.
+pub mod client;
 /// The parsers below as plain functions, for the fuzz targets (`fuzz/`).
 pub mod fuzzing;
 
@@ -320,11 +322,21 @@ impl Chunk {
 
     /// Consume from `data` up to the end of the body: how many bytes belong to it.
     fn feed(&mut self, data: &[u8]) -> Result<usize, &'static str> {
+        self.feed_with(data, |_, _| {})
+    }
+
+    /// [`Chunk::feed`], calling `on_data(from, to)` for each run of chunk data in `data`.
+    fn feed_with(
+        &mut self,
+        data: &[u8],
+        mut on_data: impl FnMut(usize, usize),
+    ) -> Result<usize, &'static str> {
         let mut i = 0;
         while i < data.len() {
             if let Chunk::Data(left) = self {
                 let n = (*left).min((data.len() - i) as u64);
                 *left -= n;
+                on_data(i, i + n as usize);
                 i += n as usize;
                 if *left == 0 {
                     *self = Chunk::DataCr;

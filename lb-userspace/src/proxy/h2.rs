@@ -3,7 +3,6 @@
 //! retries, and the sticky cookie on the way back.
 
 use std::{
-    net::SocketAddr,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
@@ -21,10 +20,11 @@ use crate::config::UnderscoreHeaders;
 use super::{
     balance::{ActiveGuard, ServerState},
     body::{BoxError, DeadlineBody, ProxyBody, empty, error},
+    h1::client::{self, ExchangeError},
     observe::{Exchange, Trace},
     policy::{ConnInfo, cookie_in, is_forwarded_header, is_idempotent_method, without_port},
     routes::{BackendRoute, FrontendRoute, Shared},
-    upstream::{Pool, Sender},
+    upstream::{Pool, Sender, Upstream},
 };
 
 /// Headers that describe one hop's connection, never forwarded (RFC 9110 7.6.1).
@@ -39,22 +39,11 @@ const HOP_BY_HOP: &[&str] = &[
     "http2-settings",
 ];
 
-/// A response body that keeps its server's connection counted until it is done, and
-/// returns the connection to its pool once the body was read to the end.
+/// A response body (of an upgrade request hyper's client sent) that keeps its server's
+/// connection counted until it is done.
 struct CountedBody {
     inner: Incoming,
     _guard: ActiveGuard,
-    reuse: Option<(Arc<Pool<Sender>>, SocketAddr, Sender)>,
-}
-
-impl Drop for CountedBody {
-    fn drop(&mut self) {
-        if self.inner.is_end_stream()
-            && let Some((pool, server, sender)) = self.reuse.take()
-        {
-            pool.put(server, sender);
-        }
-    }
 }
 
 impl Body for CountedBody {
@@ -85,7 +74,7 @@ pub async fn handle<B>(
     shared: Arc<Shared>,
     frontend: Arc<FrontendRoute>,
     conn: ConnInfo,
-    private: Arc<Pool<Sender>>,
+    private: Arc<Pool<Upstream>>,
     req: Request<B>,
 ) -> Response<ProxyBody>
 where
@@ -124,7 +113,7 @@ async fn answer<B>(
     shared: &Arc<Shared>,
     frontend: &Arc<FrontendRoute>,
     conn: ConnInfo,
-    private: &Arc<Pool<Sender>>,
+    private: &Arc<Pool<Upstream>>,
     req: Request<B>,
     trace: &mut Trace,
 ) -> Response<ProxyBody>
@@ -322,7 +311,7 @@ async fn forward<B>(
     frontend: &FrontendRoute,
     backend: &Arc<BackendRoute>,
     conn: ConnInfo,
-    private: &Arc<Pool<Sender>>,
+    private: &Arc<Pool<Upstream>>,
     mut req: Request<B>,
     trace: &mut Trace,
 ) -> Response<ProxyBody>
@@ -402,28 +391,93 @@ where
         let server = backend.balancer.servers[index].clone();
         let guard = server.open();
         trace.attempt(server.address, &server.stats);
-        let pool = if backend.dialer.proxy_protocol.is_some() {
-            private.clone()
-        } else {
-            backend.pool.clone()
-        };
-        let pooled = match (upgrade, pool.take(server.address)) {
-            (false, Some(mut s)) => s.ready().await.is_ok().then_some(s),
-            _ => None,
-        };
-        let sender = match pooled {
-            Some(s) => s,
-            None => match connect(backend, &server, conn, upgrade).await {
-                Ok((s, took)) => {
-                    trace.connect = Some(took);
-                    s
+        if !upgrade {
+            // lb's own HTTP/1.1 on the h1 path's pooled connections.
+            let pool = if backend.dialer.proxy_protocol.is_some() {
+                private.clone()
+            } else {
+                backend.h1_pool.clone()
+            };
+            let up = match pool.take(server.address) {
+                Some(up) => up,
+                None => match dial(backend, &server, conn).await {
+                    Ok((up, took)) => {
+                        trace.connect = Some(took);
+                        up
+                    }
+                    Err(e) => {
+                        last_error = e;
+                        continue;
+                    }
+                },
+            };
+            let request_body = match body.take() {
+                Some(b) => b,
+                None if retry_after_send => empty(),
+                None => break,
+            };
+            let Some(request_head) = &head else { break };
+            let sent_at = std::time::Instant::now();
+            let reuse = client::Reuse {
+                pool,
+                server: server.address,
+            };
+            let exchanged = client::exchange(
+                up,
+                request_head,
+                request_body,
+                http.server_timeout,
+                reuse,
+                guard,
+            )
+            .await;
+            let response = match exchanged {
+                Ok(r) => r,
+                Err(ExchangeError::Timeout) => {
+                    crate::warn_limited!(backend = %backend.name, server = %server.address, "server timeout");
+                    return error(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        &format!("server did not answer within {:?}", http.server_timeout),
+                        false,
+                    );
                 }
-                Err(e) => {
-                    crate::warn_limited!(backend = %backend.name, server = %server.address, error = %e, "server unreachable; trying another");
-                    last_error = e;
-                    continue;
+                Err(ExchangeError::RequestBody(e)) => {
+                    debug!(client = %conn.client, error = %e, "request body failed");
+                    return error(StatusCode::BAD_REQUEST, "request body failed", false);
                 }
-            },
+                Err(ExchangeError::Failed(e)) => {
+                    debug!(backend = %backend.name, server = %server.address, error = %e, "request failed");
+                    last_error = format!("server {}: {e}", server.address);
+                    if retry_after_send {
+                        continue;
+                    }
+                    return error(StatusCode::BAD_GATEWAY, &last_error, false);
+                }
+            };
+            trace.response = Some(sent_at.elapsed());
+            backend.remember_source(conn.client.ip(), index);
+            let (mut rparts, rbody) = response.into_parts();
+            if let Some(cookie) = &backend.cookie {
+                cookie.insert(
+                    &mut rparts.headers,
+                    &server.cookie,
+                    sticky_cookie == Some(index),
+                );
+            }
+            return Response::from_parts(rparts, rbody);
+        }
+        // Upgrades (WebSocket from HTTP/1 clients served by hyper): hyper's client, on a
+        // connection of their own.
+        let sender = match connect(backend, &server, conn).await {
+            Ok((s, took)) => {
+                trace.connect = Some(took);
+                s
+            }
+            Err(e) => {
+                crate::warn_limited!(backend = %backend.name, server = %server.address, error = %e, "server unreachable; trying another");
+                last_error = e;
+                continue;
+            }
         };
         let request_body = match body.take() {
             Some(b) => b,
@@ -462,13 +516,8 @@ where
         };
         trace.response = Some(sent_at.elapsed());
         backend.remember_source(conn.client.ip(), index);
-        let keep = !upgrade
-            && !response
-                .headers()
-                .get(header::CONNECTION)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| v.eq_ignore_ascii_case("close"));
-        let reuse = keep.then(|| (pool, server.address, sender));
+        // An upgrade's connection is never pooled: it becomes the tunnel, or is spent.
+        drop(sender);
         if response.status() == StatusCode::SWITCHING_PROTOCOLS
             && let Some(client_upgrade) = client_upgrade
         {
@@ -506,7 +555,6 @@ where
         let body = CountedBody {
             inner: rbody,
             _guard: guard,
-            reuse,
         };
         return Response::from_parts(rparts, body.boxed());
     }
@@ -520,12 +568,43 @@ where
     error(StatusCode::BAD_GATEWAY, &last_error, false)
 }
 
-/// A new HTTP/1.1 connection to `server` (PROXY header and TLS per the backend).
+/// A new connection to `server` for lb's own HTTP/1.1 (PROXY header and TLS per the
+/// backend).
+async fn dial(
+    backend: &BackendRoute,
+    target: &ServerState,
+    conn: ConnInfo,
+) -> Result<(Upstream, std::time::Duration), String> {
+    let (server, started) = (target.address, std::time::Instant::now());
+    match backend
+        .dialer
+        .connect(server, conn.client, conn.local, &target.stats)
+        .await
+    {
+        Ok(io) => Ok((
+            Upstream {
+                io,
+                buf: bytes::BytesMut::new(),
+            },
+            started.elapsed(),
+        )),
+        Err(e) => {
+            if matches!(e, super::upstream::ConnectError::Tls(_)) {
+                crate::warn_limited!(backend = %backend.name, server = %server, error = %e, "TLS to server failed");
+            } else {
+                crate::warn_limited!(backend = %backend.name, server = %server, error = %e, "server unreachable; trying another");
+            }
+            Err(format!("server {server}: {e}"))
+        }
+    }
+}
+
+/// A new connection to `server` through hyper's HTTP/1.1 client, for an upgrade (PROXY
+/// header and TLS per the backend).
 async fn connect(
     backend: &BackendRoute,
     target: &ServerState,
     conn: ConnInfo,
-    upgrades: bool,
 ) -> Result<(Sender, std::time::Duration), String> {
     let (server, started) = (target.address, std::time::Instant::now());
     let stream = backend
@@ -543,12 +622,7 @@ async fn connect(
         .await
         .map_err(|e| format!("server {server}: {e}"))?;
     tokio::spawn(async move {
-        let result = if upgrades {
-            connection.with_upgrades().await
-        } else {
-            connection.await
-        };
-        if let Err(e) = result {
+        if let Err(e) = connection.with_upgrades().await {
             debug!(%server, error = %e, "server connection ended");
         }
     });

@@ -24,7 +24,7 @@ use super::{
     h2,
     policy::ConnInfo,
     routes::Shared,
-    upstream::{Pool, Sender},
+    upstream::{Pool, Upstream},
 };
 use crate::config::HttpConfig;
 
@@ -175,7 +175,7 @@ async fn request(
     shared: Arc<Shared>,
     frontend: &str,
     conn: ConnInfo,
-    private: Arc<Pool<Sender>>,
+    private: Arc<Pool<Upstream>>,
     req: Request<()>,
     stream: Stream<h3_quinn::BidiStream<Bytes>>,
 ) {

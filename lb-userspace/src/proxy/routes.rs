@@ -45,9 +45,8 @@ pub struct BackendRoute {
     pub sticky_source: Option<(Duration, SourceTable)>,
     /// The backend's own forward_for, over the frontend's.
     pub forward_for: Option<bool>,
-    /// Idle keep-alive connections to its servers: hyper's (HTTP/2 clients) and the
-    /// HTTP/1 path's own.
-    pub pool: Arc<Pool<upstream::Sender>>,
+    /// Idle keep-alive connections to its servers, lb's own HTTP/1.1 (requests from HTTP/1,
+    /// HTTP/2 and HTTP/3 clients alike).
     pub h1_pool: Arc<Pool<upstream::Upstream>>,
     /// How its connections are made: pools are kept across a reload only while this stays
     /// the same.
@@ -333,10 +332,6 @@ impl Routes {
                         )
                     }),
                     forward_for: o.forward_for,
-                    pool: kept.map_or_else(
-                        || Arc::new(Pool::new(workers, http.pool_idle_per_server)),
-                        |b| b.pool.clone(),
-                    ),
                     h1_pool: kept.map_or_else(
                         || Arc::new(Pool::new(workers, http.pool_idle_per_server)),
                         |b| b.h1_pool.clone(),

@@ -178,14 +178,6 @@ pub trait Reusable {
     fn is_closed(&self) -> bool;
 }
 
-impl Reusable for Sender {
-    fn is_closed(&self) -> bool {
-        SendRequest::is_closed(self)
-    }
-}
-
-use hyper::client::conn::http1::SendRequest;
-
 /// A server connection the HTTP/1 path drives itself, with what was read past the last
 /// response (nothing, for one that can be reused).
 pub struct Upstream {

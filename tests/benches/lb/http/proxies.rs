@@ -48,7 +48,7 @@ pub fn start(
                 .map(|(i, s)| format!("    server s{i} {s}"))
                 .collect();
             let cfg = format!(
-                "global\n    maxconn 20000\n    nbthread 2\n\
+                "global\n    maxconn 8000\n    nbthread 2\n\
                  defaults\n    mode http\n    option forwardfor\n    http-reuse safe\n    timeout connect 5s\n    timeout client 60s\n    timeout server 60s\n\
                  frontend web\n    bind {VIP}:{PORT}\n    bind {VIP}:{TLS_PORT} ssl crt {pem} alpn h2,http/1.1\n    default_backend servers\n\
                  backend servers\n    balance roundrobin\n{}\n",
@@ -69,7 +69,7 @@ pub fn start(
                             proxy_set_header Connection \"\"; proxy_set_header X-Forwarded-For $remote_addr; }";
             let conf = format!(
                 "worker_processes 2;\ndaemon off;\npid {d}/proxy.pid;\nerror_log stderr error;\n\
-                 events {{ worker_connections 20000; }}\n\
+                 events {{ worker_connections 4096; }}\n\
                  http {{\n access_log off;\n client_body_temp_path {d}/proxy-body;\n proxy_temp_path {d}/proxy-temp;\n\
                  upstream servers {{ {} keepalive 64; }}\n\
                  server {{ listen {VIP}:{PORT}; keepalive_requests 100000;\n  {location} }}\n\
