@@ -3,7 +3,8 @@
 //! they arrive with their framing checked (never buffered whole), and a connection's client
 //! side, server side and bodies all run in one task. hyper's server and client cost twice
 //! HAProxy's CPU per request (channels and a task per upstream connection); HTTP/2 (ALPN
-//! "h2" or the h2c preface) still goes to hyper.
+//! "h2" or the h2c preface) is still served by hyper's server, and reaches servers through
+//! this path's connections and parsers (`client`).
 
 use std::{
     io::Write as _,

@@ -223,7 +223,15 @@ async fn request(
                     done,
                     length: declared,
                 };
-                h2::handle(shared.clone(), route, conn, private, req.map(|()| body)).await
+                // Boxed, as for HTTP/2: the request's state machine is kilobytes.
+                Box::pin(h2::handle(
+                    shared.clone(),
+                    route,
+                    conn,
+                    private,
+                    req.map(|()| body),
+                ))
+                .await
             }
         }
     };

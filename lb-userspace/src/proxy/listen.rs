@@ -252,7 +252,9 @@ where
         let request = watched.request();
         async move {
             let response = match frontend {
-                Some(f) => h2::handle(shared, f, conn, private, req).await,
+                // Boxed: the request's whole state machine is kilobytes, and hyper moves
+                // the service's future into each stream's task by value.
+                Some(f) => Box::pin(h2::handle(shared, f, conn, private, req)).await,
                 None => body::error(
                     ::http::StatusCode::SERVICE_UNAVAILABLE,
                     "frontend removed",
