@@ -474,7 +474,6 @@ where
                 s
             }
             Err(e) => {
-                crate::warn_limited!(backend = %backend.name, server = %server.address, error = %e, "server unreachable; trying another");
                 last_error = e;
                 continue;
             }
@@ -599,24 +598,17 @@ async fn dial(
     }
 }
 
-/// A new connection to `server` through hyper's HTTP/1.1 client, for an upgrade (PROXY
-/// header and TLS per the backend).
+/// A new connection to `server` through hyper's HTTP/1.1 client, for an upgrade (made by
+/// [`dial`]).
 async fn connect(
     backend: &BackendRoute,
     target: &ServerState,
     conn: ConnInfo,
 ) -> Result<(Sender, std::time::Duration), String> {
-    let (server, started) = (target.address, std::time::Instant::now());
-    let stream = backend
-        .dialer
-        .connect(server, conn.client, conn.local, &target.stats)
-        .await
-        .map_err(|e| {
-            if matches!(e, super::upstream::ConnectError::Tls(_)) {
-                crate::warn_limited!(backend = %backend.name, server = %server, error = %e, "TLS to server failed");
-            }
-            format!("server {server}: {e}")
-        })?;
+    let (up, took) = dial(backend, target, conn).await?;
+    let server = target.address;
+    let started = std::time::Instant::now() - took;
+    let stream = up.io;
     let (sender, connection) = hyper::client::conn::http1::Builder::new()
         .handshake(TokioIo::new(stream))
         .await
