@@ -232,17 +232,13 @@ where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let http = shared.http();
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // Only HTTP/2 comes here (the preface, or ALPN h2): no version sniffing.
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     builder
-        .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(http.request_timeout)
-        .max_buf_size(http.max_header_bytes.max(8192))
-        .max_headers(http.max_headers);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(http.max_header_bytes as u32);
+        .max_header_list_size(http.max_header_bytes as u32)
+        // Servers' responses carry their own Date.
+        .auto_date_header(false);
     let private = Arc::new(Pool::new(1, 4));
     let activity = Activity::new(Instant::now());
     let watched = activity.clone();
@@ -264,7 +260,7 @@ where
             Ok::<_, std::convert::Infallible>(response.map(|b| request.body(b)))
         }
     });
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    let connection = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(connection);
     let (idle, stall) = (http.request_timeout, http.server_timeout);
     let check = tokio::time::sleep(idle);

@@ -152,8 +152,8 @@ fn http_workloads() -> impl Iterator<Item = &'static str> {
     http::THROUGHPUT
         .iter()
         .chain(http::CPU)
-        .chain(http::LATENCY)
         .copied()
+        .chain(http::latency_rows())
 }
 const HTTP_PEERS: &[&str] = &["haproxy-http", "nginx"];
 

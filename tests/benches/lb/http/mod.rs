@@ -10,6 +10,7 @@
 
 mod load;
 mod multiplexed;
+mod paced;
 mod proxies;
 
 use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
@@ -29,8 +30,6 @@ const SERVER_PORT: u16 = 8080;
 /// HAProxy first: its keep-alive rate sets the round's fixed rate.
 pub const SYSTEMS: [&str; 3] = ["haproxy-http", "lb-http", "nginx"];
 const ROUNDS: usize = 3;
-/// Connections of the fixed-rate client.
-const PACED_CONNECTIONS: u64 = 16;
 
 /// A throughput workload: its row and unit, its CPU row, and how it loads the proxy (a
 /// client namespace and seconds to a rate).
@@ -58,7 +57,82 @@ pub const CPU: &[&str] = &[
     "http-cpu-per-h2-request",
     "http-cpu-per-1mib-response",
 ];
-pub const LATENCY: &[&str] = &["http-latency-p50", "http-latency-p99", "http-latency-p999"];
+/// Latency at a share of HAProxy's rate in the same round, per workload: the throughput row
+/// that sets the rate, the share, how the paced client loads it, its connections, and its
+/// p50, p99 and p99.9 rows. Half, but a quarter for HTTP/2: the paced client's streams come
+/// one at a time, not in h2load's batches of ten, which about doubles every proxy's CPU per
+/// request, and at half all three were overloaded (seconds of queueing).
+const PACED: &[(&str, f64, paced::Kind, u64, [&str; 3])] = &[
+    (
+        "http-requests",
+        0.5,
+        paced::Kind::KeepAlive,
+        16,
+        ["http-latency-p50", "http-latency-p99", "http-latency-p999"],
+    ),
+    (
+        "http-new-connections",
+        0.5,
+        paced::Kind::NewConnection,
+        16,
+        [
+            "http-new-connection-latency-p50",
+            "http-new-connection-latency-p99",
+            "http-new-connection-latency-p999",
+        ],
+    ),
+    (
+        "http-tls-handshakes",
+        0.5,
+        paced::Kind::TlsHandshake,
+        16,
+        [
+            "http-tls-handshake-latency-p50",
+            "http-tls-handshake-latency-p99",
+            "http-tls-handshake-latency-p999",
+        ],
+    ),
+    (
+        "http-tls-requests",
+        0.5,
+        paced::Kind::TlsKeepAlive,
+        16,
+        [
+            "http-tls-latency-p50",
+            "http-tls-latency-p99",
+            "http-tls-latency-p999",
+        ],
+    ),
+    (
+        "http-h2-requests",
+        0.25,
+        paced::Kind::H2,
+        16,
+        [
+            "http-h2-latency-p50",
+            "http-h2-latency-p99",
+            "http-h2-latency-p999",
+        ],
+    ),
+    (
+        "http-1mib-responses",
+        0.5,
+        paced::Kind::Large,
+        8,
+        [
+            "http-1mib-latency-p50",
+            "http-1mib-latency-p99",
+            "http-1mib-latency-p999",
+        ],
+    ),
+];
+
+/// Every fixed-rate latency row.
+pub fn latency_rows() -> impl Iterator<Item = &'static str> {
+    PACED
+        .iter()
+        .flat_map(|(_, _, _, _, rows)| rows.iter().copied())
+}
 /// lb only: HTTP/3 beside HTTP/2, from the same client.
 pub const H3_ROWS: &[(&str, &str)] = &[
     ("http-h3-vs-h2-requests", "requests/s"),
@@ -120,7 +194,28 @@ pub fn run(settings: &Settings) -> Result<Vec<Row>> {
     }
     let (cert, key, pem) = self_signed(&dir.0, "proxy", VIP.into())?;
     let seconds = if settings.quick { 2 } else { 10 };
-    let workloads = workloads();
+    // For working on one workload (rows missing, so not with --check):
+    // LB_BENCH_HTTP=http-h2-requests,lb-http runs the rows and systems named, once.
+    let focus: Option<Vec<String>> = std::env::var("LB_BENCH_HTTP")
+        .ok()
+        .map(|v| v.split(',').map(str::to_string).collect());
+    // Of one kind (rows, or systems), all unless some are named.
+    let wanted = |name: &str, kind: &[&str]| {
+        focus.as_ref().is_none_or(|f| {
+            f.iter().any(|w| w == name) || !f.iter().any(|w| kind.contains(&w.as_str()))
+        })
+    };
+    let row_names: Vec<&str> = THROUGHPUT
+        .iter()
+        .copied()
+        .chain(latency_rows())
+        .chain([H3_ROWS[0].0])
+        .collect();
+    let workloads: Vec<Workload> = workloads()
+        .into_iter()
+        .filter(|w| wanted(w.row, &row_names))
+        .collect();
+    let rounds = if focus.is_some() { 1 } else { ROUNDS };
     // (row, system) -> (unit, one value per round)
     let mut samples: BTreeMap<(String, String), (String, Vec<f64>)> = BTreeMap::new();
     let mut record = |row: &str, system: &str, unit: &str, value: f64| {
@@ -130,10 +225,11 @@ pub fn run(settings: &Settings) -> Result<Vec<Row>> {
             .1
             .push(value);
     };
-    for round in 1..=ROUNDS {
-        let mut fixed_rate = 0;
-        for system in SYSTEMS {
-            eprintln!("bench: {system}, round {round} of {ROUNDS}");
+    for round in 1..=rounds {
+        // HAProxy's rate of each workload, in requests/s.
+        let mut fixed_rates: BTreeMap<&str, f64> = BTreeMap::new();
+        for system in SYSTEMS.into_iter().filter(|s| wanted(s, &SYSTEMS)) {
+            eprintln!("bench: {system}, round {round} of {rounds}");
             let pid = proxies::start(system, &topo, settings, &dir.0, &pem, (&cert, &key))?;
             let measured = (|| -> Result<()> {
                 wait_listening(&topo.client, (VIP, PORT).into(), Duration::from_secs(15))?;
@@ -149,22 +245,42 @@ pub fn run(settings: &Settings) -> Result<Vec<Row>> {
                     record(w.row, system, w.unit, rate);
                     let work = rate * seconds as f64;
                     record(w.cpu_row, system, w.cpu_unit, cpu * 1e6 / work.max(1.0));
-                    if system == "haproxy-http" && w.row == "http-requests" {
-                        fixed_rate = (rate / 2.0) as u64;
+                    if system == "haproxy-http" {
+                        // Every workload's unit is a request each (1 MiB responses: MiB/s).
+                        fixed_rates.insert(w.row, rate);
                     }
                 }
-                let target: SocketAddr = (VIP, PORT).into();
-                let rate = fixed_rate.max(1000);
-                let mut latencies = topo
-                    .client
-                    .run(move || load::fixed_rate(target, rate, PACED_CONNECTIONS, seconds))?
-                    .join()
-                    .map_err(|_| anyhow::anyhow!("latency client panicked"))??;
-                latencies.sort_unstable();
-                for (row, p) in LATENCY.iter().zip([0.50, 0.99, 0.999]) {
-                    record(row, system, "us", load::quantile(&latencies, p));
+                for &(workload, share, kind, connections, rows) in PACED {
+                    if !wanted(rows[0], &row_names) {
+                        continue;
+                    }
+                    let port = if matches!(
+                        kind,
+                        paced::Kind::TlsHandshake | paced::Kind::TlsKeepAlive | paced::Kind::H2
+                    ) {
+                        TLS_PORT
+                    } else {
+                        PORT
+                    };
+                    let target: SocketAddr = (VIP, port).into();
+                    // Without HAProxy in this run (LB_BENCH_HTTP), a modest rate.
+                    let rate = fixed_rates
+                        .get(workload)
+                        .map(|r| (r * share) as u64)
+                        .unwrap_or(500)
+                        .max(50);
+                    let mut latencies = topo
+                        .client
+                        .run(move || paced::run(kind, target, rate, connections, seconds))?
+                        .join()
+                        .map_err(|_| anyhow::anyhow!("paced client panicked"))?
+                        .with_context(|| format!("{} at {rate} requests/s", rows[1]))?;
+                    latencies.sort_unstable();
+                    for (row, p) in rows.iter().zip([0.50, 0.99, 0.999]) {
+                        record(row, system, "us", load::quantile(&latencies, p));
+                    }
                 }
-                if system == "lb-http" {
+                if system == "lb-http" && wanted(H3_ROWS[0].0, &row_names) {
                     multiplexed_rows(&topo.client, seconds, &mut record)?;
                 }
                 Ok(())

@@ -16,7 +16,7 @@ use bytes::{Buf as _, Bytes};
     dead_code,
     reason = "the bench uses the client's connection, not its exchange()"
 )]
-mod h3_client;
+pub mod h3_client;
 
 #[derive(Clone, Copy)]
 pub enum Protocol {
