@@ -60,7 +60,7 @@ class H(http.server.BaseHTTPRequestHandler):
             self.end_headers()
             for part in (b"hello ", b"chunked ", b"world"):
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
-            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.write(b"0\r\nX-Checksum: c0ffee\r\n\r\n")
             return
         h = self.headers
         self.reply(f"{sys.argv[2]} path={self.path} xff={h.get('X-Forwarded-For')} proto={h.get('X-Forwarded-Proto')}")
@@ -254,6 +254,19 @@ options = {{ sticky_session = {{ type = "cookie", cookie = "SERVERID", ttl = "5m
         ],
     );
     assert_eq!(chunked, "hello chunked world 2");
+    // The chunked response's trailer reaches an HTTP/3 client as trailers.
+    let trailed = &exchange(vec![get("/chunked", None)])[0];
+    assert_eq!(trailed.text(), "hello chunked world");
+    assert_eq!(
+        trailed
+            .trailers
+            .as_ref()
+            .and_then(|t| t.get("x-checksum"))
+            .map(|v| v.to_str().unwrap_or_default()),
+        Some("c0ffee"),
+        "{:?}",
+        trailed.trailers
+    );
     let head = curl(
         &topo.client,
         &["-k", "--http2", "-I", &format!("https://{VIP}/")],
@@ -309,8 +322,8 @@ options = {{ sticky_session = {{ type = "cookie", cookie = "SERVERID", ttl = "5m
         Duration::from_secs(10),
         |text| {
             metric(text, r#"lb_http_requests_total{frontend="quic",code="2xx"}"#)
-                // curl's four (HTTP/1.1 and HTTP/2), and the 24 over HTTP/3.
-                == Some(28.0)
+                // curl's four (HTTP/1.1 and HTTP/2), and the 25 over HTTP/3.
+                == Some(29.0)
         },
     )
     .unwrap();

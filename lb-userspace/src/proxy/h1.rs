@@ -330,7 +330,18 @@ impl Chunk {
     fn feed_with(
         &mut self,
         data: &[u8],
+        on_data: impl FnMut(usize, usize),
+    ) -> Result<usize, &'static str> {
+        self.feed_parts(data, on_data, |_| {})
+    }
+
+    /// [`Chunk::feed_with`], also calling `on_trailer(byte)` for each byte of the trailer
+    /// section's fields (their lines with CRLFs, without the empty line that ends them).
+    fn feed_parts(
+        &mut self,
+        data: &[u8],
         mut on_data: impl FnMut(usize, usize),
+        mut on_trailer: impl FnMut(u8),
     ) -> Result<usize, &'static str> {
         let mut i = 0;
         while i < data.len() {
@@ -346,6 +357,7 @@ impl Chunk {
             }
             let b = data[i];
             i += 1;
+            let before = *self;
             *self = match (*self, b) {
                 (Chunk::Size { digits, size }, b) if b.is_ascii_hexdigit() => {
                     if digits >= 15 {
@@ -382,6 +394,13 @@ impl Chunk {
                 }
                 _ => return Err("malformed chunked encoding"),
             };
+            if matches!(
+                before,
+                Chunk::TrailerStart | Chunk::TrailerLine | Chunk::TrailerLf
+            ) && *self != Chunk::EndLf
+            {
+                on_trailer(b);
+            }
         }
         Ok(i)
     }

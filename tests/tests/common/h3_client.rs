@@ -11,6 +11,7 @@ pub struct Answer {
     pub status: u16,
     pub headers: http::HeaderMap,
     pub body: Vec<u8>,
+    pub trailers: Option<http::HeaderMap>,
 }
 
 impl Answer {
@@ -94,10 +95,12 @@ async fn run(target: SocketAddr, requests: Vec<http::Request<Bytes>>) -> Result<
                 chunk.advance(n);
             }
         }
+        let trailers = stream.recv_trailers().await.context("the trailers")?;
         answers.push(Answer {
             status: response.status().as_u16(),
             headers: response.headers().clone(),
             body,
+            trailers,
         });
     }
     drop(sender);

@@ -99,6 +99,7 @@ where
                     timeout: server_timeout,
                     sleep: None,
                     waiting: false,
+                    trailer: Vec::new(),
                     _guard: guard,
                 };
                 return Ok(response.map(|()| body.boxed()));
@@ -255,8 +256,14 @@ struct UpstreamBody {
     /// A read is pending: its deadline runs (a new wait, after the client took its time to
     /// ask for more, starts a new one).
     waiting: bool,
+    /// A chunked body's trailer section as it came (field lines with their CRLFs), for
+    /// HTTP/2 and HTTP/3 clients; taken once the body is done.
+    trailer: Vec<u8>,
     _guard: ActiveGuard,
 }
+
+/// Trailer bytes kept from one response, past which it fails.
+const MAX_TRAILER_BYTES: usize = 8 * 1024;
 
 impl UpstreamBody {
     fn finish(&mut self) {
@@ -285,8 +292,15 @@ impl UpstreamBody {
             Remaining::Chunked(chunk) => {
                 let mut data = BytesMut::new();
                 let buf = &up.buf;
-                let consumed =
-                    chunk.feed_with(buf, |from, to| data.extend_from_slice(&buf[from..to]))?;
+                let trailer = &mut self.trailer;
+                let consumed = chunk.feed_parts(
+                    buf,
+                    |from, to| data.extend_from_slice(&buf[from..to]),
+                    |b| trailer.push(b),
+                )?;
+                if trailer.len() > MAX_TRAILER_BYTES {
+                    return Err("response trailers too large".into());
+                }
                 up.buf.advance(consumed);
                 data.freeze()
             }
@@ -296,6 +310,36 @@ impl UpstreamBody {
         }
         Ok(Some(data))
     }
+}
+
+/// A trailer section's fields, without those that may not be trailers (RFC 9110 6.5.1:
+/// framing, routing, and connection fields) and any that do not parse.
+fn parse_trailers(section: &[u8]) -> http::HeaderMap {
+    let mut map = http::HeaderMap::new();
+    let mut with_end = section.to_vec();
+    with_end.extend_from_slice(b"\r\n");
+    let mut fields = [httparse::EMPTY_HEADER; 32];
+    let Ok(httparse::Status::Complete((_, fields))) =
+        httparse::parse_headers(&with_end, &mut fields)
+    else {
+        return map;
+    };
+    for field in fields.iter() {
+        if hop_by_hop(field.name)
+            || ["content-length", "transfer-encoding", "host", "trailer"]
+                .iter()
+                .any(|n| header_is(field.name, n))
+        {
+            continue;
+        }
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(field.name.as_bytes()),
+            HeaderValue::from_bytes(field.value),
+        ) {
+            map.append(name, value);
+        }
+    }
+    map
 }
 
 impl Drop for UpstreamBody {
@@ -318,6 +362,12 @@ impl Body for UpstreamBody {
         loop {
             if this.remaining.done() {
                 this.finish();
+                if !this.trailer.is_empty() {
+                    let trailers = parse_trailers(&std::mem::take(&mut this.trailer));
+                    if !trailers.is_empty() {
+                        return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                    }
+                }
                 return Poll::Ready(None);
             }
             match this.take_buffered() {
@@ -454,5 +504,39 @@ mod tests {
         assert_eq!(data, b"hello world");
         assert_eq!(chunk, Chunk::Done);
         assert_eq!(&wire[consumed..], b"NEXT");
+    }
+
+    #[test]
+    fn trailers_are_kept_for_multiplexed_clients_without_forbidden_fields() {
+        let wire = b"3\r\nabc\r\n0\r\ngrpc-status: 0\r\nContent-Length: 3\r\nX-Sum: a1\r\n\r\n";
+        let (mut chunk, mut data, mut trailer) = (Chunk::new(), Vec::new(), Vec::new());
+        for piece in wire.chunks(2) {
+            chunk
+                .feed_parts(
+                    piece,
+                    |from, to| data.extend_from_slice(&piece[from..to]),
+                    |b| trailer.push(b),
+                )
+                .unwrap();
+        }
+        assert_eq!(chunk, Chunk::Done);
+        assert_eq!(data, b"abc");
+        assert_eq!(
+            trailer,
+            b"grpc-status: 0\r\nContent-Length: 3\r\nX-Sum: a1\r\n"
+        );
+        let fields = parse_trailers(&trailer);
+        assert_eq!(fields["grpc-status"], "0");
+        assert_eq!(fields["x-sum"], "a1");
+        assert!(fields.get("content-length").is_none());
+        assert_eq!(fields.len(), 2);
+
+        // No trailer section: nothing kept.
+        let (mut chunk, mut trailer) = (Chunk::new(), Vec::new());
+        chunk
+            .feed_parts(b"0\r\n\r\n", |_, _| {}, |b| trailer.push(b))
+            .unwrap();
+        assert_eq!(chunk, Chunk::Done);
+        assert!(trailer.is_empty());
     }
 }
