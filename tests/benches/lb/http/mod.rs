@@ -269,12 +269,21 @@ pub fn run(settings: &Settings) -> Result<Vec<Row>> {
                         .map(|r| (r * share) as u64)
                         .unwrap_or(500)
                         .max(50);
+                    let before = proxies::cpu_seconds(pid);
                     let mut latencies = topo
                         .client
                         .run(move || paced::run(kind, target, rate, connections, seconds))?
                         .join()
                         .map_err(|_| anyhow::anyhow!("paced client panicked"))?
                         .with_context(|| format!("{} at {rate} requests/s", rows[1]))?;
+                    if std::env::var_os("LB_BENCH_VERBOSE").is_some() {
+                        let cpu = proxies::cpu_seconds(pid) - before;
+                        eprintln!(
+                            "bench: {system} {}: {rate} requests/s paced, {:.1} µs CPU each",
+                            rows[1],
+                            cpu * 1e6 / latencies.len().max(1) as f64
+                        );
+                    }
                     latencies.sort_unstable();
                     for (row, p) in rows.iter().zip([0.50, 0.99, 0.999]) {
                         record(row, system, "us", load::quantile(&latencies, p));
