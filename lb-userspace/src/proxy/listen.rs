@@ -222,7 +222,7 @@ async fn serve_tls(
     }
 }
 
-/// A connection served by hyper (HTTP/2, with HTTP/1 should it come to that), watched: with
+/// An HTTP/2 connection served by hyper, watched: with
 /// no stream for `request_timeout` it is sent GOAWAY, and closed if the client has not
 /// closed it `request_timeout` later; while responses are being sent, one of them must move
 /// within `server_timeout` (a client that stops reading, or never opens its flow-control

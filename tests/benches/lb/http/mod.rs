@@ -254,14 +254,7 @@ pub fn run(settings: &Settings) -> Result<Vec<Row>> {
                     if !wanted(rows[0], &row_names) {
                         continue;
                     }
-                    let port = if matches!(
-                        kind,
-                        paced::Kind::TlsHandshake | paced::Kind::TlsKeepAlive | paced::Kind::H2
-                    ) {
-                        TLS_PORT
-                    } else {
-                        PORT
-                    };
+                    let port = if kind.tls() { TLS_PORT } else { PORT };
                     let target: SocketAddr = (VIP, port).into();
                     // Without HAProxy in this run (LB_BENCH_HTTP), a modest rate.
                     let rate = fixed_rates

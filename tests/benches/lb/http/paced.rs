@@ -35,7 +35,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    fn tls(self) -> bool {
+    pub fn tls(self) -> bool {
         matches!(self, Kind::TlsHandshake | Kind::TlsKeepAlive | Kind::H2)
     }
 
@@ -105,11 +105,10 @@ pub fn run(
                         // Kept: pacing to the fixed request rate, not a wait for anything.
                         std::thread::sleep(due - now);
                     }
-                    let stream = match conn.take() {
+                    let mut stream = match conn.take() {
                         Some(s) => s,
                         None => connect(target, tls.as_ref())?,
                     };
-                    let mut stream = stream;
                     stream.write_all(request.as_bytes())?;
                     read_response(&mut stream, &mut buf)?;
                     latencies.push(due.elapsed().as_micros() as u64);
