@@ -118,8 +118,14 @@ pub struct HttpConfig {
     pub max_header_bytes: usize,
     /// Most request headers.
     pub max_headers: usize,
-    /// Idle pooled connections kept per server.
+    /// Most idle connections kept per server and proxy worker (0: none, every request
+    /// dials); past it the one idle longest is closed. Below it the pool keeps whatever a
+    /// burst opened, so concurrency up to it reuses connections instead of dialling.
     pub pool_idle_per_server: usize,
+    /// A pooled connection unused for this long is closed (1s..=1h); keep it below the
+    /// servers' own keep-alive timeout, so a reuse does not race their close.
+    #[serde(with = "duration")]
+    pub pool_idle_timeout: Duration,
     /// Proxy worker threads.
     pub workers: usize,
     /// Most client connections the proxy holds at once, over all its frontends; past it a
@@ -152,7 +158,8 @@ impl Default for HttpConfig {
             body_timeout: Duration::from_secs(60),
             max_header_bytes: 16384,
             max_headers: 100,
-            pool_idle_per_server: 64,
+            pool_idle_per_server: 512,
+            pool_idle_timeout: Duration::from_secs(10),
             workers: 2,
             max_connections: None,
             underscore_headers: UnderscoreHeaders::Drop,

@@ -602,3 +602,30 @@ servers = {{ type = "addresses", addresses = [{{ address = "198.18.11.2" }}] }}
         "{e}"
     );
 }
+
+#[test]
+fn upstream_pool_limits_are_validated() {
+    let with = |http: &str| format!("[http]\n{http}\n");
+    let config = Config::parse(
+        "lb.toml",
+        &with("pool_idle_per_server = 0\npool_idle_timeout = \"1m\""),
+    )
+    .expect("no pooling, and a minute's idle timeout");
+    assert_eq!(config.http.pool_idle_per_server, 0);
+    assert_eq!(
+        config.http.pool_idle_timeout,
+        std::time::Duration::from_secs(60)
+    );
+    let e = errors(&with(
+        "pool_idle_per_server = 70000\npool_idle_timeout = \"2h\"",
+    ));
+    let fields: Vec<&str> = e.problems.iter().map(|(_, p)| p.field.as_str()).collect();
+    for field in ["http.pool_idle_per_server", "http.pool_idle_timeout"] {
+        assert!(fields.contains(&field), "{field} not in {fields:?}");
+    }
+    assert!(
+        errors(&with("pool_idle_timeout = \"0s\""))
+            .to_string()
+            .contains("http.pool_idle_timeout")
+    );
+}

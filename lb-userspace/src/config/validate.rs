@@ -362,6 +362,7 @@ impl Config {
             ("request_timeout", &h.request_timeout),
             ("body_timeout", &h.body_timeout),
             ("http3_idle_timeout", &h.http3_idle_timeout),
+            ("pool_idle_timeout", &h.pool_idle_timeout),
         ] {
             if value.is_zero() {
                 problem(
@@ -404,6 +405,26 @@ impl Config {
                     humantime::format_duration(h.http3_idle_timeout)
                 ),
                 "use a duration such as \"30s\" (the default)",
+            );
+        }
+        if h.pool_idle_timeout > Duration::from_secs(3600) {
+            problem(
+                "http.pool_idle_timeout".into(),
+                format!(
+                    "pool_idle_timeout {} is more than 1h",
+                    humantime::format_duration(h.pool_idle_timeout)
+                ),
+                "use a duration such as \"10s\" (the default), below the servers' keep-alive timeout",
+            );
+        }
+        if h.pool_idle_per_server > 65_536 {
+            problem(
+                "http.pool_idle_per_server".into(),
+                format!(
+                    "pool_idle_per_server {} is more than 65536",
+                    h.pool_idle_per_server
+                ),
+                "use a count such as 512 (the default), or 0 to keep no idle connection",
             );
         }
         if !(1..=10_000).contains(&h.http3_max_streams) {

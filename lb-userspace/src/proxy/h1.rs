@@ -897,8 +897,11 @@ pub async fn serve<S>(
     let mut out = Vec::with_capacity(HEAD_SIZE);
     let mut response_head = Vec::with_capacity(HEAD_SIZE);
     // Connections to servers that get a PROXY header carry this client's address: never
-    // shared with another client.
-    let private = Pool::new(1, 4);
+    // shared with another client. Its requests come one at a time: one is all it reuses.
+    let private = {
+        let http = shared.http();
+        Pool::new(1, http.pool_idle_per_server.min(1), http.pool_idle_timeout)
+    };
     loop {
         let Some(route) = shared.frontend(&frontend) else {
             let _ = client

@@ -143,7 +143,11 @@ async fn serve(
         }
     };
     // Connections to servers that get a PROXY header carry this client's address.
-    let private = Arc::new(Pool::new(1, 4));
+    let private = Arc::new(Pool::new(
+        1,
+        http.pool_idle_per_server,
+        http.pool_idle_timeout,
+    ));
     loop {
         match h3.accept().await {
             Ok(Some(resolver)) => {

@@ -239,7 +239,11 @@ where
         .max_header_list_size(http.max_header_bytes as u32)
         // Servers' responses carry their own Date.
         .auto_date_header(false);
-    let private = Arc::new(Pool::new(1, 4));
+    let private = Arc::new(Pool::new(
+        1,
+        http.pool_idle_per_server,
+        http.pool_idle_timeout,
+    ));
     let activity = Activity::new(Instant::now());
     let watched = activity.clone();
     let service = hyper::service::service_fn(move |req| {

@@ -61,6 +61,7 @@ pub struct Proxy {
 
 impl Proxy {
     pub fn new(workers: usize) -> Result<Proxy> {
+        let shared = Arc::new(Shared::default());
         let mut started = Vec::new();
         for i in 0..workers.max(1) {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -68,6 +69,7 @@ impl Proxy {
                 .build()?;
             let handle = rt.handle().clone();
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let pools = shared.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("proxy-{i}"))
                 .spawn(move || {
@@ -76,6 +78,7 @@ impl Proxy {
                         tokio::select! {
                             _ = stopped => {}
                             () = give_back_memory() => {}
+                            () = close_idle_upstreams(pools) => {}
                         }
                     });
                 })?;
@@ -87,7 +90,7 @@ impl Proxy {
         }
         Ok(Proxy {
             workers: started,
-            shared: Arc::new(Shared::default()),
+            shared,
             listeners: HashMap::new(),
         })
     }
@@ -273,6 +276,19 @@ async fn give_back_memory() {
         }
         seen = closed;
         pending = now;
+    }
+}
+
+/// Once a second, close this worker's pooled server connections that idled for
+/// `[http] pool_idle_timeout` (a pool also ages them out whenever it is used).
+async fn close_idle_upstreams(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let routes = shared.routes.read().unwrap().clone();
+        for backend in routes.backends.values() {
+            backend.h1_pool.sweep();
+        }
     }
 }
 

@@ -333,8 +333,18 @@ impl Routes {
                     }),
                     forward_for: o.forward_for,
                     h1_pool: kept.map_or_else(
-                        || Arc::new(Pool::new(workers, http.pool_idle_per_server)),
-                        |b| b.h1_pool.clone(),
+                        || {
+                            Arc::new(Pool::new(
+                                workers,
+                                http.pool_idle_per_server,
+                                http.pool_idle_timeout,
+                            ))
+                        },
+                        |b| {
+                            b.h1_pool
+                                .set_limits(http.pool_idle_per_server, http.pool_idle_timeout);
+                            b.h1_pool.clone()
+                        },
                     ),
                     dial_settings,
                 }),

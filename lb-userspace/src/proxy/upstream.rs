@@ -2,12 +2,15 @@
 //! of idle HTTP/1.1 connections per server.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     net::SocketAddr,
     pin::Pin,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed},
+    },
     task::{Context, Poll},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use tokio::{
@@ -203,55 +206,199 @@ thread_local! {
     pub static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
-type IdleLists<T> = Mutex<HashMap<SocketAddr, Vec<T>>>;
+/// An idle connection and when it was given back.
+struct Parked<T> {
+    since: Instant,
+    conn: T,
+}
+
+/// Per server, oldest first: connections are taken from the back (warmest), aged out from
+/// the front.
+type IdleLists<T> = Mutex<HashMap<SocketAddr, VecDeque<Parked<T>>>>;
 
 /// Idle keep-alive connections per server, per worker thread. A connection comes back when
 /// its response was read to the end, so whatever is taken is free (or closed, and then
 /// skipped). Sharing them across workers would wake another thread's runtime per request.
+///
+/// Sized by use, as HAProxy's idle pools are: every connection a burst needed is kept
+/// (up to `max_idle`), so the next burst finds them instead of dialling again; one unused
+/// for `idle_timeout` is closed, before a server's own keep-alive timeout races a reuse.
 pub struct Pool<T> {
     idle: Vec<IdleLists<T>>,
-    max_idle: usize,
+    max_idle: AtomicUsize,
+    idle_timeout_ms: AtomicU64,
 }
 
 impl<T: Reusable> Pool<T> {
-    pub fn new(workers: usize, max_idle: usize) -> Pool<T> {
-        Pool {
+    pub fn new(workers: usize, max_idle: usize, idle_timeout: Duration) -> Pool<T> {
+        let pool = Pool {
             idle: (0..workers.max(1)).map(|_| Mutex::default()).collect(),
-            max_idle: max_idle.max(1),
-        }
+            max_idle: AtomicUsize::new(0),
+            idle_timeout_ms: AtomicU64::new(0),
+        };
+        pool.set_limits(max_idle, idle_timeout);
+        pool
+    }
+
+    /// New limits from a reload that keeps this pool; they apply from the next return.
+    pub fn set_limits(&self, max_idle: usize, idle_timeout: Duration) {
+        self.max_idle.store(max_idle, Relaxed);
+        self.idle_timeout_ms
+            .store(idle_timeout.as_millis().max(1) as u64, Relaxed);
     }
 
     fn mine(&self) -> &IdleLists<T> {
         &self.idle[WORKER.get() % self.idle.len()]
     }
 
+    fn stale(&self, since: Instant, now: Instant) -> bool {
+        now.saturating_duration_since(since).as_millis() as u64
+            >= self.idle_timeout_ms.load(Relaxed)
+    }
+
     /// The most recently returned open connection (warmest first).
     pub fn take(&self, server: SocketAddr) -> Option<T> {
+        self.take_at(server, Instant::now())
+    }
+
+    fn take_at(&self, server: SocketAddr, now: Instant) -> Option<T> {
         let mut idle = self.mine().lock().unwrap();
         let list = idle.get_mut(&server)?;
-        while let Some(conn) = list.pop() {
-            if !conn.is_closed() {
-                return Some(conn);
+        while let Some(parked) = list.pop_back() {
+            if self.stale(parked.since, now) {
+                // The warmest is stale, so are all older ones.
+                list.clear();
+                return None;
+            }
+            if !parked.conn.is_closed() {
+                return Some(parked.conn);
             }
         }
         None
     }
 
     pub fn put(&self, server: SocketAddr, conn: T) {
-        if conn.is_closed() {
+        self.put_at(server, conn, Instant::now());
+    }
+
+    fn put_at(&self, server: SocketAddr, conn: T, now: Instant) {
+        let max_idle = self.max_idle.load(Relaxed);
+        if max_idle == 0 || conn.is_closed() {
             return;
         }
         let mut idle = self.mine().lock().unwrap();
         let list = idle.entry(server).or_default();
-        if list.len() < self.max_idle {
-            list.push(conn);
+        while list.front().is_some_and(|p| self.stale(p.since, now)) || list.len() >= max_idle {
+            list.pop_front();
         }
+        list.push_back(Parked { since: now, conn });
+    }
+
+    /// Close this worker's connections idle for the timeout or longer; how many.
+    pub fn sweep(&self) -> usize {
+        self.sweep_at(Instant::now())
+    }
+
+    fn sweep_at(&self, now: Instant) -> usize {
+        let mut idle = self.mine().lock().unwrap();
+        let mut closed = 0;
+        idle.retain(|_, list| {
+            while list.front().is_some_and(|p| self.stale(p.since, now)) {
+                list.pop_front();
+                closed += 1;
+            }
+            !list.is_empty()
+        });
+        closed
+    }
+
+    /// Idle connections this worker holds for `server`.
+    #[cfg(test)]
+    fn idle(&self, server: SocketAddr) -> usize {
+        self.mine()
+            .lock()
+            .unwrap()
+            .get(&server)
+            .map_or(0, VecDeque::len)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A connection that is open unless its flag says closed.
+    struct Fake(u32, Arc<std::sync::atomic::AtomicBool>);
+
+    impl Reusable for Fake {
+        fn is_closed(&self) -> bool {
+            self.1.load(Relaxed)
+        }
+    }
+
+    fn fake(id: u32) -> Fake {
+        Fake(id, Arc::default())
+    }
+
+    #[test]
+    fn a_burst_keeps_its_connections_and_the_warmest_is_taken_first() {
+        let server = SocketAddr::from(([198, 18, 0, 10], 80));
+        let pool = Pool::new(1, 512, Duration::from_secs(10));
+        let t0 = Instant::now();
+        // 160 concurrent exchanges end: every connection waits for the next burst.
+        for id in 0..160 {
+            pool.put_at(server, fake(id), t0);
+        }
+        assert_eq!(pool.idle(server), 160);
+        assert_eq!(pool.take_at(server, t0).map(|c| c.0), Some(159));
+        // One that closed while idle is skipped.
+        pool.put_at(server, fake(501), t0);
+        let closing = fake(500);
+        let flag = closing.1.clone();
+        pool.put_at(server, closing, t0);
+        flag.store(true, Relaxed);
+        assert_eq!(pool.take_at(server, t0).map(|c| c.0), Some(501));
+    }
+
+    #[test]
+    fn the_cap_closes_the_coldest_and_zero_keeps_none() {
+        let server = SocketAddr::from(([198, 18, 0, 10], 80));
+        let pool = Pool::new(1, 3, Duration::from_secs(10));
+        let t0 = Instant::now();
+        for id in 0..5 {
+            pool.put_at(server, fake(id), t0);
+        }
+        let left: Vec<u32> = std::iter::from_fn(|| pool.take_at(server, t0).map(|c| c.0)).collect();
+        assert_eq!(left, [4, 3, 2]);
+        pool.set_limits(0, Duration::from_secs(10));
+        pool.put_at(server, fake(9), t0);
+        assert_eq!(pool.idle(server), 0);
+    }
+
+    #[test]
+    fn connections_idle_for_the_timeout_are_closed() {
+        let (a, b) = (
+            SocketAddr::from(([198, 18, 0, 10], 80)),
+            SocketAddr::from(([198, 18, 0, 11], 80)),
+        );
+        let pool = Pool::new(1, 512, Duration::from_secs(10));
+        let t0 = Instant::now();
+        for id in 0..4 {
+            pool.put_at(a, fake(id), t0);
+        }
+        pool.put_at(a, fake(10), t0 + Duration::from_secs(5));
+        pool.put_at(b, fake(20), t0);
+        // At 10 s the first four (and b's) have idled 10 s; the one from 5 s stays.
+        assert_eq!(pool.sweep_at(t0 + Duration::from_secs(10)), 5);
+        assert_eq!((pool.idle(a), pool.idle(b)), (1, 0));
+        // Taking a stale one gives none (and drops it): dial afresh.
+        assert!(pool.take_at(a, t0 + Duration::from_secs(15)).is_none());
+        assert_eq!(pool.idle(a), 0);
+        // Returning ages out the stale ones in front.
+        pool.put_at(a, fake(30), t0);
+        pool.put_at(a, fake(31), t0 + Duration::from_secs(20));
+        assert_eq!(pool.idle(a), 1);
+    }
 
     #[test]
     fn proxy_headers_match_the_reference() {

@@ -19,13 +19,20 @@ pub fn start(
     pem: &Path,
     (cert, key): (&Path, &Path),
 ) -> Result<u32> {
-    let servers: Vec<String> = (0..3)
+    // LB_BENCH_ONE_SERVER=1: one server behind every proxy (its pool under 80 concurrent
+    // HTTP/2 streams per worker), for working on upstream reuse; the rows are not comparable.
+    let n = if std::env::var_os("LB_BENCH_ONE_SERVER").is_some() {
+        1
+    } else {
+        3
+    };
+    let servers: Vec<String> = (0..n)
         .map(|i| format!("{}:{SERVER_PORT}", server_addr(i)))
         .collect();
     let lb = &topo.lb;
     match system {
         "lb-http" => {
-            let list: Vec<String> = (0..3)
+            let list: Vec<String> = (0..n)
                 .map(|i| format!("{{ address = \"{}\" }}", server_addr(i)))
                 .collect();
             let config = format!(
