@@ -370,6 +370,8 @@ http {{
       return 200 "{name}\n";
     }}
     location /payload/ {{ root {dir}; }}
+    # Gzipped on request: a body of unknown length, sent chunked.
+    location /chunked/ {{ alias {dir}/payload/; gzip on; gzip_min_length 1; gzip_types *; }}
     location / {{
       return 200 "{name} xff=$http_x_forwarded_for port=$http_x_forwarded_port proto=$http_x_forwarded_proto host=$host uri=$request_uri\n";
     }}

@@ -168,4 +168,36 @@ listen = "198.18.0.1:9100"
     let refused = lines.iter().find(|l| l["status"] == 400).unwrap();
     assert_eq!(refused["server"], "-");
     assert_eq!(refused["Tc"], -1);
+
+    // HTTP/2, with a body of unknown length (gzipped by the server, chunked to lb): its
+    // line comes once the body is sent, with the bytes the client received.
+    let got = curl(
+        &topo.client,
+        &[
+            "--http2-prior-knowledge",
+            "-H",
+            "Accept-Encoding: gzip",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{http_version} %{size_download}",
+            &format!("http://{VIP}/chunked/1m"),
+        ],
+    );
+    let (code, rest) = got.split_once(' ').unwrap();
+    let (version, size) = rest.split_once(' ').unwrap();
+    assert_eq!((code, version), ("200", "2"), "{got}");
+    let size: i64 = size.trim().parse().unwrap();
+    assert!(size > 0 && size < 1 << 20, "gzipped: {got}");
+    wait_for_log(&log, "lb::access", REQUESTS + 2, Duration::from_secs(5)).unwrap();
+    let h2 = log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains("lb::access") && l.contains("/chunked/1m"))
+        .map(|l| serde_json::from_str::<serde_json::Value>(&l[l.find('{').unwrap()..]).unwrap())
+        .next()
+        .expect("the HTTP/2 request's line");
+    assert_eq!(h2["status"], 200);
+    assert_eq!(h2["bytes"].as_i64(), Some(size), "{h2}");
 }

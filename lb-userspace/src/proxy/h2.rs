@@ -15,7 +15,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::rt::TokioIo;
 use tracing::debug;
 
-use crate::config::UnderscoreHeaders;
+use crate::config::{AccessLog, UnderscoreHeaders};
 
 use super::{
     balance::{ActiveGuard, ServerState},
@@ -83,7 +83,12 @@ where
 {
     // hyper hands over a request once its head is in.
     let started = tokio::time::Instant::now();
-    let (method, path) = (req.method().to_string(), req.uri().path().to_string());
+    let logged = frontend.log != AccessLog::Off;
+    let (method, path) = if logged {
+        (req.method().to_string(), req.uri().path().to_string())
+    } else {
+        (String::new(), String::new())
+    };
     let mut trace = Trace::default();
     let mut response = answer(&shared, &frontend, conn, &private, req, &mut trace).await;
     if conn.tls
@@ -92,21 +97,115 @@ where
     {
         response.headers_mut().insert(header::ALT_SVC, v.clone());
     }
-    let exchange = Exchange {
-        log: frontend.log,
-        frontend: &frontend.name,
-        stats: &frontend.stats,
+    let record = Record {
+        frontend,
         client: conn.client,
-        method: &method,
-        path: &path,
+        method,
+        path,
         started,
-        head_done: started,
         trace,
         status: response.status().as_u16(),
-        bytes_out: response.body().size_hint().exact(),
     };
-    exchange.finish();
-    response
+    if !logged {
+        // Counted now; no line waits for the body.
+        record.finish(None);
+        return response;
+    }
+    // The line is written once the body is sent, or given up, with its bytes (as HAProxy
+    // logs at the end of a stream).
+    let (parts, body) = response.into_parts();
+    let body = LoggedBody {
+        inner: body,
+        sent: 0,
+        record: Some(record),
+    };
+    Response::from_parts(parts, body.boxed())
+}
+
+/// One request's access-log record, kept until its response body is done.
+struct Record {
+    frontend: Arc<FrontendRoute>,
+    client: std::net::SocketAddr,
+    method: String,
+    path: String,
+    started: tokio::time::Instant,
+    trace: Trace,
+    status: u16,
+}
+
+impl Record {
+    /// Count the answer and write its line; `bytes_out`: the body bytes sent.
+    fn finish(self, bytes_out: Option<u64>) {
+        Exchange {
+            log: self.frontend.log,
+            frontend: &self.frontend.name,
+            stats: &self.frontend.stats,
+            client: self.client,
+            method: &self.method,
+            path: &self.path,
+            started: self.started,
+            head_done: self.started,
+            trace: self.trace,
+            status: self.status,
+            bytes_out,
+        }
+        .finish();
+    }
+}
+
+/// A response body that counts what it yields and logs its request when it ends, fails, or
+/// is dropped unfinished (a stream the client reset: the bytes sent so far).
+struct LoggedBody {
+    inner: ProxyBody,
+    sent: u64,
+    record: Option<Record>,
+}
+
+impl LoggedBody {
+    fn done(&mut self) {
+        if let Some(record) = self.record.take() {
+            record.finish(Some(self.sent));
+        }
+    }
+}
+
+impl Body for LoggedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.sent += data.len() as u64;
+                }
+                if self.inner.is_end_stream() {
+                    self.done();
+                }
+            }
+            Poll::Ready(None | Some(Err(_))) => self.done(),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for LoggedBody {
+    fn drop(&mut self) {
+        self.done();
+    }
 }
 
 async fn answer<B>(

@@ -156,7 +156,8 @@ pub struct Exchange<'a> {
     pub head_done: Instant,
     pub trace: Trace,
     pub status: u16,
-    /// Bytes of the answer, where known (HTTP/2 bodies stream on after the head).
+    /// Bytes of the answer: HTTP/1, head and body as written; HTTP/2 and HTTP/3, the body's
+    /// bytes once it was sent (or given up).
     pub bytes_out: Option<u64>,
 }
 
