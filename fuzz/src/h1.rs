@@ -40,7 +40,7 @@ fn world() -> &'static World {
     static WORLD: OnceLock<World> = OnceLock::new();
     WORLD.get_or_init(|| {
         let config = Config::parse("full.toml", FULL).expect("examples/full.toml parses");
-        let routes = Routes::build(&config, &Routes::default(), &|_, _| true, 1)
+        let routes = Routes::build(&config, &Routes::default(), &|_, _| true, &|_, _| false, 1)
             .expect("the routes of examples/full.toml");
         let site = routes.frontends["site"].clone();
         let redirect = FrontendRoute {

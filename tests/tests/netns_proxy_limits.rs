@@ -315,6 +315,7 @@ fn proxy_limits_and_header_rules() {
     clients_that_never_read_are_cut_off(&topo);
     idle_h2c_connections_are_closed(c);
     connection_limits_answer_503(&topo, &log);
+    a_drain_timeout_cuts_tcp_tunnels(&topo, &lb, &log);
 
     // 10,000 idle connections under a global limit just above them.
     topo.lb.stop(pid);
@@ -324,6 +325,67 @@ fn proxy_limits_and_header_rules() {
         start_logged(&topo.lb, &lb, &["run", "--config", path.to_str().unwrap()]).unwrap();
     ten_thousand_idle_connections(&topo, pid);
     drop(dir);
+}
+
+/// A tcp stream through the proxy (PROXY header to the server) that the client keeps
+/// reading ends when its server's drain times out (`on_drain_timeout` defaults to reset), as
+/// XDP resets the flows of a drained server: it does not run on for ever.
+fn a_drain_timeout_cuts_tcp_tunnels(
+    topo: &Topology,
+    lb: &std::path::Path,
+    log: &lb_tests::topology::Log,
+) {
+    let (flowing_tx, flowing) = std::sync::mpsc::channel();
+    let reader = topo
+        .client
+        .run(move || -> anyhow::Result<u64> {
+            let mut s = TcpStream::connect_timeout(&vip(9000), Duration::from_secs(5))?;
+            s.write_all(b"hello\n")?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            let (mut buf, mut total, mut told) = (vec![0u8; 65536], 0u64, false);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => return Ok(total),
+                    Ok(n) => total += n as u64,
+                }
+                if !told && total >= 1 << 20 {
+                    told = true;
+                    let _ = flowing_tx.send(());
+                }
+                // A steady reader: never stalled long enough for server_timeout.
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            anyhow::bail!("the stream still ran 30 s later ({total} bytes)")
+        })
+        .unwrap();
+    flowing
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the stream flows");
+    topo.lb
+        .exec(&[
+            lb.to_str().unwrap(),
+            "server",
+            "drain",
+            "stream",
+            &server_addr(0).to_string(),
+            "--timeout",
+            "1s",
+            "--api",
+            &format!("http://{API}"),
+            "--token",
+            TOKEN,
+        ])
+        .unwrap();
+    let read = reader.join().unwrap().unwrap();
+    assert!(read >= 1 << 20);
+    wait_for_log(
+        log,
+        "drain timeout: resetting the flows left",
+        1,
+        Duration::from_secs(5),
+    )
+    .unwrap();
 }
 
 fn raise_open_file_limit() -> u64 {

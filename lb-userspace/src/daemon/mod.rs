@@ -319,6 +319,26 @@ impl Daemon {
         };
         self.drains.follow(config);
         let ended = self.drains.ended();
+        // As the data plane's plan: a drain that timed out with on_drain_timeout = "reset",
+        // or down with the check's on_down = "reset".
+        let reset = {
+            let (ended, up) = (ended.clone(), up.clone());
+            let resets_when_down: std::collections::HashSet<String> = config
+                .backends
+                .iter()
+                .filter(|b| {
+                    b.options
+                        .health_check
+                        .as_ref()
+                        .is_some_and(|c| c.on_down() == crate::config::OnDown::Reset)
+                })
+                .map(|b| b.name.clone())
+                .collect();
+            move |backend: &str, address: IpAddr| {
+                ended.contains(&(backend.to_string(), address))
+                    || (!up(backend, address) && resets_when_down.contains(backend))
+            }
+        };
         let (written, servers, retired, names) = {
             let (config, up) = (config.clone(), up.clone());
             self.with_dataplane(move |dp| {
@@ -339,7 +359,7 @@ impl Daemon {
             self.proxy = Some(crate::proxy::Proxy::new(config.http.workers)?);
         }
         if let Some(proxy) = &mut self.proxy {
-            proxy.update(config, &up)?;
+            proxy.update(config, &up, &reset)?;
         }
         Ok(written)
     }

@@ -27,6 +27,8 @@ pub struct ServerState {
     pub active: Arc<AtomicU32>,
     /// What it served through the proxy (kept across reloads, as `active`).
     pub stats: Arc<super::observe::ServerStats>,
+    /// Bumped when its flows are reset: the tunnels open to it end (kept across reloads).
+    pub cut: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl ServerState {
@@ -49,7 +51,25 @@ impl ServerState {
             up,
             active,
             stats: Arc::default(),
+            cut: Arc::new(tokio::sync::watch::Sender::new(0)),
         }
+    }
+
+    /// Resolves when this server's flows are reset after this call ([`Self::cut_all`]).
+    pub fn cut_signal(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut cut = self.cut.subscribe();
+        async move {
+            if cut.changed().await.is_err() {
+                // Nothing can cut it any more.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// End the tunnels open to this server (tcp through the proxy, upgraded connections),
+    /// as XDP resets its flows: a drain that timed out, or down with `on_down = "reset"`.
+    pub fn cut_all(&self) {
+        self.cut.send_modify(|n| *n += 1);
     }
 
     /// Takes new connections: healthy, weight above 0, below max_conn.
@@ -290,6 +310,7 @@ mod tests {
             cookie: s.cookie.clone(),
             active: s.active.clone(),
             stats: s.stats.clone(),
+            cut: s.cut.clone(),
             ..**s
         });
         for _ in 0..10 {

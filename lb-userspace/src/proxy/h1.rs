@@ -1214,7 +1214,7 @@ where
                 );
                 break;
             }
-            return tunnel(client, buf, up, out).await;
+            return tunnel(client, buf, up, out, server.cut_signal()).await;
         }
         let relayed = relay(
             &mut up.io,
@@ -1268,6 +1268,7 @@ async fn tunnel<S>(
     buf: &mut BytesMut,
     mut up: Upstream,
     out: &mut Vec<u8>,
+    cut: impl Future<Output = ()>,
 ) -> Outcome
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -1283,7 +1284,11 @@ where
         }
         buf.clear();
     }
-    let _ = tokio::io::copy_bidirectional(client, &mut up.io).await;
+    // Until either side closes, or the server's flows are reset.
+    tokio::select! {
+        _ = tokio::io::copy_bidirectional(client, &mut up.io) => {}
+        () = cut => {}
+    }
     Outcome::Close
 }
 

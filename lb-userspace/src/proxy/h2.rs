@@ -620,14 +620,16 @@ where
             && let Some(client_upgrade) = client_upgrade
         {
             let server_upgrade = hyper::upgrade::on(&mut response);
+            let cut = server.cut_signal();
             tokio::spawn(async move {
                 let _guard = guard;
                 if let (Ok(client), Ok(server)) = (client_upgrade.await, server_upgrade.await) {
-                    let _ = tokio::io::copy_bidirectional(
-                        &mut TokioIo::new(client),
-                        &mut TokioIo::new(server),
-                    )
-                    .await;
+                    // Until either side closes, or the server's flows are reset.
+                    let (mut client, mut server) = (TokioIo::new(client), TokioIo::new(server));
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        () = cut => {}
+                    }
                 }
             });
             let (mut rparts, _) = response.into_parts();

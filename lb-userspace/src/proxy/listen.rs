@@ -339,7 +339,11 @@ async fn serve_stream(
                     .sessions
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 backend.remember_source(client_ip, index);
-                let _ = tokio::io::copy_bidirectional(&mut stream, &mut upstream).await;
+                // Until either side closes, or the server's flows are reset.
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut stream, &mut upstream) => {}
+                    () = server.cut_signal() => {}
+                }
                 return;
             }
             Err(e) => {

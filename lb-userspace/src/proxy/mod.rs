@@ -96,10 +96,16 @@ impl Proxy {
     }
 
     /// Install `config`'s userspace frontends and their backends; `up(backend, address)`
-    /// is a server's health.
-    pub fn update(&mut self, config: &Config, up: &dyn Fn(&str, IpAddr) -> bool) -> Result<()> {
+    /// is a server's health, `reset(backend, address)` says its flows are reset (the
+    /// tunnels open to it are cut).
+    pub fn update(
+        &mut self,
+        config: &Config,
+        up: &dyn Fn(&str, IpAddr) -> bool,
+        reset: &dyn Fn(&str, IpAddr) -> bool,
+    ) -> Result<()> {
         let old = self.shared.routes.read().unwrap().clone();
-        let routes = Routes::build(config, &old, up, self.workers.len())?;
+        let routes = Routes::build(config, &old, up, reset, self.workers.len())?;
         let userspace: Vec<_> = config
             .frontends
             .iter()

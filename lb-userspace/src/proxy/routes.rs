@@ -230,11 +230,13 @@ impl Shared {
 impl Routes {
     /// The routes of `config`'s userspace frontends and the backends they use. Servers keep
     /// their open connection counts from `old`, and a backend that connects the same way
-    /// keeps its warm pools. `up(backend, address)` is a server's health.
+    /// keeps its warm pools. `up(backend, address)` is a server's health; `reset(backend,
+    /// address)` says its flows are reset now, and its open tunnels are cut.
     pub fn build(
         config: &Config,
         old: &Routes,
         up: &dyn Fn(&str, IpAddr) -> bool,
+        reset: &dyn Fn(&str, IpAddr) -> bool,
         workers: usize,
     ) -> Result<Routes> {
         let http = &config.http;
@@ -274,6 +276,10 @@ impl Routes {
                     );
                     if let Some(o) = kept {
                         state.stats = o.stats.clone();
+                        state.cut = o.cut.clone();
+                    }
+                    if reset(&backend.name, s.address) {
+                        state.cut_all();
                     }
                     Arc::new(state)
                 })
