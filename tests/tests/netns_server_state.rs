@@ -146,7 +146,9 @@ fn drain_maint_ready_and_set_weight_through_the_cli() {
     assert_eq!(server(&list, "web1")["weight"], 1);
     let text = assert_comments_kept(&config);
     assert!(
-        text.contains(r#"state = "drain""#) && text.contains(r#"drain_timeout = "3s""#),
+        text.contains(r#"state = "drain""#)
+            && text.contains(r#"drain_timeout = "3s""#)
+            && text.contains("drain_started = \"20"),
         "{text}"
     );
 

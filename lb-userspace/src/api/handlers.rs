@@ -521,6 +521,8 @@ async fn patch_server(
         if let Some(state) = patch.state {
             s.state = (state != AdminState::Ready).then_some(state);
             s.drain_timeout = patch.drain_timeout;
+            // The timeout's clock, saved so a restart does not start it again.
+            s.drain_started = patch.drain_timeout.map(|_| std::time::SystemTime::now());
         }
         Ok(((), format!("backends[{i}].servers.addresses[{j}]")))
     })

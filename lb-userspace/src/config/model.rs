@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::values::{
     AccessLog, AclCriterion, AdminState, CheckKind, Cidr, ExpectedCodes, Forwarding, InitState,
     Method, Mode, OnDown, Port, PortRange, Protocol, ProxyVersion, RouteCond, StickyKind,
-    UnderscoreHeaders, XdpAttach, duration,
+    UnderscoreHeaders, XdpAttach, duration, timestamp_option,
 };
 
 /// Largest server weight (0 drains).
@@ -595,6 +595,16 @@ pub struct ServerAddress {
     )]
     #[schema(value_type = Option<String>)]
     pub drain_timeout: Option<Duration>,
+    /// When the drain with a timeout began (RFC 3339, written by `lb server drain`): the
+    /// timeout counts from it, across daemon restarts. Absent (a hand-written drain): from
+    /// when the daemon first runs the server as draining.
+    #[serde(
+        default,
+        with = "timestamp_option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<String>)]
+    pub drain_started: Option<std::time::SystemTime>,
 }
 
 impl ServerAddress {
@@ -618,6 +628,7 @@ pub struct ResolvedServer {
     pub max_conn: u32,
     pub state: AdminState,
     pub drain_timeout: Option<Duration>,
+    pub drain_started: Option<std::time::SystemTime>,
 }
 
 impl From<&ResolvedServer> for ServerAddress {
@@ -629,6 +640,7 @@ impl From<&ResolvedServer> for ServerAddress {
             max_conn: (s.max_conn > 0).then_some(s.max_conn),
             state: (s.state != AdminState::Ready).then_some(s.state),
             drain_timeout: s.drain_timeout,
+            drain_started: s.drain_started,
         }
     }
 }
@@ -657,6 +669,7 @@ impl Backend {
                     max_conn: s.max_conn.unwrap_or(0),
                     state: s.state.unwrap_or_default(),
                     drain_timeout: s.drain_timeout,
+                    drain_started: s.drain_started,
                 })
                 .collect(),
             // Validation refuses ids missing from the inventory.
@@ -670,6 +683,7 @@ impl Backend {
                     max_conn: 0,
                     state: AdminState::Ready,
                     drain_timeout: None,
+                    drain_started: None,
                 })
                 .collect(),
         }

@@ -110,6 +110,13 @@ impl Config {
                                 "set state = \"drain\", or remove drain_timeout",
                             );
                         }
+                        if s.drain_started.is_some() && s.drain_timeout.is_none() {
+                            problem(
+                                format!("{sat}.drain_started"),
+                                "drain_started is when a drain's timeout began, and this server has no drain_timeout".to_string(),
+                                "remove drain_started, or set state = \"drain\" with a drain_timeout",
+                            );
+                        }
                         let a = s.address;
                         if a.is_unspecified() || a.is_multicast() {
                             problem(

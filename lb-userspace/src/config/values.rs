@@ -513,6 +513,34 @@ pub mod duration {
     }
 }
 
+/// An optional point in time, written as RFC 3339 UTC ("2026-12-03T17:40:00Z").
+pub mod timestamp_option {
+    use std::time::SystemTime;
+
+    use serde::{Deserialize, Deserializer, Serializer, de};
+
+    use super::FIX;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SystemTime>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|text| {
+                humantime::parse_rfc3339_weak(text.trim()).map_err(|e| {
+                    de::Error::custom(format!(
+                        "{text:?} is not a time ({e}){FIX}write it as \"2026-12-03T17:40:00Z\""
+                    ))
+                })
+            })
+            .transpose()
+    }
+
+    pub fn serialize<S: Serializer>(value: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(t) => s.collect_str(&humantime::format_rfc3339_seconds(*t)),
+            None => s.serialize_none(),
+        }
+    }
+}
+
 /// Which HTTP status codes count as healthy: "200", "200,204" or "200-399"; written back as
 /// it was written.
 #[derive(Clone, Debug, PartialEq, Eq)]
