@@ -657,6 +657,14 @@ impl ResolvedServer {
 }
 
 impl Backend {
+    /// Whether a server its check marks DOWN has its flows reset (`on_down = "reset"`).
+    pub fn resets_flows_when_down(&self) -> bool {
+        self.options
+            .health_check
+            .as_ref()
+            .is_some_and(|c| c.on_down() == OnDown::Reset)
+    }
+
     /// Servers with computer ids resolved through the inventory. Call after validation.
     pub fn resolved_servers(&self, computers: &BTreeMap<String, IpAddr>) -> Vec<ResolvedServer> {
         match &self.servers {

@@ -326,12 +326,7 @@ impl Daemon {
             let resets_when_down: std::collections::HashSet<String> = config
                 .backends
                 .iter()
-                .filter(|b| {
-                    b.options
-                        .health_check
-                        .as_ref()
-                        .is_some_and(|c| c.on_down() == crate::config::OnDown::Reset)
-                })
+                .filter(|b| b.resets_flows_when_down())
                 .map(|b| b.name.clone())
                 .collect();
             move |backend: &str, address: IpAddr| {

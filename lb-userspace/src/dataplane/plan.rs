@@ -20,7 +20,7 @@ use lb_common::{
     wire::{IPPROTO_TCP, IPPROTO_UDP},
 };
 
-use crate::config::{Config, Forwarding, Method, OnDown, Protocol};
+use crate::config::{Config, Forwarding, Method, Protocol};
 
 /// Ids of one kind: stable for a key while it is in the config, retired when it leaves,
 /// and free for another key only once released (when no tracked flow or sticky entry
@@ -270,11 +270,7 @@ impl Plan {
             let port = backend.port.number;
             let mut members = Vec::new();
             let mut list = Vec::new();
-            let resets = backend
-                .options
-                .health_check
-                .as_ref()
-                .is_some_and(|c| c.on_down() == OnDown::Reset);
+            let resets = backend.resets_flows_when_down();
             for mut s in backend.resolved_servers(&config.computers) {
                 let mut flags = SERVER_PRESENT;
                 s.weight = s.serving_weight();
